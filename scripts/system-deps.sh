@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs with apt-get the system packages the test suite needs, only where missing.
+set -euo pipefail
+
+# command the suite runs -> Debian package that provides it
+declare -A NEEDED=(
+  [sqlite3]=sqlite3
+  [curl]=curl
+  [pg_ctl]=postgresql
+)
+
+missing=()
+for cmd in "${!NEEDED[@]}"; do
+  if ! command -v "$cmd" >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/"$cmd" >/dev/null 2>&1; then
+    missing+=("${NEEDED[$cmd]}")
+  fi
+done
+
+if ((${#missing[@]})); then
+  echo "installing system packages: ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi

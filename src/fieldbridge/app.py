@@ -1,0 +1,176 @@
+"""Builds and wires every part of a running fieldbridge; the only module that knows them all."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from contextlib import AsyncExitStack
+from typing import Any
+
+from fieldbridge.config import Settings
+from fieldbridge.errors import StoreError
+from fieldbridge.ingest import Ingest
+from fieldbridge.observe import Metrics
+from fieldbridge.plugin import SINK_TYPES, SOURCE_TYPES
+from fieldbridge.sinks.engine import SinkRunner
+from fieldbridge.sources.http import HttpIngest
+from fieldbridge.store import Store, open_store, parse_store_url
+from fieldbridge.store.migrate import upgrade
+from fieldbridge.store.urls import mask_url
+from fieldbridge.web.server import WebServer, build_app
+
+log = logging.getLogger("fieldbridge")
+
+HOUSEKEEPING_EVERY = 60.0  # seconds between quarantine gauge updates
+RETENTION_EVERY = 3600.0  # seconds between journal prunes
+SINK_STOP_GRACE = 3.0  # seconds a sink may take to finish a send at shutdown
+
+
+async def migrate(settings: Settings) -> list[str]:
+    """Bring the store's schema to the newest revision."""
+    return await asyncio.to_thread(upgrade, parse_store_url(settings.store.url))
+
+
+def build_store(settings: Settings) -> Store:
+    return open_store(
+        settings.store.url,
+        synchronous=settings.store.synchronous,
+        busy_timeout_ms=settings.store.busy_timeout_ms,
+    )
+
+
+async def prune_once(settings: Settings, store: Store) -> int:
+    """Drop journal rows past retention that every enabled sink has delivered."""
+    enabled = [s.name for _, s in settings.sink_settings if s.enabled]
+    delivered = await store.min_cursor(enabled) if enabled else await store.head_id()
+    cutoff = time.time() - settings.store.retention_days * 86400
+    pruned = await store.prune(cutoff, delivered)
+    if settings.store.readings_retention_days:
+        await store.prune_readings(time.time() - settings.store.readings_retention_days * 86400)
+    return pruned
+
+
+class Service:
+    """One fieldbridge process: sources, ingest, store, sinks, HTTP server."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.store = build_store(settings)
+        ingest = settings.ingest
+        self.ingest = Ingest(
+            self.store,
+            batch_size=ingest.batch_size,
+            flush_ms=ingest.flush_ms,
+            queue_bound=ingest.queue_bound,
+            metrics=self.metrics,
+        )
+        self.sinks = [
+            SinkRunner(type_name, s, SINK_TYPES[type_name].build(s), self.store, self.metrics)
+            for type_name, s in settings.sink_settings
+        ]
+        self.sources = [
+            SOURCE_TYPES[type_name].build(s, self.ingest)
+            for type_name, s in settings.source_settings
+        ]
+        self.http_port: int | None = None
+        for runner in self.sinks:
+            self.ingest.on_commit(runner.wake)
+
+    async def health(self) -> tuple[bool, dict[str, Any]]:
+        detail: dict[str, Any] = {"status": "ok", "store": "ok"}
+        try:
+            await self.store.ping()
+        except StoreError as exc:
+            detail.update(status="unavailable", store=str(exc))
+        detail["sinks"] = {
+            r.name: {"type": r.type_name, "state": r.state, "last_error": r.last_error}
+            for r in self.sinks
+        }
+        return detail["status"] == "ok", detail
+
+    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        """Serve until `stop` is set, then drain: sources, ingest, sinks, store."""
+        applied = await migrate(self.settings)
+        if applied:
+            log.info("store migrated to revision %s", applied[-1])
+        tasks: list[asyncio.Task[None]] = []
+        housekeeping = asyncio.create_task(self._housekeeping(), name="housekeeping")
+        try:
+            async with AsyncExitStack() as stack:
+                await stack.enter_async_context(self.ingest)
+                tasks = [
+                    asyncio.create_task(r.run(), name=f"sink-{r.name}")
+                    for r in self.sinks
+                    if r.settings.enabled
+                ]
+                for source in self.sources:
+                    await stack.enter_async_context(source)
+                await self._start_web(stack)
+                if ready is not None:
+                    ready.set()
+                await stop.wait()
+                log.info("stopping: no new payloads; committing and answering those in flight")
+            log.info("ingest drained")
+        finally:
+            housekeeping.cancel()
+            await self._stop_tasks([housekeeping, *tasks])
+            await self.store.close()
+        log.info("fieldbridge stopped")
+
+    async def _start_web(self, stack: AsyncExitStack) -> None:
+        http = self.settings.http
+        if not http.enabled:
+            log.info("fieldbridge running (store %s, HTTP off)", mask_url(self.settings.store.url))
+            return
+        endpoint = HttpIngest(http, self.ingest).handle if http.ingest else None
+        app = build_app(endpoint, self.health, self.metrics)
+        server = await stack.enter_async_context(WebServer(app, http.listen))
+        self.http_port = server.port
+        host = http.listen.rpartition(":")[0] or "127.0.0.1"
+        log.info(
+            "fieldbridge serving on http://%s:%d (store %s)",
+            host,
+            server.port,
+            mask_url(self.settings.store.url),
+        )
+
+    async def _stop_tasks(self, tasks: list[asyncio.Task[None]]) -> None:
+        for runner in self.sinks:
+            runner.stop()
+        if not tasks:
+            return
+        _, late = await asyncio.wait(tasks, timeout=SINK_STOP_GRACE)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _housekeeping(self) -> None:
+        last_prune = 0.0
+        while True:
+            try:
+                self.metrics.quarantine_size.set(await self.store.count_quarantine())
+                if time.monotonic() - last_prune >= RETENTION_EVERY:
+                    last_prune = time.monotonic()
+                    pruned = await prune_once(self.settings, self.store)
+                    if pruned:
+                        log.info("retention: pruned %d delivered journal rows", pruned)
+            except StoreError as exc:
+                log.warning("housekeeping skipped: %s", exc)
+            await asyncio.sleep(HOUSEKEEPING_EVERY)
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Run the service until `stop` is set."""
+    await Service(settings).run(stop)
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    import signal
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)

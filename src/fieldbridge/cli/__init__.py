@@ -1,0 +1,149 @@
+"""The fieldbridge command line."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from fieldbridge import __version__
+from fieldbridge.cli.context import run_async, settings_of
+from fieldbridge.cli.output import console, print_json, print_table
+from fieldbridge.cli.registry_cmds import devices, quarantine, readings
+from fieldbridge.cli.sink_cmds import deadletters, sinks
+from fieldbridge.config import CONFIG_ENV, Settings
+from fieldbridge.store import parse_store_url
+from fieldbridge.store.migrate import pending_revisions, upgrade
+from fieldbridge.store.urls import mask_url
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+app = typer.Typer(
+    help="fieldbridge: takes data from field sensors, keeps it, delivers it to platforms.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+config_app = typer.Typer(help="Check and show the settings.", no_args_is_help=True)
+db_app = typer.Typer(help="The store's schema.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(db_app, name="db")
+app.add_typer(devices, name="devices")
+app.add_typer(readings, name="readings")
+app.add_typer(quarantine, name="quarantine")
+app.add_typer(sinks, name="sinks")
+app.add_typer(deadletters, name="deadletters")
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"fieldbridge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            envvar=CONFIG_ENV,
+            help=f"Settings file (TOML). Default: ${CONFIG_ENV}, else built-in defaults.",
+        ),
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    ctx.obj = {"config": config}
+
+
+@app.command("run")
+def run(ctx: typer.Context) -> None:
+    """Migrate the store, then serve until SIGTERM or Ctrl-C."""
+    from fieldbridge.app import Service, install_stop_signals
+    from fieldbridge.logs import setup_logging
+
+    settings = settings_of(ctx)
+    setup_logging(settings.log)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        await Service(settings).run(stop)
+
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional; the standard loop works the same, slower
+        run_async(main())
+    else:
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        run_async(main())
+
+
+@config_app.command("check")
+def config_check(ctx: typer.Context, json_out: JsonFlag = False) -> None:
+    """Validate the settings; exit 2 naming every bad key."""
+    settings = settings_of(ctx)
+    sources = [f"{t}:{s.name}" for t, s in settings.source_settings]
+    sink_names = [f"{t}:{s.name}" for t, s in settings.sink_settings]
+    if json_out:
+        print_json({"ok": True, "sources": sources, "sinks": sink_names})
+    else:
+        console.print(
+            f"settings are valid: {len(sources)} sources, {len(sink_names)} sinks, "
+            f"store {mask_url(settings.store.url)}"
+        )
+
+
+@config_app.command("show")
+def config_show(ctx: typer.Context, json_out: JsonFlag = False) -> None:
+    """Show the effective settings (file, environment, defaults), secrets masked."""
+    data = settings_of(ctx).public_dict()
+    if json_out:
+        print_json(data)
+        return
+    rows: list[tuple[str, object]] = []
+    for section, values in data.items():
+        if isinstance(values, dict):
+            rows.extend((f"{section}.{k}", v) for k, v in values.items())
+    print_table("settings", ["key", "value"], rows)
+
+
+@db_app.command("migrate")
+def db_migrate(ctx: typer.Context, json_out: JsonFlag = False) -> None:
+    """Apply pending schema migrations (run also does this at start)."""
+    settings: Settings = settings_of(ctx)
+    url = parse_store_url(settings.store.url)
+
+    async def go() -> list[str]:
+        pending = await asyncio.to_thread(pending_revisions, url)
+        if not pending or json_out or not sys.stderr.isatty():
+            return await asyncio.to_thread(upgrade, url)
+        with Progress(
+            TextColumn("migrating"), BarColumn(), MofNCompleteColumn(), console=console
+        ) as bar:
+            task = bar.add_task("migrate", total=len(pending))
+            return await asyncio.to_thread(upgrade, url, lambda _: bar.advance(task))
+
+    applied = run_async(go())
+    if json_out:
+        print_json({"applied": applied, "store": mask_url(settings.store.url)})
+    elif applied:
+        console.print(f"applied {len(applied)} migrations; schema at revision {applied[-1]}")
+    else:
+        console.print("schema is up to date")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,275 @@
+"""sinks and deadletters commands."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fieldbridge.app import build_store, migrate
+from fieldbridge.cli.context import run_async, settings_of, with_store
+from fieldbridge.cli.output import console, fail, print_json, print_table
+from fieldbridge.cli.records import dead_letter_json
+from fieldbridge.config import Settings
+from fieldbridge.store import Store
+from fieldbridge.timefmt import parse_iso
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+STALL_AFTER = 30.0  # seconds without progress before replay stops watching
+
+sinks = typer.Typer(help="Configured sinks: status, pause, resume, replay.", no_args_is_help=True)
+deadletters = typer.Typer(help="Messages a destination refused for good.", no_args_is_help=True)
+
+
+def _sink_type(settings: Settings, name: str) -> str:
+    for type_name, s in settings.sink_settings:
+        if s.name == name:
+            return type_name
+    known = ", ".join(s.name for _, s in settings.sink_settings) or "none configured"
+    fail(f"no sink named {name!r} in the settings (sinks: {known})")
+
+
+async def _status(settings: Settings, store: Store) -> list[dict[str, Any]]:
+    out = []
+    for type_name, s in settings.sink_settings:
+        state = await store.sink_state(s.name)
+        lag, oldest = await store.lag(state.cursor)
+        shown = "disabled" if not s.enabled else "paused" if state.paused else state.state
+        out.append(
+            {
+                "name": s.name,
+                "type": type_name,
+                "enabled": s.enabled,
+                "state": shown,
+                "cursor": state.cursor,
+                "lag_messages": lag,
+                "lag_seconds": round(max(0.0, time.time() - oldest), 3) if oldest else 0.0,
+                "dead_letters": await store.count_dead_letters(s.name),
+                "last_error": state.last_error,
+            }
+        )
+    return out
+
+
+@sinks.command("status")
+def sinks_status(ctx: typer.Context, json_out: JsonFlag = False) -> None:
+    """Each sink's state, cursor, backlog and dead letters."""
+    settings = settings_of(ctx)
+    rows = with_store(ctx, lambda store: _status(settings, store))
+    if json_out:
+        print_json(rows)
+        return
+    print_table(
+        "sinks",
+        ["name", "type", "state", "cursor", "lag", "lag s", "dead", "last error"],
+        [
+            (
+                r["name"],
+                r["type"],
+                r["state"],
+                r["cursor"],
+                r["lag_messages"],
+                r["lag_seconds"],
+                r["dead_letters"],
+                r["last_error"],
+            )
+            for r in rows
+        ],
+    )
+
+
+def _set_paused(ctx: typer.Context, name: str, paused: bool, json_out: bool) -> None:
+    _sink_type(settings_of(ctx), name)
+    with_store(ctx, lambda store: store.set_paused(name, paused))
+    word = "paused" if paused else "resumed"
+    if json_out:
+        print_json({"name": name, "paused": paused})
+    else:
+        console.print(f"sink {name} {word}")
+
+
+@sinks.command("pause")
+def sinks_pause(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The sink's name.")],
+    json_out: JsonFlag = False,
+) -> None:
+    """Stop sending; messages keep arriving in the journal and wait."""
+    _set_paused(ctx, name, True, json_out)
+
+
+@sinks.command("resume")
+def sinks_resume(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The sink's name.")],
+    json_out: JsonFlag = False,
+) -> None:
+    """Send again, starting where the sink stopped."""
+    _set_paused(ctx, name, False, json_out)
+
+
+@sinks.command("replay")
+def sinks_replay(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The sink's name.")],
+    from_id: Annotated[
+        int | None, typer.Option("--from-id", min=1, help="First message id to send again.")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="ISO 8601 time; send again what was received from then on.")
+    ] = None,
+    wait: Annotated[
+        bool | None,
+        typer.Option(
+            "--wait/--no-wait",
+            help="Follow the replay until it caught up (default: on a terminal).",
+        ),
+    ] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Send messages again from an id or a time; the running service does the sending."""
+    settings = settings_of(ctx)
+    _sink_type(settings, name)
+    if (from_id is None) == (since is None):
+        fail("give exactly one of --from-id N or --since ISO", code=2)
+    start_time = None
+    if since is not None:
+        try:
+            start_time = parse_iso(since)
+        except ValueError:
+            fail(f"--since {since!r} is not ISO 8601 (e.g. 2026-11-23T08:00:00Z)", code=2)
+    follow = wait if wait is not None else (sys.stdout.isatty() and not json_out)
+    result = run_async(_replay(settings, name, from_id, start_time, follow))
+    if json_out:
+        print_json(result)
+    elif not follow:
+        console.print(
+            f"sink {name} will send again from message {result['from_id']} "
+            f"({result['messages']} messages)"
+        )
+
+
+async def _replay(
+    settings: Settings, name: str, from_id: int | None, since: float | None, follow: bool
+) -> dict[str, Any]:
+    await migrate(settings)
+    async with build_store(settings) as store:
+        head = await store.head_id()
+        if from_id is None:
+            assert since is not None
+            first = await store.first_id_since(since)
+            from_id = first if first is not None else head + 1
+        await store.request_replay(name, from_id - 1)
+        total = max(0, head - (from_id - 1))
+        result: dict[str, Any] = {
+            "name": name,
+            "from_id": from_id,
+            "head_id": head,
+            "messages": total,
+            "caught_up": None,
+        }
+        if follow:
+            result["caught_up"] = await _follow(store, name, from_id - 1, head)
+        return result
+
+
+async def _follow(store: Store, name: str, start: int, head: int) -> bool:
+    """Show a progress bar until the sink's cursor reaches `head`; False if it stalls."""
+    columns = (
+        TextColumn("replay {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(name, total=max(head - start, 0))
+        last_cursor, last_move = -1, time.monotonic()
+        while True:
+            state = await store.sink_state(name)
+            cursor = state.cursor if state.replay_from is None else start
+            bar.update(task, completed=max(0, min(cursor, head) - start))
+            if state.replay_from is None and cursor >= head:
+                return True
+            if cursor != last_cursor:
+                last_cursor, last_move = cursor, time.monotonic()
+            elif time.monotonic() - last_move > STALL_AFTER:
+                console.print(
+                    f"[yellow]sink {name} has not moved for {STALL_AFTER:.0f}s; is "
+                    "fieldbridge running? The replay goes on when it runs.[/yellow]"
+                )
+                return False
+            await asyncio.sleep(0.5)
+
+
+@deadletters.command("list")
+def deadletters_list(
+    ctx: typer.Context,
+    sink: Annotated[str | None, typer.Option(help="Only this sink's.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 1000,
+    json_out: JsonFlag = False,
+) -> None:
+    """List dead letters with the destination's answer."""
+    found = with_store(ctx, lambda s: s.list_dead_letters(sink=sink, limit=limit))
+    rows = [dead_letter_json(d) for d in found]
+    if json_out:
+        print_json(rows)
+        return
+    print_table(
+        "dead letters",
+        ["id", "sink", "message", "attempts", "status", "state", "body"],
+        [
+            (
+                r["id"],
+                r["sink"],
+                r["message_id"],
+                r["attempts"],
+                r["status"],
+                r["state"],
+                (r["body"] or "")[:60],
+            )
+            for r in rows
+        ],
+    )
+
+
+def _selection(sink: str | None, ids: list[int] | None, everything: bool) -> None:
+    if not sink and not ids and not everything:
+        fail("choose what: --sink NAME, --id N (repeatable) or --all", code=2)
+
+
+@deadletters.command("retry")
+def deadletters_retry(
+    ctx: typer.Context,
+    sink: Annotated[str | None, typer.Option(help="This sink's dead letters.")] = None,
+    ids: Annotated[list[int] | None, typer.Option("--id", help="A dead letter id.")] = None,
+    everything: Annotated[bool, typer.Option("--all", help="Every dead letter.")] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Ask the running sinks to send these messages once more."""
+    _selection(sink, ids, everything)
+    count = with_store(ctx, lambda s: s.mark_dead_letters(state="retry", sink=sink, ids=ids or []))
+    if json_out:
+        print_json({"retrying": count})
+    else:
+        console.print(f"{count} dead letters will be sent again by the running service")
+
+
+@deadletters.command("drop")
+def deadletters_drop(
+    ctx: typer.Context,
+    sink: Annotated[str | None, typer.Option(help="This sink's dead letters.")] = None,
+    ids: Annotated[list[int] | None, typer.Option("--id", help="A dead letter id.")] = None,
+    everything: Annotated[bool, typer.Option("--all", help="Every dead letter.")] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Forget dead letters (the messages stay in the journal until retention)."""
+    _selection(sink, ids, everything)
+    count = with_store(ctx, lambda s: s.drop_dead_letters(sink=sink, ids=ids or []))
+    if json_out:
+        print_json({"dropped": count})
+    else:
+        console.print(f"{count} dead letters dropped")

@@ -1,0 +1,210 @@
+"""Settings: one TOML file plus FIELDBRIDGE_<SECTION>__<KEY> environment overrides."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from fieldbridge.errors import ConfigError
+from fieldbridge.plugin import (
+    SINK_TYPES,
+    SOURCE_TYPES,
+    SinkSettings,
+    SourceSettings,
+    load_builtins,
+)
+from fieldbridge.store.urls import mask_url
+
+CONFIG_ENV = "FIELDBRIDGE_CONFIG"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StoreSettings(Section):
+    url: str = "sqlite:///var/fieldbridge.db"
+    synchronous: Literal["off", "normal", "full", "extra"] = "full"
+    retention_days: float = Field(default=30.0, gt=0)
+    readings_retention_days: float = Field(default=0.0, ge=0)  # 0 keeps readings forever
+    busy_timeout_ms: int = Field(default=5000, ge=0)
+
+
+class HttpSettings(Section):
+    enabled: bool = True
+    listen: str = Field(default="127.0.0.1:8080", pattern=r"^.+:\d{1,5}$")
+    ingest: bool = True
+    source_name: str = "http"
+    max_body_bytes: int = Field(default=1_048_576, ge=1)
+    tokens: list[str] = Field(default_factory=list)  # bearer tokens; empty = no auth on ingest
+
+
+class IngestSettings(Section):
+    batch_size: int = Field(default=500, ge=1, le=100_000)
+    flush_ms: float = Field(default=5.0, ge=0)
+    queue_bound: int = Field(default=10_000, ge=1)
+
+
+class LogSettings(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+    levels: dict[str, Literal["debug", "info", "warning", "error"]] = Field(default_factory=dict)
+    file: str | None = None
+    max_bytes: int = Field(default=10_485_760, ge=1024)
+    backup_count: int = Field(default=5, ge=0)
+
+
+class Settings(BaseSettings):
+    """Every setting of one fieldbridge process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FIELDBRIDGE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+    toml_path: ClassVar[Path | None] = None
+
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+    sources: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
+    sinks: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
+
+    _sources: list[tuple[str, SourceSettings]] = PrivateAttr(default_factory=list)
+    _sinks: list[tuple[str, SinkSettings]] = PrivateAttr(default_factory=list)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        chain: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls.toml_path is not None:
+            chain.append(TomlConfigSettingsSource(settings_cls, toml_file=cls.toml_path))
+        return tuple(chain)
+
+    @model_validator(mode="after")
+    def _validate_plugins(self) -> Settings:
+        load_builtins()
+        problems: list[str] = []
+        self._sources = _typed_entries("sources", self.sources, SOURCE_TYPES, problems)
+        self._sinks = _typed_entries("sinks", self.sinks, SINK_TYPES, problems)
+        names = [self.http.source_name] if self.http.enabled and self.http.ingest else []
+        _check_unique("sources", names + [s.name for _, s in self._sources], problems)
+        _check_unique("sinks", [s.name for _, s in self._sinks], problems)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @property
+    def source_settings(self) -> list[tuple[str, SourceSettings]]:
+        """(type, settings) of every configured source, in file order."""
+        return list(self._sources)
+
+    @property
+    def sink_settings(self) -> list[tuple[str, SinkSettings]]:
+        """(type, settings) of every configured sink, in file order."""
+        return list(self._sinks)
+
+    def public_dict(self) -> dict[str, Any]:
+        """All settings as JSON-ready data, secrets masked."""
+        data = self.model_dump(mode="json", exclude={"sources", "sinks"})
+        data["http"]["tokens"] = ["**********" for _ in self.http.tokens]
+        data["store"]["url"] = mask_url(self.store.url)
+        data["sources"] = _grouped(self._sources)
+        data["sinks"] = _grouped(self._sinks)
+        return data
+
+
+def _typed_entries(
+    section: str,
+    raw: dict[str, list[dict[str, Any]]],
+    registry: dict[str, Any],
+    problems: list[str],
+) -> list[tuple[str, Any]]:
+    typed: list[tuple[str, Any]] = []
+    for type_name, entries in raw.items():
+        plugin = registry.get(type_name)
+        if plugin is None:
+            known = ", ".join(sorted(registry)) or "none"
+            problems.append(f"{section}.{type_name}: unknown type {type_name!r} (known: {known})")
+            continue
+        for index, entry in enumerate(entries):
+            try:
+                typed.append((type_name, plugin.settings.model_validate(entry)))
+            except ValidationError as exc:
+                problems.extend(
+                    _format_error(f"{section}.{type_name}[{index}]", err) for err in exc.errors()
+                )
+    return typed
+
+
+def _check_unique(section: str, names: list[str], problems: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            problems.append(f"{section}: name {name!r} is used twice; every name must be unique")
+        seen.add(name)
+
+
+def _grouped(entries: list[tuple[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for type_name, settings in entries:
+        out.setdefault(type_name, []).append(settings.model_dump(mode="json"))
+    return out
+
+
+def _format_error(prefix: str, err: Any) -> str:
+    path = prefix
+    for part in err.get("loc", ()):
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    if not path:
+        return message
+    return f"{path}: {message}"
+
+
+def config_path(explicit: str | Path | None) -> Path | None:
+    """The settings file to read: --config, else $FIELDBRIDGE_CONFIG, else none."""
+    if explicit:
+        return Path(explicit)
+    from_env = os.environ.get(CONFIG_ENV)
+    return Path(from_env) if from_env else None
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Read and validate the settings; raise ConfigError naming every bad key."""
+    toml_path = config_path(path)
+    if toml_path is not None:
+        if not toml_path.is_file():
+            raise ConfigError(
+                f"{toml_path}: no such settings file (given by --config or {CONFIG_ENV})"
+            )
+        try:
+            with toml_path.open("rb") as handle:
+                tomllib.load(handle)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{toml_path}: not valid TOML: {exc}") from exc
+    bound = type("FileSettings", (Settings,), {"toml_path": toml_path, "__module__": __name__})
+    try:
+        settings: Settings = bound()
+    except ValidationError as exc:
+        where = str(toml_path) if toml_path else "settings"
+        lines = [_format_error("", err) for err in exc.errors()]
+        raise ConfigError(f"{where} is invalid:\n  " + "\n  ".join(lines)) from exc
+    return settings

@@ -1,0 +1,183 @@
+"""Group commit: batches payloads from every source into one transaction, then acknowledges."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from fieldbridge.errors import DecodeError, StoreError
+from fieldbridge.model import Codec, Incoming, Outcome
+from fieldbridge.observe import Metrics
+from fieldbridge.store import Pending, Store
+from fieldbridge.store.jsoncol import dump
+
+log = logging.getLogger("fieldbridge.ingest")
+
+
+class ShuttingDown(StoreError):
+    """Ingest no longer accepts payloads; the source should tell its device to retry."""
+
+
+class Ingest:
+    """The one place where payloads become committed messages.
+
+    A source awaits `submit`; it returns only after the payload's transaction committed
+    (Accepted or Rejected) and raises StoreError when the store failed, so the source can
+    tell its device to retry. At most `queue_bound` payloads are in flight; beyond that,
+    `submit` waits (back-pressure).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        batch_size: int = 500,
+        flush_ms: float = 5.0,
+        queue_bound: int = 10_000,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._store = store
+        self._batch_size = batch_size
+        self._flush_s = flush_ms / 1000.0
+        self._room = asyncio.Semaphore(queue_bound)
+        self._queue: deque[Incoming] = deque()
+        self._arrived = asyncio.Event()
+        self._full = asyncio.Event()
+        self._metrics = metrics
+        self._listeners: list[Callable[[], None]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.last_commit_ok: bool | None = None
+
+    def on_commit(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after every commit that added messages (sinks wake on it)."""
+        self._listeners.append(listener)
+
+    async def submit(
+        self,
+        source: str,
+        payload: bytes,
+        codec: Codec,
+        meta: Mapping[str, Any] | None = None,
+        received_at: float | None = None,
+    ) -> Outcome:
+        """Hand in one payload; return once it is committed (or raise StoreError)."""
+        if self._closing:
+            raise ShuttingDown("fieldbridge is shutting down; retry shortly")
+        async with self._room:
+            future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+            self._queue.append(
+                Incoming(source, payload, codec, meta or {}, received_at or time.time(), future)
+            )
+            if len(self._queue) == 1:
+                self._arrived.set()
+            if len(self._queue) >= self._batch_size:
+                self._full.set()
+            return await future
+
+    async def __aenter__(self) -> Ingest:
+        self._task = asyncio.create_task(self._run(), name="fieldbridge-ingest")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop accepting, commit and acknowledge everything already handed in."""
+        self._closing = True
+        self._arrived.set()
+        self._full.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        in_flight: asyncio.Task[None] | None = None
+        while True:
+            if not self._queue:
+                if self._closing:
+                    break
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            if len(self._queue) < self._batch_size and not self._closing:
+                self._full.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), self._flush_s)
+            batch = [self._queue.popleft() for _ in range(min(self._batch_size, len(self._queue)))]
+            pending = [_decode(item) for item in batch]
+            if in_flight is not None:
+                await in_flight
+            in_flight = asyncio.create_task(self._commit(batch, pending))
+        if in_flight is not None:
+            await in_flight
+
+    async def _commit(self, batch: Sequence[Incoming], pending: Sequence[Pending]) -> None:
+        started = time.perf_counter()
+        try:
+            outcomes = await self._store.commit(pending)
+        except StoreError as exc:
+            self.last_commit_ok = False
+            log.warning(
+                "store failed; %d payloads will be retried by their devices: %s", len(batch), exc
+            )
+            if self._metrics is not None:
+                self._metrics.count_ingest(batch, "store_error")
+            for item in batch:
+                if not item.result.done():
+                    item.result.set_exception(StoreError(str(exc)))
+            return
+        except Exception as exc:  # a bug, not a store failure: still answer every source
+            self.last_commit_ok = False
+            log.exception("commit failed")
+            for item in batch:
+                if not item.result.done():
+                    item.result.set_exception(StoreError(f"internal error: {exc}"))
+            return
+        self.last_commit_ok = True
+        if self._metrics is not None:
+            self._metrics.observe_commit(batch, outcomes, time.perf_counter() - started)
+        for item, outcome in zip(batch, outcomes, strict=True):
+            if not item.result.done():
+                item.result.set_result(outcome)
+        for listener in self._listeners:
+            listener()
+
+
+def _decode(item: Incoming) -> Pending:
+    meta_json = dump(item.meta)
+    try:
+        decoded = item.codec(item.payload, item.meta, item.received_at)
+    except DecodeError as exc:
+        return Pending(
+            item.source,
+            item.received_at,
+            meta_json,
+            item.payload,
+            reason=exc.reason,
+            malformed=exc.malformed,
+        )
+    except Exception as exc:  # a codec bug must not lose the payload: quarantine it
+        log.exception("codec crashed on a payload from %s; quarantined", item.source)
+        reason = f"codec error: {type(exc).__name__}: {exc}"
+        return Pending(item.source, item.received_at, meta_json, item.payload, reason=reason)
+    if not decoded:
+        return Pending(
+            item.source,
+            item.received_at,
+            meta_json,
+            item.payload,
+            reason="payload holds no message",
+        )
+    return Pending(item.source, item.received_at, meta_json, item.payload, decoded=decoded)

@@ -1,0 +1,145 @@
+"""The records that flow from sources through ingest to the store and the sinks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One measured value of one quantity at one instant."""
+
+    quantity: str
+    value: float | None
+    measured_at: float  # Unix seconds, UTC
+    channel: int = 0
+    unit: str | None = None
+    extra: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """What a codec made of (part of) a payload: one message from one device."""
+
+    device: str
+    readings: tuple[Reading, ...] = ()
+    kind: str | None = None
+    idempotency_key: str | None = None
+    attributes: Mapping[str, Any] | None = None
+    raw: bytes | None = None  # the part of the payload this message came from; None = all of it
+
+
+Codec = Callable[[bytes, Mapping[str, Any], float], list[Decoded]]
+"""A pure function: payload, transport metadata, receive time -> messages, or DecodeError."""
+
+
+@dataclass(slots=True)
+class Incoming:
+    """A payload a source hands to ingest, with the future ingest resolves after commit."""
+
+    source: str
+    payload: bytes
+    codec: Codec
+    meta: Mapping[str, Any]
+    received_at: float
+    result: asyncio.Future[Outcome]
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The payload is committed; `ids` are its journal ids (existing ones for repeats)."""
+
+    ids: tuple[int, ...]
+    duplicates: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """The payload did not decode; it is kept in quarantine under `quarantine_id`."""
+
+    reason: str
+    quarantine_id: int
+    malformed: bool = False  # the payload's outer syntax did not parse
+
+
+Outcome = Accepted | Rejected
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """A committed message as sinks and the CLI read it back."""
+
+    id: int
+    received_at: float
+    source: str
+    device: str
+    kind: str | None
+    meta: Mapping[str, Any]
+    payload: bytes
+    readings: tuple[Reading, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """A device of the registry."""
+
+    id: str
+    kind: str | None
+    name: str | None
+    source: str
+    first_seen: float
+    last_seen: float
+    message_count: int
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    flags: Mapping[str, bool] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReading:
+    """A reading as it sits in the store, with its device and message."""
+
+    message_id: int
+    device: str
+    reading: Reading
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineEntry:
+    """A payload that did not decode, kept with the reason."""
+
+    id: int
+    received_at: float
+    source: str
+    meta: Mapping[str, Any]
+    payload: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message a sink's destination refused for good."""
+
+    id: int
+    sink: str
+    message_id: int
+    attempts: int
+    status: int | None
+    body: str
+    created_at: float
+    state: str  # "dead" or "retry"
+
+
+@dataclass(frozen=True, slots=True)
+class SinkState:
+    """What the store knows of one sink: cursor, pause flag, last state and error."""
+
+    name: str
+    cursor: int
+    paused: bool
+    state: str
+    last_error: str | None
+    replay_from: int | None
+    updated_at: float

@@ -1,0 +1,92 @@
+"""Prometheus metrics of ingest and sinks."""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from fieldbridge.model import Accepted, Incoming, Outcome
+
+BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+
+
+class Metrics:
+    """The metrics of one fieldbridge process, in their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.ingest = Counter(
+            "fieldbridge_ingest_payloads",
+            "Payloads handed to ingest, by source and outcome",
+            ["source", "outcome"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "fieldbridge_commit_batch_size",
+            "Payloads per ingest transaction",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.commit_seconds = Histogram(
+            "fieldbridge_commit_seconds",
+            "Duration of one ingest transaction",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.quarantined = Counter(
+            "fieldbridge_quarantined", "Payloads put in quarantine", ["source"], registry=r
+        )
+        self.quarantine_size = Gauge(
+            "fieldbridge_quarantine_size", "Payloads held in quarantine", registry=r
+        )
+        self.sink_sent = Counter(
+            "fieldbridge_sink_sent_messages",
+            "Messages a destination accepted",
+            ["sink"],
+            registry=r,
+        )
+        self.sink_failed = Counter(
+            "fieldbridge_sink_failed_attempts", "Send attempts that failed", ["sink"], registry=r
+        )
+        self.sink_dead = Counter(
+            "fieldbridge_sink_dead_lettered_messages",
+            "Messages moved to the dead letters",
+            ["sink"],
+            registry=r,
+        )
+        self.sink_lag_messages = Gauge(
+            "fieldbridge_sink_lag_messages", "Messages not yet delivered", ["sink"], registry=r
+        )
+        self.sink_lag_seconds = Gauge(
+            "fieldbridge_sink_lag_seconds",
+            "Age of the oldest undelivered message",
+            ["sink"],
+            registry=r,
+        )
+
+    def count_ingest(self, batch: Sequence[Incoming], outcome: str) -> None:
+        for source, n in Tally(item.source for item in batch).items():
+            self.ingest.labels(source, outcome).inc(n)
+
+    def observe_commit(
+        self, batch: Sequence[Incoming], outcomes: Sequence[Outcome], seconds: float
+    ) -> None:
+        self.batch_size.observe(len(batch))
+        self.commit_seconds.observe(seconds)
+        tally: Tally[tuple[str, str]] = Tally()
+        for item, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, Accepted):
+                kind = "duplicate" if outcome.duplicates == len(outcome.ids) else "accepted"
+            else:
+                kind = "rejected"
+                self.quarantined.labels(item.source).inc()
+            tally[(item.source, kind)] += 1
+        for (source, kind), n in tally.items():
+            self.ingest.labels(source, kind).inc(n)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,1 @@
+"""Sinks: one task per configured destination, each after its own cursor."""

@@ -1,0 +1,45 @@
+"""What a destination plugin implements, and how a sink's route picks messages."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+
+from fieldbridge.model import JournalEntry
+from fieldbridge.plugin import RouteSettings
+
+
+class Destination:
+    """Renders and sends batches to one destination.
+
+    `send` returns when the destination confirmed the batch and raises
+    RetryableDeliveryError or PermanentDeliveryError otherwise. Opening and closing
+    connections belongs in `__aenter__`/`__aexit__`.
+    """
+
+    wants_payload: bool = False  # whether entries must carry the raw payload
+
+    async def send(self, entries: Sequence[JournalEntry]) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Destination:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+
+def route_matches(
+    route: RouteSettings, entry: JournalEntry, flags: Mapping[str, Mapping[str, bool]]
+) -> bool:
+    """Whether a sink with this route takes the message."""
+    if route.sources and entry.source not in route.sources:
+        return False
+    if route.kinds and (entry.kind or "") not in route.kinds:
+        return False
+    return not (route.flag and not flags.get(entry.device, {}).get(route.flag, False))

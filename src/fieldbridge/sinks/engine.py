@@ -1,0 +1,265 @@
+"""The sink loop: read after the cursor, send, move the cursor once the destination said yes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Sequence
+
+from fieldbridge.errors import (
+    DeliveryError,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+    StoreError,
+)
+from fieldbridge.model import JournalEntry
+from fieldbridge.observe import Metrics
+from fieldbridge.plugin import SinkSettings
+from fieldbridge.sinks.base import Destination, route_matches
+from fieldbridge.store import Store
+
+log = logging.getLogger("fieldbridge.sinks")
+
+BACKOFF_BASE = 0.5  # seconds; the first retry waits up to twice this
+IDLE_POLL = 1.0  # seconds between looks at the journal when nothing woke the sink
+LAG_EVERY = 5.0  # seconds between lag measurements
+
+
+class _Stop(Exception):
+    """The runner was asked to stop while waiting."""
+
+
+class SinkRunner:
+    """Drives one destination after its cursor; one task per configured sink."""
+
+    def __init__(
+        self,
+        type_name: str,
+        settings: SinkSettings,
+        destination: Destination,
+        store: Store,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.type_name = type_name
+        self.settings = settings
+        self.name = settings.name
+        self.state = "starting" if settings.enabled else "disabled"
+        self.last_error: str | None = None
+        self._destination = destination
+        self._store = store
+        self._metrics = metrics
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._cursor = 0
+        self._last_send = 0.0
+        self._last_lag = 0.0
+
+    def wake(self) -> None:
+        """New messages were committed."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Deliver until stopped; never raises for destination or store trouble."""
+        async with self._destination:
+            while not self._stopping:
+                try:
+                    await self._loop()
+                except _Stop:
+                    break
+                except StoreError as exc:
+                    await self._set_state("store-error", str(exc), save=False)
+                    log.warning("sink %s: store unavailable, retrying: %s", self.name, exc)
+                    with contextlib.suppress(_Stop):
+                        await self._pause_for(2.0)
+        self.state = "stopped"
+
+    async def _loop(self) -> None:
+        self._cursor = (await self._store.sink_state(self.name)).cursor
+        while not self._stopping:
+            replay = await self._store.take_replay(self.name)
+            if replay is not None:
+                log.info("sink %s: replaying from message %d", self.name, replay + 1)
+                self._cursor = replay
+            stored = await self._store.sink_state(self.name)
+            if stored.paused:
+                await self._set_state("paused", None)
+                await self._idle()
+                continue
+            await self._retry_dead_letters()
+            entries = await self._store.read_journal(
+                self._cursor, self.settings.batch_size, with_payload=self._destination.wants_payload
+            )
+            if not entries:
+                await self._set_state("idle", None)
+                await self._measure_lag(force=False)
+                await self._idle()
+                continue
+            await self._deliver(entries)
+            self._cursor = entries[-1].id
+            await self._set_state("running", None, cursor=self._cursor)
+            await self._measure_lag(force=False)
+
+    async def _deliver(self, entries: Sequence[JournalEntry]) -> None:
+        route = self.settings.route
+        flags = {}
+        if route.flag:
+            flags = await self._store.device_flags({e.device for e in entries})
+        chosen = [e for e in entries if route_matches(route, e, flags)]
+        if not chosen:
+            return
+        if self.settings.interval:
+            await self._pause_for(self._last_send + self.settings.interval - time.monotonic())
+        # Bisect on permanent rejection: one bad message is isolated, the rest go through in order.
+        chunks: list[Sequence[JournalEntry]] = [chosen]
+        while chunks:
+            chunk = chunks.pop(0)
+            try:
+                await self._send_with_retry(chunk)
+            except PermanentDeliveryError as exc:
+                if len(chunk) > 1:
+                    middle = len(chunk) // 2
+                    chunks[0:0] = [chunk[:middle], chunk[middle:]]
+                    continue
+                await self._dead_letter(chunk[0], exc)
+        self._last_send = time.monotonic()
+
+    async def _send_with_retry(self, chunk: Sequence[JournalEntry]) -> None:
+        attempt = 0
+        while True:
+            if self._stopping:
+                raise _Stop
+            try:
+                await self._destination.send(chunk)
+            except RetryableDeliveryError as exc:
+                attempt += 1
+                await self._backoff(attempt, exc)
+                continue
+            except PermanentDeliveryError:
+                if self._metrics is not None:
+                    self._metrics.sink_failed.labels(self.name).inc()
+                raise
+            except Exception as exc:  # a rendering bug: isolate the message, keep the sink going
+                log.exception("sink %s: failed to render or send a batch", self.name)
+                if self._metrics is not None:
+                    self._metrics.sink_failed.labels(self.name).inc()
+                raise PermanentDeliveryError(
+                    f"{type(exc).__name__}: {exc}", body=f"{type(exc).__name__}: {exc}"
+                ) from exc
+            if self._metrics is not None:
+                self._metrics.sink_sent.labels(self.name).inc(len(chunk))
+            if attempt:
+                log.info("sink %s: delivering again after %d failed attempts", self.name, attempt)
+            return
+
+    async def _backoff(self, attempt: int, exc: DeliveryError) -> None:
+        if self._metrics is not None:
+            self._metrics.sink_failed.labels(self.name).inc()
+        cap = self.settings.max_backoff
+        if exc.retry_after is not None:
+            delay = min(max(exc.retry_after, 0.0), max(cap, 3600.0))
+        else:
+            delay = random.uniform(0, min(cap, BACKOFF_BASE * 2**attempt))  # full jitter
+        if attempt == 1 or self.state != "backoff":
+            log.warning(
+                "sink %s: %s; retrying with back-off (attempt %d, next in %.1fs)",
+                self.name,
+                exc,
+                attempt,
+                delay,
+            )
+        await self._set_state("backoff", str(exc))
+        await self._pause_for(delay)
+
+    async def _dead_letter(self, entry: JournalEntry, exc: DeliveryError) -> None:
+        log.warning(
+            "sink %s: message %d refused for good (%s); moved to dead letters",
+            self.name,
+            entry.id,
+            exc,
+        )
+        await self._store.add_dead_letter(self.name, entry.id, exc.status, exc.body or str(exc))
+        if self._metrics is not None:
+            self._metrics.sink_dead.labels(self.name).inc()
+
+    async def _retry_dead_letters(self) -> None:
+        letters = await self._store.list_dead_letters(
+            sink=self.name, state="retry", limit=self.settings.batch_size
+        )
+        if not letters:
+            return
+        entries = {
+            e.id: e
+            for e in await self._store.journal_by_ids(
+                [d.message_id for d in letters], with_payload=self._destination.wants_payload
+            )
+        }
+        for letter in letters:
+            entry = entries.get(letter.message_id)
+            if entry is None:
+                await self._store.add_dead_letter(
+                    self.name, letter.message_id, None, "message is no longer in the journal"
+                )
+                continue
+            try:
+                await self._destination.send([entry])
+            except RetryableDeliveryError as exc:
+                await self._backoff(1, exc)
+                return
+            except DeliveryError as exc:
+                await self._dead_letter(entry, exc)
+                continue
+            await self._store.resolve_dead_letter(letter.id)
+            if self._metrics is not None:
+                self._metrics.sink_sent.labels(self.name).inc()
+            log.info("sink %s: dead letter for message %d delivered", self.name, entry.id)
+
+    async def _set_state(
+        self, state: str, error: str | None, *, cursor: int | None = None, save: bool = True
+    ) -> None:
+        changed = state != self.state or error != self.last_error
+        self.state = state
+        if error is not None or state in ("idle", "running"):
+            self.last_error = error
+        if save and (changed or cursor is not None):
+            await self._store.save_progress(
+                self.name, cursor=cursor, state=state, last_error=self.last_error
+            )
+
+    async def _measure_lag(self, *, force: bool) -> None:
+        now = time.monotonic()
+        if self._metrics is None or (not force and now - self._last_lag < LAG_EVERY):
+            return
+        self._last_lag = now
+        count, oldest = await self._store.lag(self._cursor)
+        self._metrics.sink_lag_messages.labels(self.name).set(count)
+        self._metrics.sink_lag_seconds.labels(self.name).set(
+            max(0.0, time.time() - oldest) if oldest is not None else 0.0
+        )
+
+    async def _idle(self) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), IDLE_POLL)
+        if self._stopping:
+            raise _Stop
+
+    async def _pause_for(self, seconds: float) -> None:
+        """Sleep, but wake at once when asked to stop."""
+        if seconds <= 0:
+            return
+        deadline = time.monotonic() + seconds
+        while not self._stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), left)
+        raise _Stop

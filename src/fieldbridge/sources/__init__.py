@@ -1,0 +1,1 @@
+"""Sources: each owns a transport and hands raw payloads to ingest."""

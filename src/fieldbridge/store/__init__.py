@@ -1,0 +1,56 @@
+"""The store: journal, readings, devices, sink cursors, dead letters, quarantine, downlinks."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from fieldbridge.store.db import Database
+from fieldbridge.store.journal import JournalQueries, Pending
+from fieldbridge.store.registry import RegistryQueries
+from fieldbridge.store.sinkstate import SinkStateQueries
+from fieldbridge.store.urls import StoreUrl, parse_store_url
+
+__all__ = ["Pending", "Store", "StoreUrl", "open_store", "parse_store_url"]
+
+
+class Store(JournalQueries, RegistryQueries, SinkStateQueries):
+    """Every read and write of fieldbridge's state goes through here."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def ping(self) -> None:
+        """Raise StoreError unless the store answers."""
+        await self.db.fetchall("SELECT 1")
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+def open_store(
+    url: str | StoreUrl, *, synchronous: str = "full", busy_timeout_ms: int = 5000
+) -> Store:
+    """A Store on the database a URL names (schema must be migrated first)."""
+    parsed = parse_store_url(url) if isinstance(url, str) else url
+    if parsed.sqlite_path is not None:
+        from fieldbridge.store.sqlite import SqliteDatabase
+
+        return Store(
+            SqliteDatabase(
+                parsed.sqlite_path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms
+            )
+        )
+    from fieldbridge.store.postgres import PostgresDatabase
+
+    return Store(PostgresDatabase(parsed.libpq_url))

@@ -1,0 +1,322 @@
+"""Journal queries: the group-commit write of a batch, and reading it back in order."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fieldbridge.model import Accepted, Decoded, JournalEntry, Outcome, Reading, Rejected
+from fieldbridge.store import jsoncol
+from fieldbridge.store.db import Database, Row, Tx
+
+# Taken by every PostgreSQL ingest transaction: ids then commit in id order across processes,
+# so a sink reading "after its cursor" can never skip a row that commits late.
+JOURNAL_LOCK = 0x6669656C64  # "field"
+IN_CHUNK = 500
+
+
+@dataclass(slots=True)
+class Pending:
+    """One received payload after decoding: its messages, or why it was rejected."""
+
+    source: str
+    received_at: float
+    meta_json: str
+    payload: bytes
+    decoded: list[Decoded] | None = None
+    reason: str | None = None
+    malformed: bool = False
+
+
+class JournalQueries:
+    db: Database
+
+    async def commit(self, batch: Sequence[Pending]) -> list[Outcome]:
+        """Write a batch in one transaction; outcomes follow the batch's order."""
+        async with self.db.transaction() as tx:
+            if self.db.dialect == "postgresql":
+                await tx.execute("SELECT pg_advisory_xact_lock(?)", (JOURNAL_LOCK,))
+            return await _commit(tx, self.db.dialect, batch)
+
+    async def read_journal(
+        self, after: int, limit: int, *, with_payload: bool = False
+    ) -> list[JournalEntry]:
+        """Up to `limit` messages with id > after, oldest first, with their readings."""
+        payload_col = "payload" if with_payload else "NULL"
+        rows = await self.db.fetchall(
+            "SELECT id, received_at, source, device, kind, meta, "
+            f"{payload_col} FROM journal WHERE id > ? ORDER BY id LIMIT ?",
+            (after, limit),
+        )
+        if not rows:
+            return []
+        by_message = await self._readings_between(rows[0][0], rows[-1][0])
+        return [_entry(row, by_message.get(row[0], ())) for row in rows]
+
+    async def journal_by_ids(
+        self, ids: Sequence[int], *, with_payload: bool = False
+    ) -> list[JournalEntry]:
+        payload_col = "payload" if with_payload else "NULL"
+        out: list[JournalEntry] = []
+        for chunk in _chunks(sorted(ids)):
+            marks = ",".join("?" * len(chunk))
+            rows = await self.db.fetchall(
+                f"SELECT id, received_at, source, device, kind, meta, {payload_col} "
+                f"FROM journal WHERE id IN ({marks}) ORDER BY id",
+                chunk,
+            )
+            for row in rows:
+                readings = await self._readings_between(row[0], row[0])
+                out.append(_entry(row, readings.get(row[0], ())))
+        return out
+
+    async def _readings_between(self, first: int, last: int) -> dict[int, tuple[Reading, ...]]:
+        rows = await self.db.fetchall(
+            "SELECT message_id, quantity, value, measured_at, channel, unit, extra "
+            "FROM readings WHERE message_id >= ? AND message_id <= ? ORDER BY id",
+            (first, last),
+        )
+        grouped: dict[int, list[Reading]] = {}
+        for mid, quantity, value, measured_at, channel, unit, extra in rows:
+            grouped.setdefault(mid, []).append(
+                Reading(quantity, value, measured_at, channel, unit, jsoncol.load(extra) or None)
+            )
+        return {mid: tuple(readings) for mid, readings in grouped.items()}
+
+    async def head_id(self) -> int:
+        rows = await self.db.fetchall("SELECT COALESCE(MAX(id), 0) FROM journal")
+        return int(rows[0][0])
+
+    async def lag(self, cursor: int) -> tuple[int, float | None]:
+        """Messages after a cursor, and when the oldest of them was received."""
+        rows = await self.db.fetchall(
+            "SELECT COUNT(*), MIN(received_at) FROM journal WHERE id > ?", (cursor,)
+        )
+        count, oldest = rows[0]
+        return int(count), (float(oldest) if oldest is not None else None)
+
+    async def first_id_since(self, since: float) -> int | None:
+        rows = await self.db.fetchall(
+            "SELECT MIN(id) FROM journal WHERE received_at >= ?", (since,)
+        )
+        return int(rows[0][0]) if rows[0][0] is not None else None
+
+    async def prune(self, older_than: float, delivered_upto: int) -> int:
+        """Delete journal rows older than a time that every sink has delivered; return how many."""
+        async with self.db.transaction() as tx:
+            # Dead-lettered messages count as undelivered: they stay for `deadletters retry`.
+            where = (
+                "WHERE received_at < ? AND id <= ? "
+                "AND id NOT IN (SELECT message_id FROM dead_letters)"
+            )
+            rows = await tx.fetchall(
+                f"SELECT COUNT(*) FROM journal {where}", (older_than, delivered_upto)
+            )
+            await tx.execute(f"DELETE FROM journal {where}", (older_than, delivered_upto))
+        return int(rows[0][0])
+
+    async def prune_readings(self, older_than: float) -> int:
+        async with self.db.transaction() as tx:
+            rows = await tx.fetchall(
+                "SELECT COUNT(*) FROM readings WHERE measured_at < ?", (older_than,)
+            )
+            await tx.execute("DELETE FROM readings WHERE measured_at < ?", (older_than,))
+        return int(rows[0][0])
+
+
+def _entry(row: Row, readings: tuple[Reading, ...]) -> JournalEntry:
+    mid, received_at, source, device, kind, meta, payload = row
+    return JournalEntry(
+        id=mid,
+        received_at=received_at,
+        source=source,
+        device=device,
+        kind=kind,
+        meta=jsoncol.load(meta),
+        payload=bytes(payload) if payload is not None else b"",
+        readings=readings,
+    )
+
+
+def _chunks(values: Sequence[int]) -> list[Sequence[int]]:
+    return [values[i : i + IN_CHUNK] for i in range(0, len(values), IN_CHUNK)]
+
+
+async def _existing_keys(tx: Tx, keys: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    found: dict[tuple[str, str], int] = {}
+    wanted = sorted({key for _, key in keys})
+    for i in range(0, len(wanted), IN_CHUNK):
+        chunk = wanted[i : i + IN_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        rows = await tx.fetchall(
+            f"SELECT source, idem_key, id FROM journal WHERE idem_key IN ({marks})", chunk
+        )
+        for source, key, mid in rows:
+            if (source, key) in keys:
+                found[(source, key)] = int(mid)
+    return found
+
+
+async def _allocate_ids(tx: Tx, dialect: str, count: int) -> list[int]:
+    """Ids for `count` new journal rows, in order; the writer holds the journal lock."""
+    if dialect == "postgresql":
+        rows = await tx.fetchall(
+            "SELECT nextval('journal_id_seq') FROM generate_series(1, ?)", (count,)
+        )
+        return [int(r[0]) for r in rows]
+    rows = await tx.fetchall(
+        "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'journal'), 0), "
+        "COALESCE((SELECT MAX(id) FROM journal), 0))"
+    )
+    start = int(rows[0][0]) + 1
+    return list(range(start, start + count))
+
+
+async def _commit(tx: Tx, dialect: str, batch: Sequence[Pending]) -> list[Outcome]:
+    keys = {
+        (p.source, d.idempotency_key)
+        for p in batch
+        if p.decoded
+        for d in p.decoded
+        if d.idempotency_key is not None
+    }
+    known = await _existing_keys(tx, keys) if keys else {}
+
+    new_count = 0
+    plan: list[list[int | None]] = []  # per pending: existing id, or None for a new row
+    for p in batch:
+        slots: list[int | None] = []
+        for d in p.decoded or ():
+            key = (p.source, d.idempotency_key) if d.idempotency_key is not None else None
+            if key is not None and key in known:
+                slots.append(known[key])
+            else:
+                slots.append(None)
+                new_count += 1
+                if key is not None:
+                    known[key] = -new_count  # a repeat later in this batch points here
+        plan.append(slots)
+
+    ids = await _allocate_ids(tx, dialect, new_count) if new_count else []
+    journal_rows: list[tuple[object, ...]] = []
+    reading_rows: list[tuple[object, ...]] = []
+    seen: dict[str, _Seen] = {}
+    outcomes: list[Outcome | None] = []
+    next_new = 0
+    for p, slots in zip(batch, plan, strict=True):
+        if p.decoded is None:
+            outcomes.append(None)
+            continue
+        message_ids: list[int] = []
+        duplicates = 0
+        for d, slot in zip(p.decoded, slots, strict=True):
+            if slot is not None:
+                message_ids.append(slot if slot > 0 else ids[-slot - 1])
+                duplicates += 1
+                continue
+            mid = ids[next_new]
+            next_new += 1
+            message_ids.append(mid)
+            journal_rows.append(
+                (
+                    mid,
+                    p.received_at,
+                    p.source,
+                    d.device,
+                    d.kind,
+                    p.meta_json,
+                    d.raw if d.raw is not None else p.payload,
+                    d.idempotency_key,
+                )
+            )
+            for r in d.readings:
+                reading_rows.append(
+                    (
+                        mid,
+                        d.device,
+                        r.measured_at,
+                        r.quantity,
+                        r.channel,
+                        r.value,
+                        r.unit,
+                        jsoncol.dump_or_none(r.extra),
+                    )
+                )
+            _note_device(seen, d, p)
+        outcomes.append(Accepted(tuple(message_ids), duplicates))
+
+    if journal_rows:
+        await tx.executemany(
+            "INSERT INTO journal (id, received_at, source, device, kind, meta, payload, idem_key) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            journal_rows,
+        )
+    if reading_rows:
+        await tx.executemany(
+            "INSERT INTO readings (message_id, device, measured_at, quantity, channel, value, "
+            "unit, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            reading_rows,
+        )
+    if seen:
+        await _upsert_devices(tx, seen)
+    for index, p in enumerate(batch):
+        if p.decoded is None:
+            rows = await tx.fetchall(
+                "INSERT INTO quarantine (received_at, source, meta, payload, reason) "
+                "VALUES (?, ?, ?, ?, ?) RETURNING id",
+                (p.received_at, p.source, p.meta_json, p.payload, p.reason or "rejected"),
+            )
+            outcomes[index] = Rejected(p.reason or "rejected", int(rows[0][0]), p.malformed)
+    return [o for o in outcomes if o is not None]
+
+
+@dataclass(slots=True)
+class _Seen:
+    """What a batch says of one device."""
+
+    kind: str | None
+    source: str
+    first: float
+    last: float
+    count: int
+    attributes: dict[str, object]
+
+
+def _note_device(seen: dict[str, _Seen], d: Decoded, p: Pending) -> None:
+    entry = seen.get(d.device)
+    if entry is None:
+        seen[d.device] = _Seen(
+            d.kind, p.source, p.received_at, p.received_at, 1, dict(d.attributes or {})
+        )
+        return
+    if d.kind is not None:
+        entry.kind = d.kind
+    entry.last = p.received_at
+    entry.count += 1
+    if d.attributes:
+        entry.attributes.update(d.attributes)
+
+
+async def _upsert_devices(tx: Tx, seen: dict[str, _Seen]) -> None:
+    await tx.executemany(
+        "INSERT INTO devices (id, kind, source, first_seen, last_seen, message_count) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+        "kind = COALESCE(excluded.kind, devices.kind), "
+        "last_seen = CASE WHEN excluded.last_seen > devices.last_seen "
+        "THEN excluded.last_seen ELSE devices.last_seen END, "
+        "message_count = devices.message_count + excluded.message_count",
+        [(dev, e.kind, e.source, e.first, e.last, e.count) for dev, e in seen.items()],
+    )
+    with_attrs = {dev: e.attributes for dev, e in seen.items() if e.attributes}
+    if not with_attrs:
+        return
+    marks = ",".join("?" * len(with_attrs))
+    rows = await tx.fetchall(
+        f"SELECT id, attributes FROM devices WHERE id IN ({marks})", list(with_attrs)
+    )
+    updates = []
+    for dev, text in rows:
+        merged = jsoncol.load(text)
+        merged.update(with_attrs[dev])
+        updates.append((jsoncol.dump(merged), dev))
+    await tx.executemany("UPDATE devices SET attributes = ? WHERE id = ?", updates)

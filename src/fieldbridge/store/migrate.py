@@ -1,0 +1,56 @@
+"""Brings a store's schema to the newest revision with Alembic."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from fieldbridge.store.urls import StoreUrl
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return cfg
+
+
+def _engine(url: StoreUrl) -> sa.Engine:
+    if url.sqlite_path is not None:
+        url.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    return sa.create_engine(url.sqlalchemy_url, poolclass=sa.pool.NullPool)
+
+
+def pending_revisions(url: StoreUrl) -> list[str]:
+    """Revisions not yet applied, oldest first."""
+    script = ScriptDirectory.from_config(_config())
+    with _engine(url).connect() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+    revs = [r.revision for r in script.iterate_revisions("head", current)]
+    return list(reversed(revs))
+
+
+def upgrade(url: StoreUrl, on_step: Callable[[str], None] | None = None) -> list[str]:
+    """Apply every pending revision; call on_step after each. Return what was applied."""
+    applied: list[str] = []
+
+    def step(**kwargs: Any) -> None:
+        revision = str(kwargs["step"].up_revision_id)
+        applied.append(revision)
+        if on_step is not None:
+            on_step(revision)
+
+    cfg = _config()
+    cfg.attributes["on_version_apply"] = step
+    with _engine(url).begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+    return applied

@@ -1,0 +1,111 @@
+"""The one schema of the store, as SQLAlchemy metadata that the migrations follow."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+# SQLite only makes a rowid alias (and so AUTOINCREMENT, ids never reused) of INTEGER.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+Time: sa.Double[float] = sa.Double()  # Unix seconds, UTC
+
+journal = sa.Table(
+    "journal",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("received_at", Time, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("device", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text),
+    sa.Column("meta", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+    sa.Column("idem_key", sa.Text),
+    sa.UniqueConstraint("source", "idem_key", name="uq_journal_source_idem_key"),
+    sa.Index("ix_journal_received_at", "received_at"),
+    sqlite_autoincrement=True,
+)
+
+readings = sa.Table(
+    "readings",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("message_id", sa.BigInteger, nullable=False),
+    sa.Column("device", sa.Text, nullable=False),
+    sa.Column("measured_at", Time, nullable=False),
+    sa.Column("quantity", sa.Text, nullable=False),
+    sa.Column("channel", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("value", sa.Double),
+    sa.Column("unit", sa.Text),
+    sa.Column("extra", sa.Text),
+    sa.Index("ix_readings_device_measured_at", "device", "measured_at"),
+    sa.Index("ix_readings_message_id", "message_id"),
+    sqlite_autoincrement=True,
+)
+
+devices = sa.Table(
+    "devices",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("kind", sa.Text),
+    sa.Column("name", sa.Text),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("first_seen", Time, nullable=False),
+    sa.Column("last_seen", Time, nullable=False),
+    sa.Column("message_count", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("attributes", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("flags", sa.Text, nullable=False, server_default="{}"),
+)
+
+sink_state = sa.Table(
+    "sink_state",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("cursor", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("paused", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("state", sa.Text, nullable=False, server_default="idle"),
+    sa.Column("last_error", sa.Text),
+    sa.Column("replay_from", sa.BigInteger),
+    sa.Column("updated_at", Time, nullable=False, server_default="0"),
+)
+
+dead_letters = sa.Table(
+    "dead_letters",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("sink", sa.Text, nullable=False),
+    sa.Column("message_id", sa.BigInteger, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("status", sa.Integer),
+    sa.Column("body", sa.Text, nullable=False, server_default=""),
+    sa.Column("created_at", Time, nullable=False),
+    sa.Column("updated_at", Time, nullable=False),
+    sa.Column("state", sa.Text, nullable=False, server_default="dead"),
+    sa.UniqueConstraint("sink", "message_id", name="uq_dead_letters_sink_message"),
+)
+
+quarantine = sa.Table(
+    "quarantine",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("received_at", Time, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("meta", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Index("ix_quarantine_received_at", "received_at"),
+)
+
+downlinks = sa.Table(
+    "downlinks",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("device", sa.Text, nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+    sa.Column("state", sa.Text, nullable=False, server_default="queued"),
+    sa.Column("meta", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("created_at", Time, nullable=False),
+    sa.Column("sent_at", Time),
+    sa.Column("confirmed_at", Time),
+    sa.Index("ix_downlinks_device_state", "device", "state"),
+)

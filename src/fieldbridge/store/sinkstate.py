@@ -1,0 +1,183 @@
+"""Sink cursors, pause and replay requests, and dead letters."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from fieldbridge.model import DeadLetter, SinkState
+from fieldbridge.store.db import Database, Row
+
+STATE_COLUMNS = "name, cursor, paused, state, last_error, replay_from, updated_at"
+DEAD_COLUMNS = "id, sink, message_id, attempts, status, body, created_at, state"
+
+
+class SinkStateQueries:
+    db: Database
+
+    async def sink_state(self, name: str) -> SinkState:
+        """The stored state of a sink; a sink never seen starts at cursor 0."""
+        rows = await self.db.fetchall(
+            f"SELECT {STATE_COLUMNS} FROM sink_state WHERE name = ?", (name,)
+        )
+        if rows:
+            return _state(rows[0])
+        return SinkState(name, 0, False, "idle", None, None, 0.0)
+
+    async def sink_states(self) -> list[SinkState]:
+        rows = await self.db.fetchall(f"SELECT {STATE_COLUMNS} FROM sink_state ORDER BY name")
+        return [_state(r) for r in rows]
+
+    async def _ensure(self, name: str) -> None:
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO sink_state (name, updated_at) VALUES (?, ?) "
+                "ON CONFLICT (name) DO NOTHING",
+                (name, time.time()),
+            )
+
+    async def save_progress(
+        self, name: str, *, cursor: int | None, state: str, last_error: str | None
+    ) -> None:
+        """Record a sink's confirmed cursor (None keeps it), its state and last error."""
+        await self._ensure(name)
+        async with self.db.transaction() as tx:
+            if cursor is None:
+                await tx.execute(
+                    "UPDATE sink_state SET state = ?, last_error = ?, updated_at = ? "
+                    "WHERE name = ?",
+                    (state, last_error, time.time(), name),
+                )
+            else:
+                await tx.execute(
+                    "UPDATE sink_state SET cursor = ?, state = ?, last_error = ?, updated_at = ? "
+                    "WHERE name = ?",
+                    (cursor, state, last_error, time.time(), name),
+                )
+
+    async def set_paused(self, name: str, paused: bool) -> None:
+        await self._ensure(name)
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                "UPDATE sink_state SET paused = ?, updated_at = ? WHERE name = ?",
+                (paused, time.time(), name),
+            )
+
+    async def request_replay(self, name: str, cursor: int) -> None:
+        """Ask the running sink to go back to `cursor` (deliver everything after it again)."""
+        await self._ensure(name)
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                "UPDATE sink_state SET replay_from = ?, updated_at = ? WHERE name = ?",
+                (max(cursor, 0), time.time(), name),
+            )
+
+    async def take_replay(self, name: str) -> int | None:
+        """Apply a pending replay request: move the cursor there and clear the request."""
+        async with self.db.transaction() as tx:
+            rows = await tx.fetchall("SELECT replay_from FROM sink_state WHERE name = ?", (name,))
+            if not rows or rows[0][0] is None:
+                return None
+            cursor = int(rows[0][0])
+            await tx.execute(
+                "UPDATE sink_state SET cursor = ?, replay_from = NULL, updated_at = ? "
+                "WHERE name = ?",
+                (cursor, time.time(), name),
+            )
+        return cursor
+
+    async def min_cursor(self, names: Sequence[str]) -> int:
+        """The lowest cursor among these sinks (0 for one that never ran)."""
+        if not names:
+            return 0
+        states = [await self.sink_state(n) for n in names]
+        return min(s.cursor for s in states)
+
+    async def add_dead_letter(
+        self, sink: str, message_id: int, status: int | None, body: str
+    ) -> None:
+        now = time.time()
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO dead_letters (sink, message_id, attempts, status, body, created_at, "
+                "updated_at, state) VALUES (?, ?, 1, ?, ?, ?, ?, 'dead') "
+                "ON CONFLICT (sink, message_id) DO UPDATE SET "
+                "attempts = dead_letters.attempts + 1, status = excluded.status, "
+                "body = excluded.body, updated_at = excluded.updated_at, state = 'dead'",
+                (sink, message_id, status, body[:65536], now, now),
+            )
+
+    async def list_dead_letters(
+        self, *, sink: str | None = None, state: str | None = None, limit: int = 1000
+    ) -> list[DeadLetter]:
+        clauses, params = _filters(sink=sink, state=state)
+        rows = await self.db.fetchall(
+            f"SELECT {DEAD_COLUMNS} FROM dead_letters {clauses} ORDER BY id LIMIT ?",
+            [*params, limit],
+        )
+        return [_dead(r) for r in rows]
+
+    async def count_dead_letters(self, sink: str) -> int:
+        rows = await self.db.fetchall("SELECT COUNT(*) FROM dead_letters WHERE sink = ?", (sink,))
+        return int(rows[0][0])
+
+    async def mark_dead_letters(
+        self, *, state: str, sink: str | None = None, ids: Sequence[int] = ()
+    ) -> int:
+        """Set the state ('retry' or 'dead') of the chosen dead letters; return how many."""
+        clauses, params = _filters(sink=sink, ids=ids)
+        async with self.db.transaction() as tx:
+            rows = await tx.fetchall(f"SELECT COUNT(*) FROM dead_letters {clauses}", params)
+            await tx.execute(
+                f"UPDATE dead_letters SET state = ?, updated_at = ? {clauses}",
+                [state, time.time(), *params],
+            )
+        return int(rows[0][0])
+
+    async def drop_dead_letters(self, *, sink: str | None = None, ids: Sequence[int] = ()) -> int:
+        clauses, params = _filters(sink=sink, ids=ids)
+        async with self.db.transaction() as tx:
+            rows = await tx.fetchall(f"SELECT COUNT(*) FROM dead_letters {clauses}", params)
+            await tx.execute(f"DELETE FROM dead_letters {clauses}", params)
+        return int(rows[0][0])
+
+    async def resolve_dead_letter(self, dead_id: int) -> None:
+        async with self.db.transaction() as tx:
+            await tx.execute("DELETE FROM dead_letters WHERE id = ?", (dead_id,))
+
+
+def _filters(
+    *, sink: str | None = None, state: str | None = None, ids: Sequence[int] = ()
+) -> tuple[str, list[object]]:
+    clauses: list[str] = []
+    params: list[object] = []
+    if sink is not None:
+        clauses.append("sink = ?")
+        params.append(sink)
+    if state is not None:
+        clauses.append("state = ?")
+        params.append(state)
+    if ids:
+        clauses.append(f"id IN ({','.join('?' * len(ids))})")
+        params.extend(ids)
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _state(row: Row) -> SinkState:
+    name, cursor, paused, state, last_error, replay_from, updated_at = row
+    return SinkState(
+        name,
+        int(cursor),
+        bool(paused),
+        state,
+        last_error,
+        int(replay_from) if replay_from is not None else None,
+        float(updated_at),
+    )
+
+
+def _dead(row: Row) -> DeadLetter:
+    dead_id, sink, message_id, attempts, status, body, created_at, state = row
+    return DeadLetter(
+        dead_id, sink, int(message_id), int(attempts), status, body, created_at, state
+    )

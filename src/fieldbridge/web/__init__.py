@@ -1,0 +1,1 @@
+"""The HTTP server: ingest endpoint, health, metrics (and later the REST API and console)."""

@@ -1,0 +1,107 @@
+"""Runs the Starlette app on uvicorn inside fieldbridge's own event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import socket
+from collections.abc import Awaitable, Callable, Generator
+from types import TracebackType
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from fieldbridge.errors import ConfigError
+from fieldbridge.observe import Metrics
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+HealthCheck = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
+
+
+def build_app(ingest: Endpoint | None, health: HealthCheck, metrics: Metrics) -> Starlette:
+    async def healthz(request: Request) -> Response:
+        ok, detail = await health()
+        return JSONResponse(detail, status_code=200 if ok else 503)
+
+    async def prometheus(request: Request) -> Response:
+        return Response(metrics.exposition(), media_type="text/plain; version=0.0.4")
+
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", prometheus, methods=["GET"]),
+    ]
+    if ingest is not None:
+        routes.append(Route("/api/v1/ingest", ingest, methods=["POST"]))
+    return Starlette(routes=routes)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: fieldbridge decides when to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def bind(listen: str) -> socket.socket:
+    """A listening socket for host:port, or a ConfigError naming http.listen."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, int(port)))
+    except OSError as exc:
+        sock.close()
+        hint = "another program uses it" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise ConfigError(
+            f"http.listen {listen}: cannot listen ({hint}); choose another address with "
+            "http.listen or FIELDBRIDGE_HTTP__LISTEN"
+        ) from exc
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+class WebServer:
+    """`async with WebServer(...)` serves until the block ends, then drains requests."""
+
+    def __init__(self, app: Starlette, listen: str, *, graceful_s: int = 8) -> None:
+        self._sock = bind(listen)
+        self.port = int(self._sock.getsockname()[1])
+        config = uvicorn.Config(
+            app,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=graceful_s,
+            server_header=False,
+        )
+        self._server = _Server(config)
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> WebServer:
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]))
+        while not self._server.started:
+            if self._task.done():
+                await self._task
+                raise RuntimeError("the HTTP server stopped while starting")
+            await asyncio.sleep(0.01)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._server.should_exit = True
+        if self._task is not None:
+            await self._task
+        self._sock.close()
