@@ -14,6 +14,7 @@ from fieldbridge.errors import StoreError
 from fieldbridge.ingest import Ingest
 from fieldbridge.observe import Metrics
 from fieldbridge.plugin import SINK_TYPES, SOURCE_TYPES
+from fieldbridge.runtime import tune_gc
 from fieldbridge.sinks.engine import SinkRunner
 from fieldbridge.sources.http import HttpIngest
 from fieldbridge.store import Store, open_store, parse_store_url
@@ -109,6 +110,7 @@ class Service:
                 for source in self.sources:
                     await stack.enter_async_context(source)
                 await self._start_web(stack)
+                tune_gc()
                 if ready is not None:
                     ready.set()
                 await stop.wait()

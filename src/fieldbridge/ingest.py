@@ -27,10 +27,11 @@ class ShuttingDown(StoreError):
 class Ingest:
     """The one place where payloads become committed messages.
 
-    A source awaits `submit`; it returns only after the payload's transaction committed
-    (Accepted or Rejected) and raises StoreError when the store failed, so the source can
-    tell its device to retry. At most `queue_bound` payloads are in flight; beyond that,
-    `submit` waits (back-pressure).
+    A source awaits `submit` (or attaches a callback to the future `offer` returns); it
+    completes only after the payload's transaction committed (Accepted or Rejected) and
+    raises StoreError when the store failed, so the source can tell its device to retry.
+    At most `queue_bound` payloads are in flight; beyond that, `submit` waits
+    (back-pressure).
     """
 
     def __init__(
@@ -45,7 +46,10 @@ class Ingest:
         self._store = store
         self._batch_size = batch_size
         self._flush_s = flush_ms / 1000.0
-        self._room = asyncio.Semaphore(queue_bound)
+        self._bound = queue_bound
+        self._in_flight = 0  # handed in, not yet answered
+        self._room = asyncio.Event()
+        self._room.set()
         self._queue: deque[Incoming] = deque()
         self._arrived = asyncio.Event()
         self._full = asyncio.Event()
@@ -59,6 +63,44 @@ class Ingest:
         """Call `listener` after every commit that added messages (sinks wake on it)."""
         self._listeners.append(listener)
 
+    @property
+    def has_room(self) -> bool:
+        """Whether a payload can be handed in without exceeding the in-flight bound."""
+        return self._in_flight < self._bound
+
+    async def wait_for_room(self) -> None:
+        """Return once fewer than `queue_bound` payloads are in flight (back-pressure)."""
+        while self._in_flight >= self._bound:
+            await self._room.wait()
+
+    def offer(
+        self,
+        source: str,
+        payload: bytes,
+        codec: Codec,
+        meta: Mapping[str, Any] | None = None,
+        received_at: float | None = None,
+    ) -> asyncio.Future[Outcome]:
+        """Hand in one payload without waiting; the future resolves after commit.
+
+        For callback-driven sources (acknowledge in a done-callback). The caller keeps to
+        the bound by checking `has_room` or awaiting `wait_for_room` first.
+        """
+        if self._closing:
+            raise ShuttingDown("fieldbridge is shutting down; retry shortly")
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._queue.append(
+            Incoming(source, payload, codec, meta or {}, received_at or time.time(), future)
+        )
+        self._in_flight += 1
+        if self._in_flight >= self._bound:
+            self._room.clear()
+        if len(self._queue) == 1:
+            self._arrived.set()
+        if len(self._queue) >= self._batch_size:
+            self._full.set()
+        return future
+
     async def submit(
         self,
         source: str,
@@ -68,18 +110,9 @@ class Ingest:
         received_at: float | None = None,
     ) -> Outcome:
         """Hand in one payload; return once it is committed (or raise StoreError)."""
-        if self._closing:
-            raise ShuttingDown("fieldbridge is shutting down; retry shortly")
-        async with self._room:
-            future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-            self._queue.append(
-                Incoming(source, payload, codec, meta or {}, received_at or time.time(), future)
-            )
-            if len(self._queue) == 1:
-                self._arrived.set()
-            if len(self._queue) >= self._batch_size:
-                self._full.set()
-            return await future
+        if self._in_flight >= self._bound:
+            await self.wait_for_room()
+        return await self.offer(source, payload, codec, meta, received_at)
 
     async def __aenter__(self) -> Ingest:
         self._task = asyncio.create_task(self._run(), name="fieldbridge-ingest")
@@ -120,10 +153,23 @@ class Ingest:
             if in_flight is not None:
                 await in_flight
             in_flight = asyncio.create_task(self._commit(batch, pending))
+            # Let the commit start (hand its work to the store) before decoding the next batch,
+            # so decoding and committing overlap.
+            await asyncio.sleep(0)
         if in_flight is not None:
             await in_flight
 
     async def _commit(self, batch: Sequence[Incoming], pending: Sequence[Pending]) -> None:
+        try:
+            await self._commit_and_answer(batch, pending)
+        finally:
+            self._in_flight -= len(batch)
+            if self._in_flight < self._bound:
+                self._room.set()
+
+    async def _commit_and_answer(
+        self, batch: Sequence[Incoming], pending: Sequence[Pending]
+    ) -> None:
         started = time.perf_counter()
         try:
             outcomes = await self._store.commit(pending)
@@ -156,7 +202,7 @@ class Ingest:
 
 
 def _decode(item: Incoming) -> Pending:
-    meta_json = dump(item.meta)
+    meta_json = dump(item.meta) if item.meta else "{}"
     try:
         decoded = item.codec(item.payload, item.meta, item.received_at)
     except DecodeError as exc:

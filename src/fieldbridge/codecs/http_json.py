@@ -14,6 +14,7 @@ from fieldbridge.model import Decoded, Reading
 
 FIELDS = ("device", "kind", "ts", "readings", "id")
 READING_FIELDS = ("value", "unit", "channel")
+ALLOWED = frozenset(FIELDS)
 MAX_TEXT = 256
 
 
@@ -37,56 +38,67 @@ def decode(payload: bytes, meta: Mapping[str, Any], received_at: float) -> list[
 def _message(item: object, where: str, received_at: float, raw: bytes | None) -> Decoded:
     if not isinstance(item, dict):
         raise DecodeError(f"{where or 'body'}: must be an object, got {_type(item)}")
-    unknown = sorted(set(item) - set(FIELDS))
-    if unknown:
+    if not item.keys() <= ALLOWED:
+        unknown = sorted(set(item) - ALLOWED)
         raise DecodeError(f"{_at(where, unknown[0])}: unknown field (allowed: {', '.join(FIELDS)})")
-    device = _text(item.get("device"), _at(where, "device"), required=True)
-    assert device is not None
-    kind = _text(item.get("kind"), _at(where, "kind"), required=False)
-    ts = _timestamp(item.get("ts"), _at(where, "ts"), received_at)
-    readings = _readings(item.get("readings"), _at(where, "readings"), ts)
+    device = item.get("device")
+    if type(device) is not str or not 0 < len(device) <= MAX_TEXT or device.isspace():
+        device = _text(device, _at(where, "device"), required=True)
+        assert device is not None
+    kind = item.get("kind")
+    if kind is not None:
+        kind = _text(kind, _at(where, "kind"), required=False)
+    ts = item.get("ts")
+    ts = received_at if ts is None else _timestamp(ts, _at(where, "ts"), received_at)
+    readings = _readings(item.get("readings"), where, ts)
     key = item.get("id")
-    if key is not None and (isinstance(key, bool) or not isinstance(key, str | int)):
-        raise DecodeError(f"{_at(where, 'id')}: must be a string or an integer")
-    if isinstance(key, str) and not 0 < len(key) <= MAX_TEXT:
+    if key is not None and type(key) is not str:
+        if type(key) is not int:
+            raise DecodeError(f"{_at(where, 'id')}: must be a string or an integer")
+        key = str(key)
+    elif key is not None and not 0 < len(key) <= MAX_TEXT:
         raise DecodeError(f"{_at(where, 'id')}: must be 1 to {MAX_TEXT} characters")
-    return Decoded(
-        device=device,
-        readings=readings,
-        kind=kind,
-        idempotency_key=None if key is None else str(key),
-        raw=raw,
-    )
+    return Decoded(device=device, readings=readings, kind=kind, idempotency_key=key, raw=raw)
 
 
 def _readings(value: object, where: str, ts: float) -> tuple[Reading, ...]:
-    if not isinstance(value, dict) or not value:
-        raise DecodeError(f"{where}: must be a non-empty object of quantity: value")
+    if type(value) is not dict or not value:
+        raise DecodeError(
+            f"{_at(where, 'readings')}: must be a non-empty object of quantity: value"
+        )
     out = []
     for quantity, spec in value.items():
-        if not quantity or len(quantity) > MAX_TEXT:
-            raise DecodeError(f"{where}: quantity names must be 1 to {MAX_TEXT} characters")
-        here = f"{where}.{quantity}"
-        unit: str | None = None
-        channel = 0
-        if isinstance(spec, dict):
-            unknown = sorted(set(spec) - set(READING_FIELDS))
-            if unknown:
-                raise DecodeError(
-                    f"{here}.{unknown[0]}: unknown field (allowed: {', '.join(READING_FIELDS)})"
-                )
-            unit = _text(spec.get("unit"), f"{here}.unit", required=False)
-            raw_channel = spec.get("channel", 0)
-            if isinstance(raw_channel, bool) or not isinstance(raw_channel, int):
-                raise DecodeError(f"{here}.channel: must be an integer")
-            if not 0 <= raw_channel <= 65535:
-                raise DecodeError(f"{here}.channel: must be 0 to 65535")
-            channel = raw_channel
-            if "value" not in spec:
-                raise DecodeError(f"{here}.value: required")
-            spec = spec["value"]
-        out.append(Reading(quantity, _number(spec, here), ts, channel, unit))
+        kind = type(spec)
+        if (kind is float or kind is int) and 0 < len(quantity) <= MAX_TEXT:
+            out.append(Reading(quantity, float(spec), ts))
+        else:
+            out.append(_reading(quantity, spec, _at(where, "readings"), ts))
     return tuple(out)
+
+
+def _reading(quantity: str, spec: object, where: str, ts: float) -> Reading:
+    if not quantity or len(quantity) > MAX_TEXT:
+        raise DecodeError(f"{where}: quantity names must be 1 to {MAX_TEXT} characters")
+    here = f"{where}.{quantity}"
+    unit: str | None = None
+    channel = 0
+    if isinstance(spec, dict):
+        unknown = sorted(set(spec) - set(READING_FIELDS))
+        if unknown:
+            raise DecodeError(
+                f"{here}.{unknown[0]}: unknown field (allowed: {', '.join(READING_FIELDS)})"
+            )
+        unit = _text(spec.get("unit"), f"{here}.unit", required=False)
+        raw_channel = spec.get("channel", 0)
+        if isinstance(raw_channel, bool) or not isinstance(raw_channel, int):
+            raise DecodeError(f"{here}.channel: must be an integer")
+        if not 0 <= raw_channel <= 65535:
+            raise DecodeError(f"{here}.channel: must be 0 to 65535")
+        channel = raw_channel
+        if "value" not in spec:
+            raise DecodeError(f"{here}.value: required")
+        spec = spec["value"]
+    return Reading(quantity, _number(spec, here), ts, channel, unit)
 
 
 def _number(value: object, where: str) -> float | None:

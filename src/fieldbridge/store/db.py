@@ -2,12 +2,41 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 Row = tuple[Any, ...]
 Params = Sequence[Any]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Execute:
+    sql: str
+    params: Params = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ExecuteMany:
+    sql: str
+    rows: Sequence[Params]
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    sql: str
+    params: Params = ()
+
+
+Op = Execute | ExecuteMany | Fetch
+Plan = Generator[Op, list[Row] | None, T]
+"""A transaction written without I/O: it yields operations and receives Fetch results.
+
+The SQLite backend runs a whole plan in one call on its writer thread, so a hot transaction
+never waits for the event loop between statements; PostgreSQL drives it asynchronously.
+"""
 
 
 class Tx(Protocol):
@@ -27,6 +56,27 @@ class Database(Protocol):
 
     def transaction(self) -> AbstractAsyncContextManager[Tx]: ...
 
+    async def run(self, plan: Plan[T]) -> T:
+        """Run a plan as one transaction; roll back if it raises."""
+        ...
+
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]: ...
 
     async def close(self) -> None: ...
+
+
+async def drive(tx: Tx, plan: Plan[T]) -> T:
+    """Run a plan's operations one by one on an async transaction."""
+    result: list[Row] | None = None
+    while True:
+        try:
+            op = plan.send(result)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        result = None
+        if isinstance(op, Fetch):
+            result = await tx.fetchall(op.sql, op.params)
+        elif isinstance(op, ExecuteMany):
+            await tx.executemany(op.sql, op.rows)
+        else:
+            await tx.execute(op.sql, op.params)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from fieldbridge.model import Accepted, Decoded, JournalEntry, Outcome, Reading, Rejected
 from fieldbridge.store import jsoncol
-from fieldbridge.store.db import Database, Row, Tx
+from fieldbridge.store.db import Database, Execute, ExecuteMany, Fetch, Plan, Row
 
 # Taken by every PostgreSQL ingest transaction: ids then commit in id order across processes,
 # so a sink reading "after its cursor" can never skip a row that commits late.
@@ -33,10 +33,7 @@ class JournalQueries:
 
     async def commit(self, batch: Sequence[Pending]) -> list[Outcome]:
         """Write a batch in one transaction; outcomes follow the batch's order."""
-        async with self.db.transaction() as tx:
-            if self.db.dialect == "postgresql":
-                await tx.execute("SELECT pg_advisory_xact_lock(?)", (JOURNAL_LOCK,))
-            return await _commit(tx, self.db.dialect, batch)
+        return await self.db.run(_commit(self.db.dialect, batch))
 
     async def read_journal(
         self, after: int, limit: int, *, with_payload: bool = False
@@ -73,7 +70,7 @@ class JournalQueries:
     async def _readings_between(self, first: int, last: int) -> dict[int, tuple[Reading, ...]]:
         rows = await self.db.fetchall(
             "SELECT message_id, quantity, value, measured_at, channel, unit, extra "
-            "FROM readings WHERE message_id >= ? AND message_id <= ? ORDER BY id",
+            "FROM readings WHERE message_id >= ? AND message_id <= ? ORDER BY message_id, seq",
             (first, last),
         )
         grouped: dict[int, list[Reading]] = {}
@@ -142,131 +139,121 @@ def _chunks(values: Sequence[int]) -> list[Sequence[int]]:
     return [values[i : i + IN_CHUNK] for i in range(0, len(values), IN_CHUNK)]
 
 
-async def _existing_keys(tx: Tx, keys: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
+def _existing_keys(keys: set[tuple[str, str]]) -> Plan[dict[tuple[str, str], int]]:
+    """Journal ids of keys already stored; the lookup walks the (source, idem_key) index."""
+    by_source: dict[str, list[str]] = {}
+    for source, key in keys:
+        by_source.setdefault(source, []).append(key)
     found: dict[tuple[str, str], int] = {}
-    wanted = sorted({key for _, key in keys})
-    for i in range(0, len(wanted), IN_CHUNK):
-        chunk = wanted[i : i + IN_CHUNK]
-        marks = ",".join("?" * len(chunk))
-        rows = await tx.fetchall(
-            f"SELECT source, idem_key, id FROM journal WHERE idem_key IN ({marks})", chunk
-        )
-        for source, key, mid in rows:
-            if (source, key) in keys:
-                found[(source, key)] = int(mid)
+    for source, wanted in by_source.items():
+        for i in range(0, len(wanted), IN_CHUNK):
+            chunk = wanted[i : i + IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = yield Fetch(
+                f"SELECT idem_key, id FROM journal WHERE source = ? AND idem_key IN ({marks})",
+                [source, *chunk],
+            )
+            found.update({(source, key): int(mid) for key, mid in rows or ()})
     return found
 
 
-async def _allocate_ids(tx: Tx, dialect: str, count: int) -> list[int]:
+def _allocate_ids(dialect: str, count: int) -> Plan[list[int]]:
     """Ids for `count` new journal rows, in order; the writer holds the journal lock."""
     if dialect == "postgresql":
-        rows = await tx.fetchall(
-            "SELECT nextval('journal_id_seq') FROM generate_series(1, ?)", (count,)
-        )
-        return [int(r[0]) for r in rows]
-    rows = await tx.fetchall(
+        rows = yield Fetch("SELECT nextval('journal_id_seq') FROM generate_series(1, ?)", (count,))
+        return [int(r[0]) for r in rows or ()]
+    rows = yield Fetch(
         "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'journal'), 0), "
         "COALESCE((SELECT MAX(id) FROM journal), 0))"
     )
-    start = int(rows[0][0]) + 1
+    start = int((rows or [(0,)])[0][0]) + 1
     return list(range(start, start + count))
 
 
-async def _commit(tx: Tx, dialect: str, batch: Sequence[Pending]) -> list[Outcome]:
-    keys = {
-        (p.source, d.idempotency_key)
-        for p in batch
-        if p.decoded
-        for d in p.decoded
-        if d.idempotency_key is not None
-    }
-    known = await _existing_keys(tx, keys) if keys else {}
-
-    new_count = 0
-    plan: list[list[int | None]] = []  # per pending: existing id, or None for a new row
+def _commit(dialect: str, batch: Sequence[Pending]) -> Plan[list[Outcome]]:
+    if dialect == "postgresql":
+        yield Execute("SELECT pg_advisory_xact_lock(?)", (JOURNAL_LOCK,))
+    records = keyed = 0
+    keys: set[tuple[str, str]] = set()
     for p in batch:
-        slots: list[int | None] = []
         for d in p.decoded or ():
-            key = (p.source, d.idempotency_key) if d.idempotency_key is not None else None
-            if key is not None and key in known:
-                slots.append(known[key])
-            else:
-                slots.append(None)
-                new_count += 1
-                if key is not None:
-                    known[key] = -new_count  # a repeat later in this batch points here
-        plan.append(slots)
+            records += 1
+            if d.idempotency_key is not None:
+                keyed += 1
+                keys.add((p.source, d.idempotency_key))
+    known = (yield from _existing_keys(keys)) if keys else {}
+    # The common case: no key seen before and none twice in this batch, so every record is new.
+    repeats = bool(known) or len(keys) != keyed
+    slots = _slots(batch, known) if repeats else None
+    new_count = sum(1 for s in slots or () if s is None) if repeats else records
+    ids = (yield from _allocate_ids(dialect, new_count)) if new_count else []
 
-    ids = await _allocate_ids(tx, dialect, new_count) if new_count else []
     journal_rows: list[tuple[object, ...]] = []
     reading_rows: list[tuple[object, ...]] = []
     seen: dict[str, _Seen] = {}
     outcomes: list[Outcome | None] = []
     next_new = 0
-    for p, slots in zip(batch, plan, strict=True):
+    slot_index = 0
+    for p in batch:
         if p.decoded is None:
             outcomes.append(None)
             continue
         message_ids: list[int] = []
         duplicates = 0
-        for d, slot in zip(p.decoded, slots, strict=True):
-            if slot is not None:
-                message_ids.append(slot if slot > 0 else ids[-slot - 1])
-                duplicates += 1
-                continue
+        received_at, source, meta_json = p.received_at, p.source, p.meta_json
+        for d in p.decoded:
+            if slots is not None:
+                slot = slots[slot_index]
+                slot_index += 1
+                if slot is not None:
+                    message_ids.append(slot if slot > 0 else ids[-slot - 1])
+                    duplicates += 1
+                    continue
             mid = ids[next_new]
             next_new += 1
             message_ids.append(mid)
+            device = d.device
             journal_rows.append(
-                (
-                    mid,
-                    p.received_at,
-                    p.source,
-                    d.device,
-                    d.kind,
-                    p.meta_json,
-                    d.raw if d.raw is not None else p.payload,
-                    d.idempotency_key,
-                )
-            )
-            for r in d.readings:
+                (mid, received_at, source, device, d.kind, meta_json,
+                 p.payload if d.raw is None else d.raw, d.idempotency_key)
+            )  # fmt: skip
+            for seq, r in enumerate(d.readings):
+                extra = jsoncol.dump_or_none(r.extra) if r.extra else None
                 reading_rows.append(
-                    (
-                        mid,
-                        d.device,
-                        r.measured_at,
-                        r.quantity,
-                        r.channel,
-                        r.value,
-                        r.unit,
-                        jsoncol.dump_or_none(r.extra),
-                    )
+                    (mid, seq, device, r.measured_at, r.quantity, r.channel, r.value, r.unit, extra)
                 )
-            _note_device(seen, d, p)
+            entry = seen.get(device)
+            if entry is None:
+                seen[device] = _Seen(
+                    d.kind, source, received_at, received_at, 1, dict(d.attributes or {})
+                )
+            else:
+                entry.note(d, received_at)
         outcomes.append(Accepted(tuple(message_ids), duplicates))
 
     if journal_rows:
-        await tx.executemany(
+        yield ExecuteMany(
             "INSERT INTO journal (id, received_at, source, device, kind, meta, payload, idem_key) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             journal_rows,
         )
     if reading_rows:
-        await tx.executemany(
-            "INSERT INTO readings (message_id, device, measured_at, quantity, channel, value, "
-            "unit, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        yield ExecuteMany(
+            "INSERT INTO readings (message_id, seq, device, measured_at, quantity, channel, "
+            "value, unit, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             reading_rows,
         )
     if seen:
-        await _upsert_devices(tx, seen)
+        yield from _upsert_devices(seen)
     for index, p in enumerate(batch):
         if p.decoded is None:
-            rows = await tx.fetchall(
+            rows = yield Fetch(
                 "INSERT INTO quarantine (received_at, source, meta, payload, reason) "
                 "VALUES (?, ?, ?, ?, ?) RETURNING id",
                 (p.received_at, p.source, p.meta_json, p.payload, p.reason or "rejected"),
             )
-            outcomes[index] = Rejected(p.reason or "rejected", int(rows[0][0]), p.malformed)
+            qid = int((rows or [(0,)])[0][0])
+            outcomes[index] = Rejected(p.reason or "rejected", qid, p.malformed)
     return [o for o in outcomes if o is not None]
 
 
@@ -281,24 +268,38 @@ class _Seen:
     count: int
     attributes: dict[str, object]
 
-
-def _note_device(seen: dict[str, _Seen], d: Decoded, p: Pending) -> None:
-    entry = seen.get(d.device)
-    if entry is None:
-        seen[d.device] = _Seen(
-            d.kind, p.source, p.received_at, p.received_at, 1, dict(d.attributes or {})
-        )
-        return
-    if d.kind is not None:
-        entry.kind = d.kind
-    entry.last = p.received_at
-    entry.count += 1
-    if d.attributes:
-        entry.attributes.update(d.attributes)
+    def note(self, d: Decoded, received_at: float) -> None:
+        if d.kind is not None:
+            self.kind = d.kind
+        self.last = received_at
+        self.count += 1
+        if d.attributes:
+            self.attributes.update(d.attributes)
 
 
-async def _upsert_devices(tx: Tx, seen: dict[str, _Seen]) -> None:
-    await tx.executemany(
+def _slots(batch: Sequence[Pending], known: dict[tuple[str, str], int]) -> list[int | None]:
+    """Per record in batch order: the id of an earlier copy, or None for a new row.
+
+    A repeat inside this batch gets -n, pointing at the batch's n-th new row.
+    """
+    slots: list[int | None] = []
+    known = dict(known)
+    new_count = 0
+    for p in batch:
+        for d in p.decoded or ():
+            key = None if d.idempotency_key is None else (p.source, d.idempotency_key)
+            if key is not None and key in known:
+                slots.append(known[key])
+                continue
+            slots.append(None)
+            new_count += 1
+            if key is not None:
+                known[key] = -new_count
+    return slots
+
+
+def _upsert_devices(seen: dict[str, _Seen]) -> Plan[None]:
+    yield ExecuteMany(
         "INSERT INTO devices (id, kind, source, first_seen, last_seen, message_count) "
         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
         "kind = COALESCE(excluded.kind, devices.kind), "
@@ -311,12 +312,11 @@ async def _upsert_devices(tx: Tx, seen: dict[str, _Seen]) -> None:
     if not with_attrs:
         return
     marks = ",".join("?" * len(with_attrs))
-    rows = await tx.fetchall(
-        f"SELECT id, attributes FROM devices WHERE id IN ({marks})", list(with_attrs)
-    )
+    sql = f"SELECT id, attributes FROM devices WHERE id IN ({marks})"
+    rows = yield Fetch(sql, list(with_attrs))
     updates = []
-    for dev, text in rows:
+    for dev, text in rows or ():
         merged = jsoncol.load(text)
         merged.update(with_attrs[dev])
         updates.append((jsoncol.dump(merged), dev))
-    await tx.executemany("UPDATE devices SET attributes = ? WHERE id = ?", updates)
+    yield ExecuteMany("UPDATE devices SET attributes = ? WHERE id = ?", updates)

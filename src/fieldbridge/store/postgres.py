@@ -11,7 +11,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from fieldbridge.errors import StoreError
-from fieldbridge.store.db import Params, Row
+from fieldbridge.store.db import Params, Plan, Row, T, drive
 from fieldbridge.store.urls import mask_url
 
 
@@ -73,6 +73,10 @@ class PostgresDatabase:
                 yield _PgTx(conn)
         except (psycopg.Error, PoolTimeout) as exc:
             raise StoreError(f"PostgreSQL store: {exc}") from exc
+
+    async def run(self, plan: Plan[T]) -> T:
+        async with self.transaction() as tx:
+            return await drive(tx, plan)
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         await self._open()

@@ -76,13 +76,13 @@ class RegistryQueries:
         if since is not None:
             rows = await self.db.fetchall(
                 f"SELECT {cols} FROM readings WHERE device = ? AND measured_at >= ? "
-                "ORDER BY measured_at, id LIMIT ?",
+                "ORDER BY measured_at, message_id, seq LIMIT ?",
                 (device, since, limit),
             )
         else:
             rows = await self.db.fetchall(
                 f"SELECT {cols} FROM readings WHERE device = ? "
-                "ORDER BY measured_at DESC, id DESC LIMIT ?",
+                "ORDER BY measured_at DESC, message_id DESC, seq DESC LIMIT ?",
                 (device, limit),
             )
             rows.reverse()

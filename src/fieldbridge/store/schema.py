@@ -29,8 +29,9 @@ journal = sa.Table(
 readings = sa.Table(
     "readings",
     metadata,
-    sa.Column("id", BigId, primary_key=True, autoincrement=True),
-    sa.Column("message_id", sa.BigInteger, nullable=False),
+    # Keyed by (message, position): a sink reads a message's readings with the key alone.
+    sa.Column("message_id", sa.BigInteger, primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
     sa.Column("device", sa.Text, nullable=False),
     sa.Column("measured_at", Time, nullable=False),
     sa.Column("quantity", sa.Text, nullable=False),
@@ -39,8 +40,7 @@ readings = sa.Table(
     sa.Column("unit", sa.Text),
     sa.Column("extra", sa.Text),
     sa.Index("ix_readings_device_measured_at", "device", "measured_at"),
-    sa.Index("ix_readings_message_id", "message_id"),
-    sqlite_autoincrement=True,
+    sqlite_with_rowid=False,
 )
 
 devices = sa.Table(

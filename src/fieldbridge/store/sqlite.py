@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fieldbridge.errors import StoreError
-from fieldbridge.store.db import Params, Row
+from fieldbridge.store.db import Execute, ExecuteMany, Fetch, Params, Plan, Row
 
 T = TypeVar("T")
 
@@ -95,12 +95,41 @@ class SqliteDatabase:
                 raise
             await self._writer.call(_commit)
 
+    async def run(self, plan: Plan[T]) -> T:
+        async with self._write_lock:
+            return await self._writer.call(lambda c: _run_plan(c, plan))
+
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         return await self._reader.call(lambda c: c.execute(sql, params).fetchall())
 
     async def close(self) -> None:
         await self._writer.close()
         await self._reader.close()
+
+
+def _run_plan(conn: sqlite3.Connection, plan: Plan[T]) -> T:
+    """Run a whole plan as one transaction on the writer thread."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result: list[Row] | None = None
+        while True:
+            try:
+                op = plan.send(result)
+            except StopIteration as done:
+                value: T = done.value
+                break
+            result = None
+            if isinstance(op, Fetch):
+                result = conn.execute(op.sql, op.params).fetchall()
+            elif isinstance(op, ExecuteMany):
+                conn.executemany(op.sql, op.rows)
+            elif isinstance(op, Execute):
+                conn.execute(op.sql, op.params)
+    except BaseException:
+        _rollback(conn)
+        raise
+    _commit(conn)
+    return value
 
 
 def _commit(conn: sqlite3.Connection) -> Any:

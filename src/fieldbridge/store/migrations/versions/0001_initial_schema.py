@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 08:34:11.534176
+Create Date: 2026-11-23
 """
 
 from __future__ import annotations
@@ -85,8 +85,8 @@ def upgrade() -> None:
         batch_op.create_index('ix_quarantine_received_at', ['received_at'], unique=False)
 
     op.create_table('readings',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('message_id', sa.BigInteger(), nullable=False),
+    sa.Column('seq', sa.Integer(), nullable=False),
     sa.Column('device', sa.Text(), nullable=False),
     sa.Column('measured_at', sa.Double(), nullable=False),
     sa.Column('quantity', sa.Text(), nullable=False),
@@ -94,12 +94,11 @@ def upgrade() -> None:
     sa.Column('value', sa.Double(), nullable=True),
     sa.Column('unit', sa.Text(), nullable=True),
     sa.Column('extra', sa.Text(), nullable=True),
-    sa.PrimaryKeyConstraint('id'),
-    sqlite_autoincrement=True
+    sa.PrimaryKeyConstraint('message_id', 'seq'),
+    sqlite_with_rowid=False
     )
     with op.batch_alter_table('readings', schema=None) as batch_op:
         batch_op.create_index('ix_readings_device_measured_at', ['device', 'measured_at'], unique=False)
-        batch_op.create_index('ix_readings_message_id', ['message_id'], unique=False)
 
     op.create_table('sink_state',
     sa.Column('name', sa.Text(), nullable=False),
@@ -116,7 +115,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table('sink_state')
     with op.batch_alter_table('readings', schema=None) as batch_op:
-        batch_op.drop_index('ix_readings_message_id')
         batch_op.drop_index('ix_readings_device_measured_at')
 
     op.drop_table('readings')
