@@ -139,13 +139,22 @@ def _chunks(values: Sequence[int]) -> list[Sequence[int]]:
     return [values[i : i + IN_CHUNK] for i in range(0, len(values), IN_CHUNK)]
 
 
-def _existing_keys(keys: set[tuple[str, str]]) -> Plan[dict[tuple[str, str], int]]:
-    """Journal ids of keys already stored; the lookup walks the (source, idem_key) index."""
+def _existing_keys(
+    dialect: str, keys: set[tuple[str, str]]
+) -> Plan[dict[tuple[str, str], int]]:
+    """Journal ids of keys already stored; the lookup walks the (idem_key, source) index."""
     by_source: dict[str, list[str]] = {}
     for source, key in keys:
         by_source.setdefault(source, []).append(key)
     found: dict[tuple[str, str], int] = {}
     for source, wanted in by_source.items():
+        if dialect == "postgresql":  # one array parameter: planned once, not per list length
+            rows = yield Fetch(
+                "SELECT idem_key, id FROM journal WHERE source = ? AND idem_key = ANY(?)",
+                [source, wanted],
+            )
+            found.update({(source, key): int(mid) for key, mid in rows or ()})
+            continue
         for i in range(0, len(wanted), IN_CHUNK):
             chunk = wanted[i : i + IN_CHUNK]
             marks = ",".join("?" * len(chunk))
@@ -181,7 +190,7 @@ def _commit(dialect: str, batch: Sequence[Pending]) -> Plan[list[Outcome]]:
             if d.idempotency_key is not None:
                 keyed += 1
                 keys.add((p.source, d.idempotency_key))
-    known = (yield from _existing_keys(keys)) if keys else {}
+    known = (yield from _existing_keys(dialect, keys)) if keys else {}
     # The common case: no key seen before and none twice in this batch, so every record is new.
     repeats = bool(known) or len(keys) != keyed
     slots = _slots(batch, known) if repeats else None

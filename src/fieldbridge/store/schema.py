@@ -21,7 +21,8 @@ journal = sa.Table(
     sa.Column("meta", sa.Text, nullable=False, server_default="{}"),
     sa.Column("payload", sa.LargeBinary, nullable=False),
     sa.Column("idem_key", sa.Text),
-    sa.UniqueConstraint("source", "idem_key", name="uq_journal_source_idem_key"),
+    # idem_key first: a batch looks up hundreds of keys of one source at once.
+    sa.UniqueConstraint("idem_key", "source", name="uq_journal_idem_key_source"),
     sa.Index("ix_journal_received_at", "received_at"),
     sqlite_autoincrement=True,
 )

@@ -66,7 +66,7 @@ def upgrade() -> None:
     sa.Column('payload', sa.LargeBinary(), nullable=False),
     sa.Column('idem_key', sa.Text(), nullable=True),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('source', 'idem_key', name='uq_journal_source_idem_key'),
+    sa.UniqueConstraint('idem_key', 'source', name='uq_journal_idem_key_source'),
     sqlite_autoincrement=True
     )
     with op.batch_alter_table('journal', schema=None) as batch_op:
