@@ -19,7 +19,8 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[obje
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     print(f"\n{title}")
     for n, row in enumerate(cells):
-        print("  " + "  ".join(v.rjust(w) if n else v.ljust(w) for v, w in zip(row, widths)))
+        aligned = (v.rjust(w) if n else v.ljust(w) for v, w in zip(row, widths, strict=True))
+        print("  " + "  ".join(aligned))
         if n == 0:
             print("  " + "  ".join("-" * w for w in widths))
 
@@ -35,11 +36,17 @@ def _fmt(value: object) -> str:
 def final_line(
     name: str, value: float, unit: str, reference: float | None, ratio: float | None
 ) -> None:
-    print(json.dumps({
-        "bench": name, "value": round(value, 1), "unit": unit,
-        "reference": None if reference is None else round(reference, 1),
-        "ratio": None if ratio is None else round(ratio, 3),
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": name,
+                "value": round(value, 1),
+                "unit": unit,
+                "reference": None if reference is None else round(reference, 1),
+                "ratio": None if ratio is None else round(ratio, 3),
+            }
+        )
+    )
 
 
 @contextlib.contextmanager

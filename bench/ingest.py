@@ -17,7 +17,6 @@ import asyncio
 import os
 import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,23 +26,24 @@ import orjson
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import final_line, free_port, print_table, throwaway_pg  # noqa: E402
-
-from fieldbridge.codecs.http_json import decode  # noqa: E402
-from fieldbridge.ingest import Ingest  # noqa: E402
-from fieldbridge.runtime import tune_gc  # noqa: E402
-from fieldbridge.store import open_store, parse_store_url  # noqa: E402
-from fieldbridge.store.migrate import upgrade  # noqa: E402
+from common import final_line, free_port, print_table, throwaway_pg
+from fieldbridge.codecs.http_json import decode
+from fieldbridge.ingest import Ingest
+from fieldbridge.runtime import tune_gc
+from fieldbridge.store import open_store, parse_store_url
+from fieldbridge.store.migrate import upgrade
 
 DEVICES = 100
 
 
 def payload(n: int) -> bytes:
-    return orjson.dumps({
-        "device": f"dev-{n % DEVICES}",
-        "readings": {"temperature": 20 + (n % 100) / 10},
-        "id": f"m-{n}",
-    })
+    return orjson.dumps(
+        {
+            "device": f"dev-{n % DEVICES}",
+            "readings": {"temperature": 20 + (n % 100) / 10},
+            "id": f"m-{n}",
+        }
+    )
 
 
 def raw_sqlite_rows_per_s(path: Path, rows: int, batch: int = 100) -> float:
@@ -91,9 +91,7 @@ class Client:
 
     async def run(self, bodies: list[bytes], acked: list[int]) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-        head = (
-            "POST /api/v1/ingest HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-        )
+        head = "POST /api/v1/ingest HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
         for body in bodies:
             writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
             status_line = await reader.readline()
@@ -110,23 +108,27 @@ class Client:
 async def http(url: str, total: int, connections: int) -> tuple[float, int]:
     """Requests/s (one message each) against `fieldbridge run` in a subprocess."""
     port = free_port()
-    env = {**os.environ, "FIELDBRIDGE_STORE__URL": url,
-           "FIELDBRIDGE_HTTP__LISTEN": f"127.0.0.1:{port}", "FIELDBRIDGE_LOG__LEVEL": "warning"}
+    env = {
+        **os.environ,
+        "FIELDBRIDGE_STORE__URL": url,
+        "FIELDBRIDGE_HTTP__LISTEN": f"127.0.0.1:{port}",
+        "FIELDBRIDGE_LOG__LEVEL": "warning",
+    }
     exe = str(Path(sys.executable).with_name("fieldbridge"))
-    proc = subprocess.Popen([exe, "run"], env=env, stderr=subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(exe, "run", env=env)
     try:
         await _wait_port(port)
         bodies = [payload(n) for n in range(total)]
         per = total // connections
         acked = [0]
         started = time.perf_counter()
-        await asyncio.gather(*(
-            Client(port).run(bodies[i * per:(i + 1) * per], acked) for i in range(connections)
-        ))
+        await asyncio.gather(
+            *(Client(port).run(bodies[i * per : (i + 1) * per], acked) for i in range(connections))
+        )
         elapsed = time.perf_counter() - started
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=15)
+        await asyncio.wait_for(proc.wait(), 15)
     return acked[0] / elapsed, acked[0]
 
 
@@ -163,8 +165,9 @@ def main() -> None:
             with throwaway_pg() as pg:
                 rate = uvloop.run(core(pg, args.messages // 2, batch))
             rows.append(["ingest core", "postgresql", batch, args.messages // 2, rate])
-        rate, acked = uvloop.run(http(f"sqlite:///{work / 'http.db'}", args.http_requests,
-                                      args.connections))
+        rate, acked = uvloop.run(
+            http(f"sqlite:///{work / 'http.db'}", args.http_requests, args.connections)
+        )
         rows.append(["HTTP, 1 msg/request", "sqlite", 500, acked, rate])
         with throwaway_pg() as pg:
             rate, acked = uvloop.run(http(pg, args.http_requests, args.connections))
@@ -174,10 +177,15 @@ def main() -> None:
         ["path", "store", "batch", "messages", "msg/s"],
         rows,
     )
-    print_table("Reference", ["what", "rows/s"],
-                [["raw SQLite, 100-row transactions, WAL, synchronous=FULL", reference]])
-    print(f"\nheadline: ingest core on SQLite, batch 500: {headline:,.0f} msg/s "
-          f"(goal >= 50,000); {headline / reference:.3f} of raw SQLite's row rate")
+    print_table(
+        "Reference",
+        ["what", "rows/s"],
+        [["raw SQLite, 100-row transactions, WAL, synchronous=FULL", reference]],
+    )
+    print(
+        f"\nheadline: ingest core on SQLite, batch 500: {headline:,.0f} msg/s "
+        f"(goal >= 50,000); {headline / reference:.3f} of raw SQLite's row rate"
+    )
     final_line("ingest", headline, "msg/s", reference, headline / reference)
 
 
