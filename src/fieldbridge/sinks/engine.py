@@ -32,6 +32,10 @@ class _Stop(Exception):
     """The runner was asked to stop while waiting."""
 
 
+class _Interrupted(Exception):
+    """A pause or replay was requested while retrying; the batch is abandoned, cursor kept."""
+
+
 class SinkRunner:
     """Drives one destination after its cursor; one task per configured sink."""
 
@@ -73,6 +77,8 @@ class SinkRunner:
                     await self._loop()
                 except _Stop:
                     break
+                except _Interrupted:
+                    continue
                 except StoreError as exc:
                     await self._set_state("store-error", str(exc), save=False)
                     log.warning("sink %s: store unavailable, retrying: %s", self.name, exc)
@@ -140,6 +146,9 @@ class SinkRunner:
             except RetryableDeliveryError as exc:
                 attempt += 1
                 await self._backoff(attempt, exc)
+                stored = await self._store.sink_state(self.name)
+                if stored.paused or stored.replay_from is not None:
+                    raise _Interrupted from exc
                 continue
             except PermanentDeliveryError:
                 if self._metrics is not None:
@@ -175,6 +184,7 @@ class SinkRunner:
                 delay,
             )
         await self._set_state("backoff", str(exc))
+        await self._measure_lag(force=False)
         await self._pause_for(delay)
 
     async def _dead_letter(self, entry: JournalEntry, exc: DeliveryError) -> None:

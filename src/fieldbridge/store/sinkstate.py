@@ -28,48 +28,36 @@ class SinkStateQueries:
         rows = await self.db.fetchall(f"SELECT {STATE_COLUMNS} FROM sink_state ORDER BY name")
         return [_state(r) for r in rows]
 
-    async def _ensure(self, name: str) -> None:
-        async with self.db.transaction() as tx:
-            await tx.execute(
-                "INSERT INTO sink_state (name, updated_at) VALUES (?, ?) "
-                "ON CONFLICT (name) DO NOTHING",
-                (name, time.time()),
-            )
-
     async def save_progress(
         self, name: str, *, cursor: int | None, state: str, last_error: str | None
     ) -> None:
         """Record a sink's confirmed cursor (None keeps it), its state and last error."""
-        await self._ensure(name)
-        async with self.db.transaction() as tx:
-            if cursor is None:
-                await tx.execute(
-                    "UPDATE sink_state SET state = ?, last_error = ?, updated_at = ? "
-                    "WHERE name = ?",
-                    (state, last_error, time.time(), name),
-                )
-            else:
-                await tx.execute(
-                    "UPDATE sink_state SET cursor = ?, state = ?, last_error = ?, updated_at = ? "
-                    "WHERE name = ?",
-                    (cursor, state, last_error, time.time(), name),
-                )
-
-    async def set_paused(self, name: str, paused: bool) -> None:
-        await self._ensure(name)
         async with self.db.transaction() as tx:
             await tx.execute(
-                "UPDATE sink_state SET paused = ?, updated_at = ? WHERE name = ?",
-                (paused, time.time(), name),
+                "INSERT INTO sink_state (name, cursor, state, last_error, updated_at) "
+                "VALUES (?, COALESCE(?, 0), ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "cursor = COALESCE(?, sink_state.cursor), state = excluded.state, "
+                "last_error = excluded.last_error, updated_at = excluded.updated_at",
+                (name, cursor, state, last_error, time.time(), cursor),
+            )
+
+    async def set_paused(self, name: str, paused: bool) -> None:
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO sink_state (name, paused, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, "
+                "updated_at = excluded.updated_at",
+                (name, paused, time.time()),
             )
 
     async def request_replay(self, name: str, cursor: int) -> None:
         """Ask the running sink to go back to `cursor` (deliver everything after it again)."""
-        await self._ensure(name)
         async with self.db.transaction() as tx:
             await tx.execute(
-                "UPDATE sink_state SET replay_from = ?, updated_at = ? WHERE name = ?",
-                (max(cursor, 0), time.time(), name),
+                "INSERT INTO sink_state (name, replay_from, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET replay_from = excluded.replay_from, "
+                "updated_at = excluded.updated_at",
+                (name, max(cursor, 0), time.time()),
             )
 
     async def take_replay(self, name: str) -> int | None:
