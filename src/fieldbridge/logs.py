@@ -43,5 +43,6 @@ def setup_logging(settings: LogSettings) -> None:
         logging.getLogger(name).setLevel(level.upper())
     # Access logs of every request would drown the service's own messages.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # fieldbridge logs its own
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)

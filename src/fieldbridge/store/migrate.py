@@ -12,7 +12,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from fieldbridge.store.urls import StoreUrl
+from fieldbridge.errors import StoreError
+from fieldbridge.store.urls import StoreUrl, mask_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -32,10 +33,18 @@ def _engine(url: StoreUrl) -> sa.Engine:
 def pending_revisions(url: StoreUrl) -> list[str]:
     """Revisions not yet applied, oldest first."""
     script = ScriptDirectory.from_config(_config())
-    with _engine(url).connect() as conn:
-        current = MigrationContext.configure(conn).get_current_revision()
+    try:
+        with _engine(url).connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+    except sa.exc.DBAPIError as exc:
+        raise _unreachable(url, exc) from exc
     revs = [r.revision for r in script.iterate_revisions("head", current)]
     return list(reversed(revs))
+
+
+def _unreachable(url: StoreUrl, exc: sa.exc.DBAPIError) -> StoreError:
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+    return StoreError(f"cannot migrate the store {mask_url(url.url)}: {reason}")
 
 
 def upgrade(url: StoreUrl, on_step: Callable[[str], None] | None = None) -> list[str]:
@@ -50,7 +59,10 @@ def upgrade(url: StoreUrl, on_step: Callable[[str], None] | None = None) -> list
 
     cfg = _config()
     cfg.attributes["on_version_apply"] = step
-    with _engine(url).begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    try:
+        with _engine(url).begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    except sa.exc.DBAPIError as exc:
+        raise _unreachable(url, exc) from exc
     return applied
