@@ -139,9 +139,7 @@ def _chunks(values: Sequence[int]) -> list[Sequence[int]]:
     return [values[i : i + IN_CHUNK] for i in range(0, len(values), IN_CHUNK)]
 
 
-def _existing_keys(
-    dialect: str, keys: set[tuple[str, str]]
-) -> Plan[dict[tuple[str, str], int]]:
+def _existing_keys(dialect: str, keys: set[tuple[str, str]]) -> Plan[dict[tuple[str, str], int]]:
     """Journal ids of keys already stored; the lookup walks the (idem_key, source) index."""
     by_source: dict[str, list[str]] = {}
     for source, key in keys:
