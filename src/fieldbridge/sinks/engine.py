@@ -174,7 +174,9 @@ class SinkRunner:
         if exc.retry_after is not None:
             delay = min(max(exc.retry_after, 0.0), max(cap, 3600.0))
         else:
-            delay = random.uniform(0, min(cap, BACKOFF_BASE * 2**attempt))  # full jitter
+            # Full jitter; the exponent is bounded because 2**1024 overflows a float, and an
+            # outage of a couple of days at the default cap reaches that many attempts.
+            delay = random.uniform(0, min(cap, BACKOFF_BASE * 2 ** min(attempt, 62)))
         if attempt == 1 or self.state != "backoff":
             log.warning(
                 "sink %s: %s; retrying with back-off (attempt %d, next in %.1fs)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -56,9 +57,16 @@ class PostgresDatabase:
             )
         )
         self._opened = False
+        self._open_lock = asyncio.Lock()
 
     async def _open(self) -> None:
-        if not self._opened:
+        if self._opened:
+            return
+        # Concurrent first users (ingest and sinks) must not open the pool twice: psycopg_pool's
+        # wait() asserts when two callers wait for the same opening.
+        async with self._open_lock:
+            if self._opened:
+                return
             try:
                 await self._pool.open(wait=True, timeout=self._pool.timeout)
             except PoolTimeout as exc:
