@@ -1,0 +1,1 @@
+"""Fake servers of the destinations and devices fieldbridge talks to, for tests only."""
