@@ -27,7 +27,28 @@ def _config() -> Config:
 def _engine(url: StoreUrl) -> sa.Engine:
     if url.sqlite_path is not None:
         url.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-    return sa.create_engine(url.sqlalchemy_url, poolclass=sa.pool.NullPool)
+    engine = sa.create_engine(url.sqlalchemy_url, poolclass=sa.pool.NullPool)
+    if url.sqlite_path is not None:
+        _transactional_sqlite_ddl(engine)
+    return engine
+
+
+def _transactional_sqlite_ddl(engine: sa.Engine) -> None:
+    """Run each migration as one SQLite transaction, DDL included.
+
+    pysqlite only begins a transaction before DML, so every CREATE TABLE committed on its own
+    and a crash during the first start left half a schema that no later start could migrate.
+    This is SQLAlchemy's documented recipe for taking transaction control from the driver;
+    IMMEDIATE makes a second process that migrates at the same time wait, then find it done.
+    """
+
+    @sa.event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, connection_record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def pending_revisions(url: StoreUrl) -> list[str]:
