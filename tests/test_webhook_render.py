@@ -128,8 +128,8 @@ def test_2xx_is_success(status: int) -> None:
     check_response(answer(status), "webhook x")  # returns without raising
 
 
-@pytest.mark.parametrize("status", [500, 502, 503, 504, 599, 408, 425, 429])
-def test_5xx_and_408_425_429_are_retryable(status: int) -> None:
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 599, 408, 425, 429, 401, 403, 407])
+def test_5xx_408_425_429_and_credential_errors_are_retryable(status: int) -> None:
     with pytest.raises(RetryableDeliveryError) as caught:
         check_response(answer(status, text="busy"), "webhook x")
     err = caught.value
@@ -138,7 +138,7 @@ def test_5xx_and_408_425_429_are_retryable(status: int) -> None:
     assert f"HTTP {status}" in str(err) and "webhook x" in str(err)
 
 
-@pytest.mark.parametrize("status", [400, 401, 403, 404, 405, 409, 410, 413, 415, 422, 451])
+@pytest.mark.parametrize("status", [400, 404, 405, 409, 410, 413, 415, 422, 451])
 def test_other_4xx_are_permanent(status: int) -> None:
     with pytest.raises(PermanentDeliveryError) as caught:
         check_response(answer(status, text='{"error": "bad reading"}'), "webhook x")

@@ -31,5 +31,6 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    errors.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    errors.print("[bold red]error:[/bold red] ", end="", highlight=False)
+    errors.print(message, markup=False, highlight=False)
     raise SystemExit(code)

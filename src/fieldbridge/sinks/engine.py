@@ -84,6 +84,11 @@ class SinkRunner:
                     log.warning("sink %s: store unavailable, retrying: %s", self.name, exc)
                     with contextlib.suppress(_Stop):
                         await self._pause_for(2.0)
+                except Exception as exc:  # a bug must not end delivery for good: start over
+                    log.exception("sink %s: unexpected error; restarting the sink loop", self.name)
+                    self.state, self.last_error = "error", f"{type(exc).__name__}: {exc}"
+                    with contextlib.suppress(_Stop):
+                        await self._pause_for(5.0)
         self.state = "stopped"
 
     async def _loop(self) -> None:

@@ -9,7 +9,9 @@ import httpx
 
 from fieldbridge.errors import PermanentDeliveryError, RetryableDeliveryError
 
-RETRYABLE_STATUS = frozenset({408, 425, 429})
+# 401/403/407 say the credentials are wrong, not the message: keep the place and retry (the
+# operator fixes the token) instead of moving every message to the dead letters.
+RETRYABLE_STATUS = frozenset({401, 403, 407, 408, 425, 429})
 
 
 def retry_after(value: str | None) -> float | None:

@@ -74,7 +74,7 @@ def bind(listen: str) -> socket.socket:
 class WebServer:
     """`async with WebServer(...)` serves until the block ends, then drains requests."""
 
-    def __init__(self, app: Starlette, listen: str, *, graceful_s: int = 8) -> None:
+    def __init__(self, app: Starlette, listen: str, *, graceful_s: int = 5) -> None:
         self._sock = bind(listen)
         self.port = int(self._sock.getsockname()[1])
         config = uvicorn.Config(
