@@ -1,0 +1,311 @@
+"""load_settings: defaults, the TOML file, environment overrides, errors that name the key."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from fieldbridge.config import (
+    CONFIG_ENV,
+    HttpSettings,
+    IngestSettings,
+    LogSettings,
+    Settings,
+    StoreSettings,
+    load_settings,
+)
+from fieldbridge.errors import ConfigError
+from fieldbridge.sinks.webhook import WebhookSettings
+
+MASK = "**********"
+
+FULL = """
+[store]
+url = "sqlite:///{db}"
+synchronous = "normal"
+busy_timeout_ms = 250
+
+[http]
+listen = "127.0.0.1:0"
+max_body_bytes = 4096
+tokens = ["alpha"]
+
+[ingest]
+batch_size = 64
+flush_ms = 2.5
+
+[log]
+level = "debug"
+levels = {{ "fieldbridge.sinks" = "warning" }}
+
+[[sinks.webhook]]
+name = "hook-a"
+url = "http://127.0.0.1:9000/a"
+batch_size = 10
+headers = {{ Authorization = "Bearer hush" }}
+
+[sinks.webhook.route]
+sources = ["http"]
+flag = "upload_a"
+
+[[sinks.webhook]]
+name = "hook-b"
+url = "http://127.0.0.1:9000/b"
+enabled = false
+"""
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Settings come only from what each test sets, never from the runner's environment."""
+    for key in list(os.environ):
+        if key.startswith("FIELDBRIDGE_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+
+
+def write(tmp_path: Path, text: str, name: str = "fieldbridge.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def full_file(tmp_path: Path) -> Path:
+    return write(tmp_path, FULL.format(db=tmp_path / "store.db"))
+
+
+def test_defaults_without_any_file() -> None:
+    settings = load_settings()
+    assert settings.store == StoreSettings()
+    assert settings.store.url == "sqlite:///var/fieldbridge.db"
+    assert settings.store.synchronous == "full"
+    assert settings.http == HttpSettings()
+    assert settings.http.listen == "127.0.0.1:8080"
+    assert settings.ingest == IngestSettings(batch_size=500, flush_ms=5.0, queue_bound=10_000)
+    assert settings.log == LogSettings()
+    assert settings.sink_settings == []
+    assert settings.source_settings == []
+
+
+def test_file_values_are_typed(tmp_path: Path) -> None:
+    settings = load_settings(full_file(tmp_path))
+    assert settings.store.url == f"sqlite:///{tmp_path / 'store.db'}"
+    assert settings.store.synchronous == "normal"
+    assert settings.store.busy_timeout_ms == 250
+    assert settings.store.retention_days == 30.0  # not in the file: the default
+    assert settings.http.listen == "127.0.0.1:0"
+    assert settings.http.max_body_bytes == 4096
+    assert settings.http.tokens == ["alpha"]
+    assert settings.ingest.batch_size == 64
+    assert settings.ingest.flush_ms == 2.5
+    assert settings.ingest.queue_bound == 10_000
+    assert settings.log.level == "debug"
+    assert settings.log.levels == {"fieldbridge.sinks": "warning"}
+
+    sinks = settings.sink_settings
+    assert [(t, s.name) for t, s in sinks] == [("webhook", "hook-a"), ("webhook", "hook-b")]
+    hook_a, hook_b = (s for _, s in sinks)
+    assert isinstance(hook_a, WebhookSettings) and isinstance(hook_b, WebhookSettings)
+    assert str(hook_a.url) == "http://127.0.0.1:9000/a"
+    assert hook_a.batch_size == 10
+    assert hook_a.headers["Authorization"].get_secret_value() == "Bearer hush"
+    assert hook_a.route.sources == ["http"]
+    assert hook_a.route.kinds == []
+    assert hook_a.route.flag == "upload_a"
+    assert hook_a.enabled is True
+    assert hook_b.enabled is False
+    assert hook_b.batch_size == 500
+    assert hook_b.timeout == 10.0
+
+
+def test_config_env_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CONFIG_ENV, str(full_file(tmp_path)))
+    settings = load_settings()
+    assert settings.ingest.batch_size == 64
+    assert [s.name for _, s in settings.sink_settings] == ["hook-a", "hook-b"]
+
+
+def test_explicit_path_beats_config_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CONFIG_ENV, str(full_file(tmp_path)))
+    other = write(tmp_path, "[ingest]\nbatch_size = 7\n", "other.toml")
+    assert load_settings(other).ingest.batch_size == 7
+
+
+def test_environment_beats_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = full_file(tmp_path)
+    monkeypatch.setenv("FIELDBRIDGE_STORE__URL", "postgresql://fb@db.example/fb")
+    monkeypatch.setenv("FIELDBRIDGE_INGEST__BATCH_SIZE", "1000")
+    monkeypatch.setenv("FIELDBRIDGE_HTTP__LISTEN", "0.0.0.0:9999")
+    settings = load_settings(path)
+    assert settings.store.url == "postgresql://fb@db.example/fb"
+    assert settings.ingest.batch_size == 1000
+    assert settings.http.listen == "0.0.0.0:9999"
+    # The other keys of the same sections still come from the file.
+    assert settings.store.synchronous == "normal"
+    assert settings.store.busy_timeout_ms == 250
+    assert settings.ingest.flush_ms == 2.5
+    assert settings.http.max_body_bytes == 4096
+    assert [s.name for _, s in settings.sink_settings] == ["hook-a", "hook-b"]
+
+
+def test_environment_alone_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FIELDBRIDGE_INGEST__BATCH_SIZE", "42")
+    monkeypatch.setenv("FIELDBRIDGE_LOG__FORMAT", "json")
+    settings = load_settings()
+    assert settings.ingest.batch_size == 42
+    assert settings.log.format == "json"
+    assert settings.store.url == "sqlite:///var/fieldbridge.db"
+
+
+def test_bad_environment_value_names_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FIELDBRIDGE_INGEST__BATCH_SIZE", "many")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "ingest.batch_size" in str(caught.value)
+    assert "valid integer" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            '[ingest]\nbatch_size = "x"\n',
+            ["ingest.batch_size", "valid integer"],
+            id="wrong-type",
+        ),
+        pytest.param(
+            "[ingest]\nbatch_size = 0\n",
+            ["ingest.batch_size", "greater than or equal to 1"],
+            id="below-range",
+        ),
+        pytest.param(
+            "[ingest]\nbatch_size = 1000000\n",
+            ["ingest.batch_size", "less than or equal to 100000"],
+            id="above-range",
+        ),
+        pytest.param(
+            "[store]\nretention_days = -1\n",
+            ["store.retention_days", "greater than 0"],
+            id="negative-retention",
+        ),
+        pytest.param(
+            '[store]\nsynchronous = "sometimes"\n',
+            ["store.synchronous", "'full'"],
+            id="not-a-choice",
+        ),
+        pytest.param(
+            '[http]\nlisten = "nowhere"\n',
+            ["http.listen", "pattern"],
+            id="listen-without-port",
+        ),
+        pytest.param(
+            '[http]\nlisten = "127.0.0.1:8080"\nbogus = 1\n',
+            ["http.bogus", "Extra inputs are not permitted"],
+            id="unknown-key",
+        ),
+        pytest.param(
+            "[nonsense]\na = 1\n",
+            ["nonsense", "Extra inputs are not permitted"],
+            id="unknown-section",
+        ),
+        pytest.param(
+            '[[sinks.nope]]\nname = "x"\n',
+            ["sinks.nope", "unknown type 'nope'", "webhook"],
+            id="unknown-sink-type",
+        ),
+        pytest.param(
+            '[[sinks.webhook]]\nname = "x"\n',
+            ["sinks.webhook[0].url", "Field required"],
+            id="webhook-without-url",
+        ),
+        pytest.param(
+            '[[sinks.webhook]]\nname = "a"\nurl = "http://h/"\n'
+            '[[sinks.webhook]]\nname = "b"\nurl = "not a url"\n',
+            ["sinks.webhook[1].url", "valid URL"],
+            id="webhook-bad-url",
+        ),
+        pytest.param(
+            '[[sinks.webhook]]\nname = "a"\nurl = "http://h/"\n[sinks.webhook.route]\nbogus = 1\n',
+            ["sinks.webhook[0].route.bogus", "Extra inputs are not permitted"],
+            id="unknown-route-key",
+        ),
+        pytest.param(
+            '[[sinks.webhook]]\nname = "same"\nurl = "http://h/1"\n'
+            '[[sinks.webhook]]\nname = "same"\nurl = "http://h/2"\n',
+            ["sinks", "'same'", "used twice"],
+            id="duplicate-sink-names",
+        ),
+        pytest.param(
+            '[store\nurl = "sqlite:///x.db"\n',
+            ["not valid TOML", "line 1"],
+            id="bad-toml-syntax",
+        ),
+    ],
+)
+def test_invalid_file_names_key_and_reason(tmp_path: Path, text: str, expected: list[str]) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    message = str(caught.value)
+    assert str(path) in message
+    for part in expected:
+        assert part in message, f"{part!r} not in {message!r}"
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    path = write(tmp_path, '[ingest]\nbatch_size = "x"\nflush_ms = -1\n[http]\nbogus = true\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    message = str(caught.value)
+    for key in ("ingest.batch_size", "ingest.flush_ms", "http.bogus"):
+        assert key in message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(tmp_path / "absent.toml")
+    assert "absent.toml" in str(caught.value)
+    assert "no such settings file" in str(caught.value)
+
+
+def test_missing_file_named_by_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "gone.toml"))
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "gone.toml" in str(caught.value)
+    assert CONFIG_ENV in str(caught.value)
+
+
+def test_public_dict_masks_secrets(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[store]\nurl = "postgresql://fb:s3cret-pw@db.example:5432/fb"\n'
+        '[http]\ntokens = ["tok-one", "tok-two"]\n'
+        '[[sinks.webhook]]\nname = "hook"\nurl = "http://127.0.0.1:9000/h"\n'
+        'headers = { Authorization = "Bearer hook-secret", "X-Tenant" = "north" }\n',
+    )
+    settings = load_settings(path)
+    public = settings.public_dict()
+    assert public["store"]["url"] == f"postgresql://fb:{MASK}@db.example:5432/fb"
+    assert public["http"]["tokens"] == [MASK, MASK]
+    hook = public["sinks"]["webhook"][0]
+    assert hook["headers"] == {"Authorization": MASK, "X-Tenant": MASK}
+    assert hook["url"] == "http://127.0.0.1:9000/h"
+    assert hook["route"] == {"sources": [], "kinds": [], "flag": None}
+    text = json.dumps(public)
+    for secret in ("s3cret-pw", "tok-one", "tok-two", "hook-secret"):
+        assert secret not in text
+    # The settings themselves keep the real values.
+    assert settings.http.tokens == ["tok-one", "tok-two"]
+    assert settings.store.url.endswith("fb:s3cret-pw@db.example:5432/fb")
+
+
+def test_public_dict_has_every_section() -> None:
+    public = load_settings().public_dict()
+    assert set(public) == set(Settings.model_fields)
+    assert public["store"]["url"] == "sqlite:///var/fieldbridge.db"  # no password: unchanged
+    assert public["sinks"] == {} and public["sources"] == {}
+    json.dumps(public)  # JSON-ready
