@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fieldbridge.app import build_store, migrate
 from fieldbridge.cli.context import run_async, settings_of, with_store
-from fieldbridge.cli.output import console, fail, print_json, print_table
+from fieldbridge.cli.output import console, errors, fail, print_json, print_table
 from fieldbridge.cli.records import dead_letter_json
 from fieldbridge.config import Settings
 from fieldbridge.store import Store
@@ -185,7 +185,8 @@ async def _follow(store: Store, name: str, start: int, head: int) -> bool:
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as bar:
+    # On stderr: stdout carries only the result, so `--wait --json` stays parseable JSON.
+    with Progress(*columns, console=errors, transient=False) as bar:
         task = bar.add_task(name, total=max(head - start, 0))
         last_cursor, last_move = -1, time.monotonic()
         while True:
@@ -197,7 +198,7 @@ async def _follow(store: Store, name: str, start: int, head: int) -> bool:
             if cursor != last_cursor:
                 last_cursor, last_move = cursor, time.monotonic()
             elif time.monotonic() - last_move > STALL_AFTER:
-                console.print(
+                errors.print(
                     f"[yellow]sink {name} has not moved for {STALL_AFTER:.0f}s; is "
                     "fieldbridge running? The replay goes on when it runs.[/yellow]"
                 )
