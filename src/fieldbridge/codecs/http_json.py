@@ -16,6 +16,8 @@ FIELDS = ("device", "kind", "ts", "readings", "id")
 READING_FIELDS = ("value", "unit", "channel")
 ALLOWED = frozenset(FIELDS)
 MAX_TEXT = 256
+# PostgreSQL text cannot hold NUL: one stored string with it would fail its whole ingest batch.
+NO_NUL = "must not contain NUL characters"
 
 
 def decode(payload: bytes, meta: Mapping[str, Any], received_at: float) -> list[Decoded]:
@@ -39,10 +41,15 @@ def _message(item: object, where: str, received_at: float, raw: bytes | None) ->
     if not isinstance(item, dict):
         raise DecodeError(f"{where or 'body'}: must be an object, got {_type(item)}")
     if not item.keys() <= ALLOWED:
-        unknown = sorted(set(item) - ALLOWED)
-        raise DecodeError(f"{_at(where, unknown[0])}: unknown field (allowed: {', '.join(FIELDS)})")
+        unknown = _safe(sorted(set(item) - ALLOWED)[0])
+        raise DecodeError(f"{_at(where, unknown)}: unknown field (allowed: {', '.join(FIELDS)})")
     device = item.get("device")
-    if type(device) is not str or not 0 < len(device) <= MAX_TEXT or device.isspace():
+    if (
+        type(device) is not str
+        or not 0 < len(device) <= MAX_TEXT
+        or device.isspace()
+        or "\x00" in device
+    ):
         device = _text(device, _at(where, "device"), required=True)
         assert device is not None
     kind = item.get("kind")
@@ -58,6 +65,8 @@ def _message(item: object, where: str, received_at: float, raw: bytes | None) ->
         key = str(key)
     elif key is not None and not 0 < len(key) <= MAX_TEXT:
         raise DecodeError(f"{_at(where, 'id')}: must be 1 to {MAX_TEXT} characters")
+    elif key is not None and "\x00" in key:
+        raise DecodeError(f"{_at(where, 'id')}: {NO_NUL}")
     return Decoded(device=device, readings=readings, kind=kind, idempotency_key=key, raw=raw)
 
 
@@ -69,7 +78,11 @@ def _readings(value: object, where: str, ts: float) -> tuple[Reading, ...]:
     out = []
     for quantity, spec in value.items():
         kind = type(spec)
-        if (kind is float or kind is int) and 0 < len(quantity) <= MAX_TEXT:
+        if (
+            (kind is float or kind is int)
+            and 0 < len(quantity) <= MAX_TEXT
+            and "\x00" not in quantity
+        ):
             out.append(Reading(quantity, float(spec), ts))
         else:
             out.append(_reading(quantity, spec, _at(where, "readings"), ts))
@@ -79,6 +92,8 @@ def _readings(value: object, where: str, ts: float) -> tuple[Reading, ...]:
 def _reading(quantity: str, spec: object, where: str, ts: float) -> Reading:
     if not quantity or len(quantity) > MAX_TEXT:
         raise DecodeError(f"{where}: quantity names must be 1 to {MAX_TEXT} characters")
+    if "\x00" in quantity:
+        raise DecodeError(f"{where}: quantity names {NO_NUL}")
     here = f"{where}.{quantity}"
     unit: str | None = None
     channel = 0
@@ -86,7 +101,7 @@ def _reading(quantity: str, spec: object, where: str, ts: float) -> Reading:
         unknown = sorted(set(spec) - set(READING_FIELDS))
         if unknown:
             raise DecodeError(
-                f"{here}.{unknown[0]}: unknown field (allowed: {', '.join(READING_FIELDS)})"
+                f"{here}.{_safe(unknown[0])}: unknown field (allowed: {', '.join(READING_FIELDS)})"
             )
         unit = _text(spec.get("unit"), f"{here}.unit", required=False)
         raw_channel = spec.get("channel", 0)
@@ -145,7 +160,14 @@ def _text(value: object, where: str, *, required: bool) -> str | None:
         raise DecodeError(f"{where}: must be a non-empty string")
     if len(value) > MAX_TEXT:
         raise DecodeError(f"{where}: longer than {MAX_TEXT} characters")
+    if "\x00" in value:
+        raise DecodeError(f"{where}: {NO_NUL}")
     return value
+
+
+def _safe(name: str) -> str:
+    """A field name fit for a reason: quarantine keeps reasons as text, which cannot hold NUL."""
+    return name.replace("\x00", "\\x00")
 
 
 def _at(where: str, field: str) -> str:

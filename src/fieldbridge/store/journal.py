@@ -254,13 +254,16 @@ def _commit(dialect: str, batch: Sequence[Pending]) -> Plan[list[Outcome]]:
         yield from _upsert_devices(seen)
     for index, p in enumerate(batch):
         if p.decoded is None:
+            # A reason may quote the payload; PostgreSQL text refuses NUL, which would fail the
+            # whole batch and so every payload in it.
+            reason = (p.reason or "rejected").replace("\x00", "\\x00")
             rows = yield Fetch(
                 "INSERT INTO quarantine (received_at, source, meta, payload, reason) "
                 "VALUES (?, ?, ?, ?, ?) RETURNING id",
-                (p.received_at, p.source, p.meta_json, p.payload, p.reason or "rejected"),
+                (p.received_at, p.source, p.meta_json, p.payload, reason),
             )
             qid = int((rows or [(0,)])[0][0])
-            outcomes[index] = Rejected(p.reason or "rejected", qid, p.malformed)
+            outcomes[index] = Rejected(reason, qid, p.malformed)
     return [o for o in outcomes if o is not None]
 
 
