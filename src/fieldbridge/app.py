@@ -49,7 +49,9 @@ async def prune_once(settings: Settings, store: Store) -> int:
     cutoff = time.time() - settings.store.retention_days * 86400
     pruned = await store.prune(cutoff, delivered)
     if settings.store.readings_retention_days:
-        await store.prune_readings(time.time() - settings.store.readings_retention_days * 86400)
+        await store.prune_readings(
+            time.time() - settings.store.readings_retention_days * 86400, delivered
+        )
     return pruned
 
 

@@ -7,11 +7,20 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -23,7 +32,7 @@ from fieldbridge.plugin import (
     SourceSettings,
     load_builtins,
 )
-from fieldbridge.store.urls import mask_url
+from fieldbridge.store.urls import mask_url, parse_store_url
 
 CONFIG_ENV = "FIELDBRIDGE_CONFIG"
 
@@ -38,6 +47,15 @@ class StoreSettings(Section):
     retention_days: float = Field(default=30.0, gt=0)
     readings_retention_days: float = Field(default=0.0, ge=0)  # 0 keeps readings forever
     busy_timeout_ms: int = Field(default=5000, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _known_backend(cls, url: str) -> str:
+        try:
+            parse_store_url(url)
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("store.url ")) from None
+        return url
 
 
 class HttpSettings(Section):
@@ -165,7 +183,10 @@ def _check_unique(section: str, names: list[str], problems: list[str]) -> None:
 def _grouped(entries: list[tuple[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
     for type_name, settings in entries:
-        out.setdefault(type_name, []).append(settings.model_dump(mode="json"))
+        data = settings.model_dump(mode="json")
+        if isinstance(data.get("url"), str):  # a destination URL may carry credentials
+            data["url"] = mask_url(data["url"])
+        out.setdefault(type_name, []).append(data)
     return out
 
 
@@ -201,10 +222,15 @@ def load_settings(path: str | Path | None = None) -> Settings:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{toml_path}: not valid TOML: {exc}") from exc
     bound = type("FileSettings", (Settings,), {"toml_path": toml_path, "__module__": __name__})
+    where = str(toml_path) if toml_path else "settings"
     try:
         settings: Settings = bound()
     except ValidationError as exc:
-        where = str(toml_path) if toml_path else "settings"
         lines = [_format_error("", err) for err in exc.errors()]
         raise ConfigError(f"{where} is invalid:\n  " + "\n  ".join(lines)) from exc
+    except SettingsError as exc:  # an environment override that is not valid JSON
+        raise ConfigError(
+            f"{where}: {exc}; a FIELDBRIDGE_* list or table override must be JSON, "
+            "e.g. FIELDBRIDGE_HTTP__TOKENS='[\"token-1\"]'"
+        ) from exc
     return settings

@@ -10,8 +10,13 @@ from pathlib import Path
 from pythonjsonlogger.json import JsonFormatter
 
 from fieldbridge.config import LogSettings
+from fieldbridge.timefmt import iso
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def _iso_utc(record: logging.LogRecord, datefmt: str | None = None) -> str:
+    return iso(record.created)
 
 
 def setup_logging(settings: LogSettings) -> None:
@@ -21,7 +26,9 @@ def setup_logging(settings: LogSettings) -> None:
         formatter = JsonFormatter(
             "%(asctime)s %(levelname)s %(name)s %(message)s",
             rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            timestamp=False,
         )
+        formatter.formatTime = _iso_utc  # type: ignore[method-assign]
     else:
         formatter = logging.Formatter(TEXT_FORMAT, datefmt="%Y-%m-%d %H:%M:%S")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
@@ -39,10 +46,9 @@ def setup_logging(settings: LogSettings) -> None:
         handler.setFormatter(formatter)
         root.addHandler(handler)
     root.setLevel(settings.level.upper())
+    # Libraries that log every request or step speak up only for warnings, unless log.levels
+    # (applied after) says otherwise; fieldbridge logs its own start, stop and sends.
+    for noisy in ("uvicorn.access", "uvicorn.error", "alembic", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     for name, level in settings.levels.items():
         logging.getLogger(name).setLevel(level.upper())
-    # Access logs of every request would drown the service's own messages.
-    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
-    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # fieldbridge logs its own
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)

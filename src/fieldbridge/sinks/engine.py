@@ -26,6 +26,7 @@ log = logging.getLogger("fieldbridge.sinks")
 BACKOFF_BASE = 0.5  # seconds; the first retry waits up to twice this
 IDLE_POLL = 1.0  # seconds between looks at the journal when nothing woke the sink
 LAG_EVERY = 5.0  # seconds between lag measurements
+CONTROL_POLL = 2.0  # seconds between looks for pause or replay during a long back-off
 
 
 class _Stop(Exception):
@@ -104,6 +105,9 @@ class SinkRunner:
                 await self._idle()
                 continue
             await self._retry_dead_letters()
+            if self.settings.interval and self._last_send:
+                # Wait before reading, so what arrives meanwhile goes in this send.
+                await self._pause_for(self._last_send + self.settings.interval - time.monotonic())
             entries = await self._store.read_journal(
                 self._cursor, self.settings.batch_size, with_payload=self._destination.wants_payload
             )
@@ -125,8 +129,6 @@ class SinkRunner:
         chosen = [e for e in entries if route_matches(route, e, flags)]
         if not chosen:
             return
-        if self.settings.interval:
-            await self._pause_for(self._last_send + self.settings.interval - time.monotonic())
         # Bisect on permanent rejection: one bad message is isolated, the rest go through in order.
         chunks: list[Sequence[JournalEntry]] = [chosen]
         while chunks:
@@ -151,9 +153,6 @@ class SinkRunner:
             except RetryableDeliveryError as exc:
                 attempt += 1
                 await self._backoff(attempt, exc)
-                stored = await self._store.sink_state(self.name)
-                if stored.paused or stored.replay_from is not None:
-                    raise _Interrupted from exc
                 continue
             except PermanentDeliveryError:
                 if self._metrics is not None:
@@ -192,7 +191,12 @@ class SinkRunner:
             )
         await self._set_state("backoff", str(exc))
         await self._measure_lag(force=False)
-        await self._pause_for(delay)
+        deadline = time.monotonic() + delay
+        while (left := deadline - time.monotonic()) > 0:
+            await self._pause_for(min(left, CONTROL_POLL))
+            stored = await self._store.sink_state(self.name)
+            if stored.paused or stored.replay_from is not None:
+                raise _Interrupted
 
     async def _dead_letter(self, entry: JournalEntry, exc: DeliveryError) -> None:
         log.warning(

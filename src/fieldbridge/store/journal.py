@@ -112,12 +112,17 @@ class JournalQueries:
             await tx.execute(f"DELETE FROM journal {where}", (older_than, delivered_upto))
         return int(rows[0][0])
 
-    async def prune_readings(self, older_than: float) -> int:
+    async def prune_readings(self, older_than: float, delivered_upto: int) -> int:
+        """Delete readings measured before a time whose messages every sink has delivered."""
+        where = (
+            "WHERE measured_at < ? AND message_id <= ? "
+            "AND message_id NOT IN (SELECT message_id FROM dead_letters)"
+        )
         async with self.db.transaction() as tx:
             rows = await tx.fetchall(
-                "SELECT COUNT(*) FROM readings WHERE measured_at < ?", (older_than,)
+                f"SELECT COUNT(*) FROM readings {where}", (older_than, delivered_upto)
             )
-            await tx.execute("DELETE FROM readings WHERE measured_at < ?", (older_than,))
+            await tx.execute(f"DELETE FROM readings {where}", (older_than, delivered_upto))
         return int(rows[0][0])
 
 
