@@ -218,7 +218,7 @@ def test_config_check(tmp_path: Path) -> None:
     assert "settings are valid" in done.stdout
     assert ws.json("config", "check") == {
         "ok": True,
-        "sources": [],
+        "sources": ["http:http"],
         "sinks": ["webhook:hook", "webhook:audit"],
     }
 
