@@ -22,11 +22,12 @@ from types import TracebackType
 from typing import Any
 
 import orjson
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from fieldbridge.web.server import WebServer
 
 SCHEMA = "fieldbridge.webhook/1"
 PATH = "/hook"
@@ -91,25 +92,14 @@ class WebhookReceiver:
         self._replies_open = asyncio.Event()
         self._replies_open.set()
         self.held = 0  # requests currently waiting in hold_replies()
-        # IPPROTO_TCP so asyncio sets TCP_NODELAY on accepted connections (else ~40 ms a reply).
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self.port = int(self._sock.getsockname()[1])
-        self.url = f"http://127.0.0.1:{self.port}{PATH}"
         # Every method and path reaches the handler, so a wrong one is a recorded violation.
         methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
         app = Starlette(routes=[Route("/{path:path}", self._handle, methods=methods)])
-        config = uvicorn.Config(
-            app,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=2,
-            timeout_keep_alive=30,
-        )
-        self._server = _QuietServer(config)
-        self._task: asyncio.Task[None] | None = None
+        # fieldbridge's own server runner; a long keep-alive so reused connections never race
+        # the server closing them.
+        self._web = WebServer(app, "127.0.0.1:0", graceful_s=2, keep_alive_s=30)
+        self.port = self._web.port
+        self.url = f"http://127.0.0.1:{self.port}{PATH}"
 
     # --- views -----------------------------------------------------------------------------
 
@@ -180,14 +170,7 @@ class WebhookReceiver:
     # --- lifecycle --------------------------------------------------------------------------
 
     async def __aenter__(self) -> WebhookReceiver:
-        self._sock.listen(128)
-        self._sock.setblocking(False)
-        self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]))
-        while not self._server.started:
-            if self._task.done():
-                await self._task
-                raise RuntimeError("the fake webhook receiver stopped while starting")
-            await asyncio.sleep(0.005)
+        await self._web.__aenter__()
         return self
 
     async def __aexit__(
@@ -199,10 +182,7 @@ class WebhookReceiver:
         # Release sleeping handlers first so the server's graceful shutdown is quick.
         self._closing.set()
         self._replies_open.set()
-        self._server.should_exit = True
-        if self._task is not None:
-            await self._task
-        self._sock.close()
+        await self._web.__aexit__(exc_type, exc, tb)
 
     # --- the endpoint -----------------------------------------------------------------------
 
@@ -284,14 +264,6 @@ class WebhookReceiver:
             self._seen_keys.add(key)
             for message in batch["messages"]:
                 self.ingested.setdefault(message["id"], message)
-
-
-class _QuietServer(uvicorn.Server):
-    """uvicorn without signal handlers: the test's event loop owns the process."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def _check(

@@ -74,7 +74,9 @@ def bind(listen: str) -> socket.socket:
 class WebServer:
     """`async with WebServer(...)` serves until the block ends, then drains requests."""
 
-    def __init__(self, app: Starlette, listen: str, *, graceful_s: int = 5) -> None:
+    def __init__(
+        self, app: Starlette, listen: str, *, graceful_s: int = 5, keep_alive_s: int = 5
+    ) -> None:
         self._sock = bind(listen)
         self.port = int(self._sock.getsockname()[1])
         config = uvicorn.Config(
@@ -83,6 +85,7 @@ class WebServer:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=graceful_s,
+            timeout_keep_alive=keep_alive_s,
             server_header=False,
         )
         self._server = _Server(config)
