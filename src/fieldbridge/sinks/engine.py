@@ -95,11 +95,12 @@ class SinkRunner:
     async def _loop(self) -> None:
         self._cursor = (await self._store.sink_state(self.name)).cursor
         while not self._stopping:
-            replay = await self._store.take_replay(self.name)
-            if replay is not None:
-                log.info("sink %s: replaying from message %d", self.name, replay + 1)
-                self._cursor = replay
             stored = await self._store.sink_state(self.name)
+            if stored.replay_from is not None:  # read first: taking it is a write
+                replay = await self._store.take_replay(self.name)
+                if replay is not None:
+                    log.info("sink %s: replaying from message %d", self.name, replay + 1)
+                    self._cursor = replay
             if stored.paused:
                 await self._set_state("paused", None)
                 await self._idle()
