@@ -227,10 +227,11 @@ def load_settings(path: str | Path | None = None) -> Settings:
         settings: Settings = bound()
     except ValidationError as exc:
         lines = [_format_error("", err) for err in exc.errors()]
-        raise ConfigError(f"{where} is invalid:\n  " + "\n  ".join(lines)) from exc
+        body = "\n".join(lines).replace("\n", "\n  ")
+        raise ConfigError(f"{where} is invalid:\n  {body}") from exc
     except SettingsError as exc:  # an environment override that is not valid JSON
         raise ConfigError(
-            f"{where}: {exc}; a FIELDBRIDGE_* list or table override must be JSON, "
-            "e.g. FIELDBRIDGE_HTTP__TOKENS='[\"token-1\"]'"
+            f"{where}: {exc}; a FIELDBRIDGE_<SECTION>__<KEY> override of a list or table "
+            'must be JSON, e.g. \'["a", "b"]\' or \'{"key": "value"}\''
         ) from exc
     return settings

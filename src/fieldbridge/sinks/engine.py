@@ -72,25 +72,31 @@ class SinkRunner:
 
     async def run(self) -> None:
         """Deliver until stopped; never raises for destination or store trouble."""
-        async with self._destination:
-            while not self._stopping:
-                try:
-                    await self._loop()
-                except _Stop:
-                    break
-                except _Interrupted:
-                    continue
-                except StoreError as exc:
-                    await self._set_state("store-error", str(exc), save=False)
-                    log.warning("sink %s: store unavailable, retrying: %s", self.name, exc)
-                    with contextlib.suppress(_Stop):
-                        await self._pause_for(2.0)
-                except Exception as exc:  # a bug must not end delivery for good: start over
-                    log.exception("sink %s: unexpected error; restarting the sink loop", self.name)
-                    self.state, self.last_error = "error", f"{type(exc).__name__}: {exc}"
-                    with contextlib.suppress(_Stop):
-                        await self._pause_for(5.0)
+        while not self._stopping:
+            try:
+                async with self._destination:
+                    await self._run_open()
+            except _Stop:
+                break
+            except Exception as exc:  # a bug must not end delivery for good: start over
+                log.exception("sink %s: unexpected error; restarting the sink", self.name)
+                with contextlib.suppress(StoreError):
+                    await self._set_state("error", f"{type(exc).__name__}: {exc}")
+                with contextlib.suppress(_Stop):
+                    await self._pause_for(5.0)
         self.state = "stopped"
+
+    async def _run_open(self) -> None:
+        """Deliver with the destination open, riding out store failures and control requests."""
+        while not self._stopping:
+            try:
+                await self._loop()
+            except _Interrupted:
+                continue
+            except StoreError as exc:
+                await self._set_state("store-error", str(exc), save=False)
+                log.warning("sink %s: store unavailable, retrying: %s", self.name, exc)
+                await self._pause_for(2.0)
 
     async def _loop(self) -> None:
         self._cursor = (await self._store.sink_state(self.name)).cursor
