@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sqlite3
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from fieldbridge.app import Service
 from fieldbridge.config import load_settings
 from fieldbridge.store import Store
 from tests.fakes.webhook import WebhookReceiver
+from tests.locks import sqlite_write_locked
 
 INGEST = "/api/v1/ingest"
 START_TIMEOUT = 20.0  # seconds for migrate + bind; only guards against a hang
@@ -362,9 +362,7 @@ async def test_store_failure_is_503_then_recovers(tmp_path: Path) -> None:
         assert first.json() == {"ids": [1], "duplicates": 0}
 
         # Another program (a backup, a hand-run sqlite3) holds the write lock.
-        blocker = sqlite3.connect(fb.db_path, isolation_level=None, timeout=5.0)
-        try:
-            blocker.execute("BEGIN EXCLUSIVE")
+        with sqlite_write_locked(fb.db_path):
             message = {"device": "d", "id": "b", "readings": {"t": 2}}
             refused = await fb.post(message)
             assert refused.status_code == 503
@@ -375,9 +373,6 @@ async def test_store_failure_is_503_then_recovers(tmp_path: Path) -> None:
             assert [r.reading.value for r in await fb.store.list_readings("d")] == [1.0]
             text = await fb.metrics()
             assert sample(text, "fieldbridge_ingest_payloads_total", outcome="store_error") == 1
-        finally:
-            blocker.execute("ROLLBACK")
-            blocker.close()
 
         retried = await fb.post(message)
         assert retried.status_code == 200

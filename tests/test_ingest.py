@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from fieldbridge.model import Accepted, Decoded, Outcome, Rejected
 from fieldbridge.observe import Metrics
 from fieldbridge.store import Store, open_store, parse_store_url
 from fieldbridge.store.migrate import upgrade
+from tests.locks import sqlite_write_locked
 
 WAIT = 20.0  # seconds before a stuck await fails the test instead of hanging it
 
@@ -43,18 +43,11 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float:
     return 0.0 if value is None else value
 
 
-@contextlib.contextmanager
-def sqlite_locked(url: str) -> Iterator[None]:
+def sqlite_locked(url: str) -> contextlib.AbstractContextManager[None]:
     """Another connection holds the SQLite write lock until the block ends."""
     path = parse_store_url(url).sqlite_path
     assert path is not None
-    blocker = sqlite3.connect(path, isolation_level=None)
-    try:
-        blocker.execute("BEGIN EXCLUSIVE")
-        yield
-    finally:
-        blocker.execute("ROLLBACK")
-        blocker.close()
+    return sqlite_write_locked(path)
 
 
 async def eventually(check: Any, what: str) -> None:

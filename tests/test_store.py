@@ -17,6 +17,7 @@ from fieldbridge.config import load_settings
 from fieldbridge.errors import StoreError
 from fieldbridge.model import Accepted, Decoded, Reading, Rejected
 from fieldbridge.store import Pending, Store, open_store, parse_store_url
+from tests.locks import sqlite_write_locked
 
 T0 = 1_700_000_000.0
 
@@ -324,13 +325,8 @@ def write_lock_held(store_url: str) -> Iterator[None]:
     if is_sqlite(store_url):
         path = parse_store_url(store_url).sqlite_path
         assert path is not None
-        blocker = sqlite3.connect(path, isolation_level=None)
-        try:
-            blocker.execute("BEGIN EXCLUSIVE")
+        with sqlite_write_locked(path):
             yield
-        finally:
-            blocker.execute("ROLLBACK")
-            blocker.close()
         return
     with psycopg.connect(store_url) as conn:
         conn.execute("LOCK TABLE quarantine IN ACCESS EXCLUSIVE MODE")
