@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 
@@ -9,7 +10,7 @@ from fieldbridge.model import JournalEntry
 from fieldbridge.plugin import RouteSettings
 
 
-class Destination:
+class Destination(ABC):
     """Renders and sends batches to one destination.
 
     `send` returns when the destination confirmed the batch and raises
@@ -19,8 +20,9 @@ class Destination:
 
     wants_payload: bool = False  # whether entries must carry the raw payload
 
+    @abstractmethod
     async def send(self, entries: Sequence[JournalEntry]) -> None:
-        raise NotImplementedError
+        """Deliver a batch; return once the destination confirmed it."""
 
     async def __aenter__(self) -> Destination:
         return self
