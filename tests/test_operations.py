@@ -9,6 +9,8 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
+import httpx
+
 from tests.processes import FieldbridgeProcess
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -46,8 +48,6 @@ def test_online_sqlite_backup_while_serving(tmp_path: Path) -> None:
     backup = tmp_path / "backup.db"
     with FieldbridgeProcess(tmp_path / "live") as service:
         service.start()
-        import httpx
-
         with httpx.Client(base_url=service.base_url, timeout=10) as client:
             for n in range(200):
                 body = {"device": f"dev-{n % 5}", "readings": {"seq": n}, "id": f"m-{n}"}
@@ -75,8 +75,6 @@ def test_online_sqlite_backup_while_serving(tmp_path: Path) -> None:
     restored.db_path.write_bytes(backup.read_bytes())
     with restored:
         restored.start()
-        import httpx
-
         answer = httpx.post(
             f"{restored.base_url}/api/v1/ingest",
             json={"device": "dev-9", "readings": {"seq": 1}, "id": "after-restore"},
