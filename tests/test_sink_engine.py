@@ -474,6 +474,27 @@ async def test_replay_sends_again_from_the_requested_cursor(
     assert hook.requests[-1].idempotency_key == "hook:5-10"
 
 
+async def test_a_replay_that_delivers_a_dead_letter_clears_it(
+    store: Store, hook: WebhookReceiver
+) -> None:
+    await put_n(store, 5)
+    hook.poison(3)
+    async with running(store, settings(hook.url)) as runner:
+        await cursor_is(store, 5)
+        assert [d.message_id for d in await store.list_dead_letters(sink=SINK)] == [3]
+        hook.cure(3)
+        await store.request_replay(SINK, 2)
+        runner.wake()
+        await hook.wait_for(lambda: 3 in hook.received_ids)
+        await until(lambda: _no_dead_letters(store))
+        await cursor_is(store, 5)
+    assert hook.received_ids == [1, 2, 4, 5, 3, 4, 5]
+
+
+async def _no_dead_letters(store: Store) -> bool:
+    return await store.count_dead_letters(SINK) == 0
+
+
 async def _no_replay_pending(store: Store) -> bool:
     return (await store.sink_state(SINK)).replay_from is None
 

@@ -61,6 +61,7 @@ class SinkRunner:
         self._cursor = 0
         self._last_send = 0.0
         self._last_lag = 0.0
+        self._dead_letters = 0  # how many this sink has, as far as this runner knows
 
     def wake(self) -> None:
         """New messages were committed."""
@@ -100,6 +101,7 @@ class SinkRunner:
 
     async def _loop(self) -> None:
         self._cursor = (await self._store.sink_state(self.name)).cursor
+        self._dead_letters = await self._store.count_dead_letters(self.name)
         while not self._stopping:
             stored = await self._store.sink_state(self.name)
             if stored.replay_from is not None:  # read first: taking it is a write
@@ -148,6 +150,10 @@ class SinkRunner:
                     chunks[0:0] = [chunk[:middle], chunk[middle:]]
                     continue
                 await self._dead_letter(chunk[0], exc)
+                continue
+            if self._dead_letters:  # a replay delivered what was refused before
+                forgotten = await self._store.forget_delivered(self.name, [e.id for e in chunk])
+                self._dead_letters = max(0, self._dead_letters - forgotten)
         self._last_send = time.monotonic()
 
     async def _send_with_retry(self, chunk: Sequence[JournalEntry]) -> None:
@@ -213,6 +219,7 @@ class SinkRunner:
             exc,
         )
         await self._store.add_dead_letter(self.name, entry.id, exc.status, exc.body or str(exc))
+        self._dead_letters += 1
         if self._metrics is not None:
             self._metrics.sink_dead.labels(self.name).inc()
 
@@ -247,6 +254,7 @@ class SinkRunner:
             if self._metrics is not None:
                 self._metrics.sink_sent.labels(self.name).inc()
             log.info("sink %s: dead letter for message %d delivered", self.name, entry.id)
+        self._dead_letters = await self._store.count_dead_letters(self.name)
 
     async def _set_state(
         self, state: str, error: str | None, *, cursor: int | None = None, save: bool = True

@@ -129,6 +129,20 @@ class SinkStateQueries:
             await tx.execute(f"DELETE FROM dead_letters {clauses}", params)
         return int(rows[0][0])
 
+    async def forget_delivered(self, sink: str, message_ids: Sequence[int]) -> int:
+        """Drop a sink's dead letters for messages it has now delivered (e.g. by a replay)."""
+        if not message_ids:
+            return 0
+        marks = ",".join("?" * len(message_ids))
+        where = f"WHERE sink = ? AND message_id IN ({marks})"
+        async with self.db.transaction() as tx:
+            rows = await tx.fetchall(
+                f"SELECT COUNT(*) FROM dead_letters {where}", [sink, *message_ids]
+            )
+            if rows[0][0]:
+                await tx.execute(f"DELETE FROM dead_letters {where}", [sink, *message_ids])
+        return int(rows[0][0])
+
     async def resolve_dead_letter(self, dead_id: int) -> None:
         async with self.db.transaction() as tx:
             await tx.execute("DELETE FROM dead_letters WHERE id = ?", (dead_id,))
