@@ -598,6 +598,11 @@ async def test_dead_letters(store: Store) -> None:
     assert await store.drop_dead_letters(ids=[letters[2].id]) == 1
     assert await store.count_dead_letters("influx") == 0
     await store.add_dead_letter("hook", 7, 400, "")
+    await store.add_dead_letter("influx", 7, 400, "")
+    # By message: what a sink has now delivered; an empty list matches none, not all.
+    assert await store.drop_dead_letters(sink="hook", message_ids=[]) == 0
+    assert await store.drop_dead_letters(sink="influx", message_ids=[7, 8]) == 1
+    assert await store.count_dead_letters("hook") == 2
     assert await store.drop_dead_letters(sink="hook") == 2
     assert await store.list_dead_letters() == []
     assert await store.drop_dead_letters() == 0

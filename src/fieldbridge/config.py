@@ -122,12 +122,17 @@ class Settings(BaseSettings):
         problems: list[str] = []
         self._sources = _typed_entries("sources", self.sources, SOURCE_TYPES, problems)
         self._sinks = _typed_entries("sinks", self.sinks, SINK_TYPES, problems)
-        names = [self.http.source_name] if self.http.enabled and self.http.ingest else []
-        _check_unique("sources", names + [s.name for _, s in self._sources], problems)
+        builtin = [self.http_source] if self.http_source else []
+        _check_unique("sources", builtin + [s.name for _, s in self._sources], problems)
         _check_unique("sinks", [s.name for _, s in self._sinks], problems)
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    @property
+    def http_source(self) -> str | None:
+        """The name of the built-in HTTP ingest source, or None when it is off."""
+        return self.http.source_name if self.http.enabled and self.http.ingest else None
 
     @property
     def source_settings(self) -> list[tuple[str, SourceSettings]]:

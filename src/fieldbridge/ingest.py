@@ -110,7 +110,7 @@ class Ingest:
         received_at: float | None = None,
     ) -> Outcome:
         """Hand in one payload; return once it is committed (or raise StoreError)."""
-        if self._in_flight >= self._bound:
+        if not self.has_room:
             await self.wait_for_room()
         return await self.offer(source, payload, codec, meta, received_at)
 

@@ -152,7 +152,9 @@ class SinkRunner:
                 await self._dead_letter(chunk[0], exc)
                 continue
             if self._dead_letters:  # a replay delivered what was refused before
-                forgotten = await self._store.forget_delivered(self.name, [e.id for e in chunk])
+                forgotten = await self._store.drop_dead_letters(
+                    sink=self.name, message_ids=[e.id for e in chunk]
+                )
                 self._dead_letters = max(0, self._dead_letters - forgotten)
         self._last_send = time.monotonic()
 

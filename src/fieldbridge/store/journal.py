@@ -196,8 +196,7 @@ def _commit(dialect: str, batch: Sequence[Pending]) -> Plan[list[Outcome]]:
     known = (yield from _existing_keys(dialect, keys)) if keys else {}
     # The common case: no key seen before and none twice in this batch, so every record is new.
     repeats = bool(known) or len(keys) != keyed
-    slots = _slots(batch, known) if repeats else None
-    new_count = sum(1 for s in slots or () if s is None) if repeats else records
+    slots, new_count = _slots(batch, known) if repeats else (None, records)
     ids = (yield from _allocate_ids(dialect, new_count)) if new_count else []
 
     journal_rows: list[tuple[object, ...]] = []
@@ -292,10 +291,11 @@ class _Seen:
             self.attributes.update(d.attributes)
 
 
-def _slots(batch: Sequence[Pending], known: dict[tuple[str, str], int]) -> list[int | None]:
-    """Per record in batch order: the id of an earlier copy, or None for a new row.
-
-    A repeat inside this batch gets -n, pointing at the batch's n-th new row.
+def _slots(
+    batch: Sequence[Pending], known: dict[tuple[str, str], int]
+) -> tuple[list[int | None], int]:
+    """Per record in batch order: the id of an earlier copy, or None for a new row; and how
+    many rows are new. A repeat inside this batch gets -n, pointing at the n-th new row.
     """
     slots: list[int | None] = []
     known = dict(known)
@@ -310,7 +310,7 @@ def _slots(batch: Sequence[Pending], known: dict[tuple[str, str], int]) -> list[
             new_count += 1
             if key is not None:
                 known[key] = -new_count
-    return slots
+    return slots, new_count
 
 
 def _upsert_devices(seen: dict[str, _Seen]) -> Plan[None]:

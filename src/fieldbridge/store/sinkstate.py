@@ -122,25 +122,18 @@ class SinkStateQueries:
             )
         return int(rows[0][0])
 
-    async def drop_dead_letters(self, *, sink: str | None = None, ids: Sequence[int] = ()) -> int:
-        clauses, params = _filters(sink=sink, ids=ids)
+    async def drop_dead_letters(
+        self,
+        *,
+        sink: str | None = None,
+        ids: Sequence[int] = (),
+        message_ids: Sequence[int] | None = None,
+    ) -> int:
+        """Forget the chosen dead letters (by their ids, or by the messages they hold)."""
+        clauses, params = _filters(sink=sink, ids=ids, message_ids=message_ids)
         async with self.db.transaction() as tx:
             rows = await tx.fetchall(f"SELECT COUNT(*) FROM dead_letters {clauses}", params)
             await tx.execute(f"DELETE FROM dead_letters {clauses}", params)
-        return int(rows[0][0])
-
-    async def forget_delivered(self, sink: str, message_ids: Sequence[int]) -> int:
-        """Drop a sink's dead letters for messages it has now delivered (e.g. by a replay)."""
-        if not message_ids:
-            return 0
-        marks = ",".join("?" * len(message_ids))
-        where = f"WHERE sink = ? AND message_id IN ({marks})"
-        async with self.db.transaction() as tx:
-            rows = await tx.fetchall(
-                f"SELECT COUNT(*) FROM dead_letters {where}", [sink, *message_ids]
-            )
-            if rows[0][0]:
-                await tx.execute(f"DELETE FROM dead_letters {where}", [sink, *message_ids])
         return int(rows[0][0])
 
     async def resolve_dead_letter(self, dead_id: int) -> None:
@@ -149,8 +142,13 @@ class SinkStateQueries:
 
 
 def _filters(
-    *, sink: str | None = None, state: str | None = None, ids: Sequence[int] = ()
+    *,
+    sink: str | None = None,
+    state: str | None = None,
+    ids: Sequence[int] = (),
+    message_ids: Sequence[int] | None = None,
 ) -> tuple[str, list[object]]:
+    """WHERE clause for dead letters; an empty `message_ids` matches none (unlike `ids`)."""
     clauses: list[str] = []
     params: list[object] = []
     if sink is not None:
@@ -162,6 +160,10 @@ def _filters(
     if ids:
         clauses.append(f"id IN ({','.join('?' * len(ids))})")
         params.extend(ids)
+    if message_ids is not None:
+        marks = ",".join("?" * len(message_ids))
+        clauses.append(f"message_id IN ({marks})" if message_ids else "1 = 0")
+        params.extend(message_ids)
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
