@@ -193,6 +193,40 @@ async def test_several_records_in_one_payload_make_several_messages(store: Store
     assert all(len(e.readings) == 1 for e in entries)
 
 
+async def test_keyed_readings_are_stored_once_per_device(store: Store) -> None:
+    def frame(*keys: str, device: str = "efento-1") -> Decoded:
+        return record(
+            device,
+            readings=[
+                Reading("temperature", 20.0 + i, T0 + i, 1, key=k) for i, k in enumerate(keys)
+            ],
+        )
+
+    await accepted(store, [payload(frame("ch1@0", "ch1@60"))])
+    # A resent frame (a new message) carrying the same samples plus one more, in one batch
+    # with a copy of itself, and an unkeyed reading and another device with the same keys.
+    await accepted(
+        store,
+        [
+            payload(frame("ch1@0", "ch1@60", "ch1@120")),
+            payload(frame("ch1@120")),
+            payload(frame("ch1@0", device="efento-2")),
+            payload(record("efento-1")),
+        ],
+    )
+    rows = await store.db.fetchall("SELECT device, reading_key FROM readings")
+    assert sorted((d, k or "") for d, k in rows) == [
+        ("efento-1", ""),
+        ("efento-1", "ch1@0"),
+        ("efento-1", "ch1@120"),
+        ("efento-1", "ch1@60"),
+        ("efento-2", "ch1@0"),
+    ]
+    assert await count(store, "journal") == 5  # every frame is journaled; readings are not doubled
+    entries = await store.read_journal(0, 10)
+    assert entries[0].readings[1].key == "ch1@60"
+
+
 async def test_device_registry_follows_messages(store: Store) -> None:
     await accepted(
         store,

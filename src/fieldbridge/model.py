@@ -18,6 +18,9 @@ class Reading:
     channel: int = 0
     unit: str | None = None
     extra: Mapping[str, Any] | None = None
+    # Natural identity within the device, e.g. "ch1@1717243200": a second reading with the
+    # same device and key (a resent frame, a redelivered message) is not stored again.
+    key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,14 +69,16 @@ class JournalQueries:
 
     async def _readings_between(self, first: int, last: int) -> dict[int, tuple[Reading, ...]]:
         rows = await self.db.fetchall(
-            "SELECT message_id, quantity, value, measured_at, channel, unit, extra "
+            "SELECT message_id, quantity, value, measured_at, channel, unit, extra, reading_key "
             "FROM readings WHERE message_id >= ? AND message_id <= ? ORDER BY message_id, seq",
             (first, last),
         )
         grouped: dict[int, list[Reading]] = {}
-        for mid, quantity, value, measured_at, channel, unit, extra in rows:
+        for mid, quantity, value, measured_at, channel, unit, extra, key in rows:
             grouped.setdefault(mid, []).append(
-                Reading(quantity, value, measured_at, channel, unit, jsoncol.load(extra) or None)
+                Reading(
+                    quantity, value, measured_at, channel, unit, jsoncol.load(extra) or None, key
+                )
             )
         return {mid: tuple(readings) for mid, readings in grouped.items()}
 
@@ -231,8 +233,9 @@ def _commit(dialect: str, batch: Sequence[Pending]) -> Plan[list[Outcome]]:
             for seq, r in enumerate(d.readings):
                 extra = jsoncol.dump_or_none(r.extra) if r.extra else None
                 reading_rows.append(
-                    (mid, seq, device, r.measured_at, r.quantity, r.channel, r.value, r.unit, extra)
-                )
+                    (mid, seq, device, r.measured_at, r.quantity, r.channel, r.value, r.unit,
+                     extra, r.key)
+                )  # fmt: skip
             entry = seen.get(device)
             if entry is None:
                 seen[device] = _Seen(
@@ -250,8 +253,10 @@ def _commit(dialect: str, batch: Sequence[Pending]) -> Plan[list[Outcome]]:
         )
     if reading_rows:
         yield ExecuteMany(
+            # A keyed reading the device already has (a resent frame) is skipped, not stored twice.
             "INSERT INTO readings (message_id, seq, device, measured_at, quantity, channel, "
-            "value, unit, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "value, unit, extra, reading_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
             reading_rows,
         )
     if seen:

@@ -72,7 +72,7 @@ class RegistryQueries:
         self, device: str, *, since: float | None = None, limit: int = 100
     ) -> list[StoredReading]:
         """Readings of a device in time order: from `since`, else the latest `limit`."""
-        cols = "message_id, device, quantity, value, measured_at, channel, unit, extra"
+        cols = "message_id, device, quantity, value, measured_at, channel, unit, extra, reading_key"
         if since is not None:
             rows = await self.db.fetchall(
                 f"SELECT {cols} FROM readings WHERE device = ? AND measured_at >= ? "
@@ -87,8 +87,8 @@ class RegistryQueries:
             )
             rows.reverse()
         return [
-            StoredReading(mid, dev, Reading(q, v, t, ch, unit, jsoncol.load(extra) or None))
-            for mid, dev, q, v, t, ch, unit, extra in rows
+            StoredReading(mid, dev, Reading(q, v, t, ch, unit, jsoncol.load(extra) or None, key))
+            for mid, dev, q, v, t, ch, unit, extra, key in rows
         ]
 
     async def list_quarantine(

@@ -40,7 +40,17 @@ readings = sa.Table(
     sa.Column("value", sa.Double),
     sa.Column("unit", sa.Text),
     sa.Column("extra", sa.Text),
+    sa.Column("reading_key", sa.Text),
     sa.Index("ix_readings_device_measured_at", "device", "measured_at"),
+    # Only keyed readings enter this index, so unkeyed ingest pays nothing for it.
+    sa.Index(
+        "ux_readings_device_key",
+        "device",
+        "reading_key",
+        unique=True,
+        sqlite_where=sa.text("reading_key IS NOT NULL"),
+        postgresql_where=sa.text("reading_key IS NOT NULL"),
+    ),
     sqlite_with_rowid=False,
 )
 
