@@ -6,6 +6,9 @@ set -euo pipefail
 declare -A NEEDED=(
   [sqlite3]=sqlite3  # tests/test_operations.py: the documented online backup
   [curl]=curl        # tests/test_operations.py: the README's first steps
+  [coap-client-notls]=libcoap3-bin  # Efento CoAP tests: libcoap's client
+  [mosquitto]=mosquitto             # MQTT tests start their own brokers
+  [mosquitto_pub]=mosquitto-clients # MQTT tests and bench: the C publisher
 )
 
 missing=()
