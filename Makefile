@@ -34,5 +34,11 @@ test: system-deps install lint typecheck
 bench: install
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
+# Efento protobuf modules (committed); tests/test_efento_proto.py fails when they are stale.
+EFENTO_PROTO := src/fieldbridge/codecs/efento/proto
+proto: install
+	$(BIN)/python -m grpc_tools.protoc -Isrc --python_out=src --mypy_out=src \
+		--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy $(EFENTO_PROTO)/*.proto
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

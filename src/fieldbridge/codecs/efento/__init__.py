@@ -1,0 +1,21 @@
+"""Efento NB-IoT sensors: protobuf payloads of /m, /i and /c, and configuration downlinks.
+
+Public API (other modules code against exactly these names):
+  decode(payload, meta, received_at) -> list[Decoded]   the Codec, registered as "efento"
+  to_json(endpoint, payload, *, seed_compat=False)     the seed server's JSON of a frame
+  summary(endpoint, payload) -> FrameSummary           serial, hash, split info, cloud token
+  encode_config(fields) -> bytes                       a ProtoConfig downlink
+"""
+
+from fieldbridge.codecs.efento.codec import KIND, KIND_CONFIG_PART, decode
+from fieldbridge.codecs.efento.frames import FrameSummary, summary
+from fieldbridge.codecs.efento.seed_json import to_json
+
+__all__ = [
+    "KIND",
+    "KIND_CONFIG_PART",
+    "FrameSummary",
+    "decode",
+    "summary",
+    "to_json",
+]
