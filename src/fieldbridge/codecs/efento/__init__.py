@@ -8,6 +8,7 @@ Public API (other modules code against exactly these names):
 """
 
 from fieldbridge.codecs.efento.codec import KIND, KIND_CONFIG_PART, decode
+from fieldbridge.codecs.efento.downlink import encode_config
 from fieldbridge.codecs.efento.frames import FrameSummary, summary
 from fieldbridge.codecs.efento.seed_json import to_json
 
@@ -16,6 +17,7 @@ __all__ = [
     "KIND_CONFIG_PART",
     "FrameSummary",
     "decode",
+    "encode_config",
     "summary",
     "to_json",
 ]
