@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from fieldbridge.codecs.efento.proto.measurements_pb2 import ProtoChannel, ProtoMeasurements
 from fieldbridge.codecs.efento.types import (
@@ -23,9 +23,8 @@ MAX_TIME = 2**32
 LEGACY_BINARY_FACTOR = 14  # 5.xx firmware: factor 0 means 14 on a binary or mixed sensor
 
 
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One decoded sample of one channel."""
+class Sample(NamedTuple):
+    """One decoded sample of one channel (a tuple: the hot path makes many)."""
 
     channel: int  # 1-based position in the frame, empty channels counted
     info: TypeInfo
@@ -89,18 +88,20 @@ def _continuous(
     divisor = info.divisor
     modulus = info.modulus
     at = start
+    new = tuple.__new__  # builds a Sample without NamedTuple's keyword handling: 2x faster
     for offset in offsets:
         if ERROR_CODE_MIN <= offset <= ERROR_CODE_MAX:
-            out.append(Sample(number, info, at, period, None, error_code=offset))
+            out.append(new(Sample, (number, info, at, period, None, None, offset, None)))
+        elif modulus:
+            raw = base_value + offset
+            magnitude, metadata = divmod(abs(raw), modulus)
+            whole = -magnitude if raw < 0 else magnitude
+            out.append(new(Sample, (number, info, at, period, whole, None, None, metadata)))
         else:
             raw = base_value + offset
-            if modulus:
-                magnitude, metadata = divmod(abs(raw), modulus)
-                value = -magnitude if raw < 0 else magnitude
-                out.append(Sample(number, info, at, period, value, metadata=metadata))
-            else:
-                # raw / 10 is the decimal the sensor meant (21.7); raw * 0.1 is not always.
-                out.append(Sample(number, info, at, period, raw / divisor if divisor > 1 else raw))
+            # raw / 10 is the decimal the sensor meant (21.7); raw * 0.1 is not always.
+            scaled = raw / divisor if divisor > 1 else raw
+            out.append(new(Sample, (number, info, at, period, scaled, None, None, None)))
         at += period
 
 
