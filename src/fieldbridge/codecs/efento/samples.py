@@ -14,10 +14,10 @@ from fieldbridge.codecs.efento.types import (
 )
 from fieldbridge.errors import DecodeError
 
-# A binary channel is expanded onto a grid, so a small frame could ask for millions of rows
-# (offset 2^31 at a 1 s period). No real sensor sends more than a few thousand samples per
-# frame; a frame that would expand beyond this is refused (and kept in quarantine).
-MAX_SAMPLES = 100_000
+# A binary channel is expanded onto a grid, so a 40-byte frame could ask for two billion rows
+# (offset 2^31 at a 1 s period). 50,000 rows cover the longest transmission interval (7 days)
+# at a 13 s period; a frame that would expand beyond this is refused (and kept in quarantine).
+MAX_SAMPLES = 50_000
 # Sample instants must be real Unix times a datetime can show, also with the interval added.
 MAX_TIME = 2**32
 LEGACY_BINARY_FACTOR = 14  # 5.xx firmware: factor 0 means 14 on a binary or mixed sensor
@@ -130,10 +130,10 @@ def _binary(
     instants = {start + k * period for k in range(grid_from, rows)}
     instants.update(change[0] for change in changes)
     index, count, on = 0, len(changes), False
+    new = tuple.__new__  # as in _continuous: a grid can be long
     for at in sorted(instants):
         while index < count and changes[index][0] <= at:
             on = changes[index][1]
             index += 1
-        out.append(
-            Sample(number, info, at, period, 1 if on else 0, state=info.on if on else info.off)
-        )
+        value, state = (1, info.on) if on else (0, info.off)
+        out.append(new(Sample, (number, info, at, period, value, state, None, None)))
