@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +132,29 @@ def test_help(command: list[str]) -> None:
     code, out, _ = cli(*command, "--help")
     assert code == 0 and "Usage:" in out
     assert "--hex" in out if command[0] == "decode" else "--output" in out
+
+
+DOC = Path(__file__).parents[1] / "docs" / "integrations" / "efento-decoding.md"
+
+
+def doc_examples() -> list[tuple[list[str], str]]:
+    """Every `$ fieldbridge ...` line of the doc's console blocks with the output shown."""
+    examples: list[tuple[list[str], str]] = []
+    for block in DOC.read_text().split("```console\n")[1:]:
+        for chunk in block.split("```")[0].split("$ fieldbridge ")[1:]:
+            command, _, output = chunk.partition("\n")
+            examples.append((shlex.split(command), output))
+    return examples
+
+
+def test_the_doc_examples_print_what_the_doc_shows() -> None:
+    examples = doc_examples()
+    assert len(examples) == 3
+    assert examples[0][0][:4] == ["decode", "efento", "--endpoint", "m"]
+    for args, shown in examples:
+        code, out, err = cli(*args)
+        if shown.startswith("error:"):
+            assert code == 1
+            assert " ".join(err.split()) == " ".join(shown.split())
+        else:
+            assert (code, out) == (0, shown)
