@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from fieldbridge.sources.base import Source
 
 # Built-in plugin modules; each registers itself on import. Adding a plugin is one line here.
-BUILTIN_MODULES = ("fieldbridge.sinks.webhook",)
+BUILTIN_MODULES = ("fieldbridge.sinks.webhook", "fieldbridge.sources.mqtt")
 
 
 class PluginSettings(BaseModel):
