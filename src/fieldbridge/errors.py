@@ -14,10 +14,12 @@ class ConfigError(FieldbridgeError):
 class DecodeError(FieldbridgeError):
     """A payload could not be decoded; it goes to quarantine with this reason."""
 
-    def __init__(self, reason: str, *, malformed: bool = False) -> None:
+    def __init__(self, reason: str, *, malformed: bool = False, cause: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.malformed = malformed  # not even the outer syntax (JSON, protobuf) parsed
+        # A short label metrics count rejections by, e.g. "unknown_token"; None = "invalid".
+        self.cause = cause
 
 
 class StoreError(FieldbridgeError):

@@ -213,6 +213,7 @@ def _decode(item: Incoming) -> Pending:
             item.payload,
             reason=exc.reason,
             malformed=exc.malformed,
+            cause=exc.cause,
         )
     except Exception as exc:  # a codec bug must not lose the payload: quarantine it
         log.exception("codec crashed on a payload from %s; quarantined", item.source)

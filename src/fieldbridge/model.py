@@ -33,6 +33,9 @@ class Decoded:
     idempotency_key: str | None = None
     attributes: Mapping[str, Any] | None = None
     raw: bytes | None = None  # the part of the payload this message came from; None = all of it
+    # Accept only when `device` is already in the registry (else quarantined at commit); a pure
+    # codec cannot look the registry up, so it asks the commit to.
+    require_registered: bool = False
 
 
 Codec = Callable[[bytes, Mapping[str, Any], float], list[Decoded]]
@@ -66,6 +69,7 @@ class Rejected:
     reason: str
     quarantine_id: int
     malformed: bool = False  # the payload's outer syntax did not parse
+    cause: str | None = None  # a short label to count by, e.g. "unknown_token"
 
 
 Outcome = Accepted | Rejected

@@ -40,6 +40,12 @@ class Metrics:
         self.quarantined = Counter(
             "fieldbridge_quarantined", "Payloads put in quarantine", ["source"], registry=r
         )
+        self.rejected = Counter(
+            "fieldbridge_rejected_payloads",
+            "Payloads quarantined, by source and cause (e.g. unknown_token, unregistered_device)",
+            ["source", "cause"],
+            registry=r,
+        )
         self.quarantine_size = Gauge(
             "fieldbridge_quarantine_size", "Payloads held in quarantine", registry=r
         )
@@ -84,6 +90,7 @@ class Metrics:
             else:
                 kind = "rejected"
                 self.quarantined.labels(item.source).inc()
+                self.rejected.labels(item.source, outcome.cause or "invalid").inc()
             tally[(item.source, kind)] += 1
         for (source, kind), n in tally.items():
             self.ingest.labels(source, kind).inc(n)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from fieldbridge.codecs import efento, http_json
+from fieldbridge.codecs import efento, http_json, smartcitizen
 from fieldbridge.errors import ConfigError
 from fieldbridge.model import Codec
 
@@ -31,6 +31,7 @@ def plain(codec: Codec) -> CodecFactory:
 CODECS: dict[str, CodecFactory] = {
     "http-json": plain(http_json.decode),
     "efento": plain(efento.decode),
+    "smartcitizen": smartcitizen.build,
 }
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fieldbridge.model import Accepted, Decoded, JournalEntry, Outcome, Reading, Rejected
 from fieldbridge.store import jsoncol
@@ -26,6 +26,7 @@ class Pending:
     decoded: list[Decoded] | None = None
     reason: str | None = None
     malformed: bool = False
+    cause: str | None = None  # DecodeError.cause
 
 
 class JournalQueries:
@@ -146,6 +147,32 @@ def _chunks(values: Sequence[int]) -> list[Sequence[int]]:
     return [values[i : i + IN_CHUNK] for i in range(0, len(values), IN_CHUNK)]
 
 
+def _refuse_unregistered(batch: Sequence[Pending]) -> Plan[list[Pending]]:
+    """The batch with payloads turned into rejections where a message requires a device that
+    is not in the registry (a codec's registered_only option)."""
+    wanted = sorted({d.device for p in batch for d in p.decoded or () if d.require_registered})
+    known: set[str] = set()
+    for i in range(0, len(wanted), IN_CHUNK):
+        chunk = wanted[i : i + IN_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        rows = yield Fetch(f"SELECT id FROM devices WHERE id IN ({marks})", chunk)
+        known.update(str(row[0]) for row in rows or ())
+    out: list[Pending] = []
+    for p in batch:
+        missing = next(
+            (d.device for d in p.decoded or () if d.require_registered and d.device not in known),
+            None,
+        )
+        if missing is None:
+            out.append(p)
+            continue
+        reason = (
+            f"device {missing} is not registered; add it with `fieldbridge devices add {missing}`"
+        )
+        out.append(replace(p, decoded=None, reason=reason, cause="unregistered_device"))
+    return out
+
+
 def _existing_keys(dialect: str, keys: set[tuple[str, str]]) -> Plan[dict[tuple[str, str], int]]:
     """Journal ids of keys already stored; the lookup walks the (idem_key, source) index."""
     by_source: dict[str, list[str]] = {}
@@ -187,6 +214,8 @@ def _allocate_ids(dialect: str, count: int) -> Plan[list[int]]:
 def _commit(dialect: str, batch: Sequence[Pending]) -> Plan[list[Outcome]]:
     if dialect == "postgresql":
         yield Execute("SELECT pg_advisory_xact_lock(?)", (JOURNAL_LOCK,))
+    if any(d.require_registered for p in batch for d in p.decoded or ()):
+        batch = yield from _refuse_unregistered(batch)
     records = keyed = 0
     keys: set[tuple[str, str]] = set()
     for p in batch:
@@ -272,7 +301,7 @@ def _commit(dialect: str, batch: Sequence[Pending]) -> Plan[list[Outcome]]:
                 (p.received_at, p.source, p.meta_json, p.payload, reason),
             )
             qid = int((rows or [(0,)])[0][0])
-            outcomes[index] = Rejected(reason, qid, p.malformed)
+            outcomes[index] = Rejected(reason, qid, p.malformed, p.cause)
     return [o for o in outcomes if o is not None]
 
 

@@ -1,0 +1,216 @@
+"""Decodes Smart Citizen Kit MQTT messages: readings (JSON and raw), hello and info."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from fieldbridge.codecs.smartcitizen.catalogue import Sensor
+from fieldbridge.codecs.smartcitizen.raw import parse_raw
+from fieldbridge.errors import DecodeError
+from fieldbridge.model import Decoded, Reading
+
+KIND = "smartcitizen"
+# The platform takes the token with `device/sck/(.*?)/`; a prefix before `device/` (the
+# platform's MQTT_TOPICS prefixes) is allowed, the message type must be one of the four.
+TOPIC = re.compile(r"(?:^|/)device/sck/([^/]+)/(readings/raw|readings|hello|info)$")
+FUTURE_LIMIT = 86400.0  # the platform refuses readings more than 1 day in the future
+MAX_TOKEN = 64
+MAX_RAW_TEXT = 256  # characters of a non-numeric value kept in the reading's extra
+SENSOR_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}", re.ASCII)
+EXAMPLE = '{"data":[{"recorded_at":"2024-09-25T13:19:38Z","sensors":[{"id":10,"value":95}]}]}'
+
+
+class SmartCitizenCodec:
+    """The configured codec: a pure function of (payload, meta, received_at)."""
+
+    __slots__ = ("catalogue", "registered_only", "tokens")
+
+    def __init__(
+        self,
+        catalogue: Mapping[int, Sensor],
+        *,
+        tokens: frozenset[str] | None = None,
+        registered_only: bool = False,
+    ) -> None:
+        self.catalogue = catalogue
+        self.tokens = tokens
+        self.registered_only = registered_only
+
+    def __call__(
+        self, payload: bytes, meta: Mapping[str, Any], received_at: float
+    ) -> list[Decoded]:
+        token, what = self._topic(meta)
+        # The platform strips non-ASCII from every message before parsing it.
+        text = payload if payload.isascii() else payload.decode("ascii", "ignore").encode()
+        if what == "readings":
+            return [self._readings(token, _json(text, what), received_at)]
+        if what == "readings/raw":
+            return [self._raw(token, text.decode(), received_at)]
+        if what == "info":
+            info = _json(text, what)
+            if not isinstance(info, dict):
+                raise DecodeError("info: the payload must be a JSON object of hardware info")
+            return [self._message(token, attributes={"hardware_info": info})]
+        return [self._message(token)]  # hello: the device is seen, nothing is measured
+
+    def _topic(self, meta: Mapping[str, Any]) -> tuple[str, str]:
+        topic = meta.get("topic")
+        if not isinstance(topic, str):
+            raise DecodeError(
+                "no MQTT topic: the smartcitizen codec takes the kit token from the topic "
+                "device/sck/<token>/...; use it on an MQTT source"
+            )
+        match = TOPIC.search(topic)
+        if match is None:
+            raise DecodeError(
+                f"topic {topic[:120]!r} is not device/sck/<token>/readings, readings/raw, "
+                "hello or info"
+            )
+        token, what = match.groups()
+        if len(token) > MAX_TOKEN or "\x00" in token:
+            raise DecodeError(f"token in topic {topic[:120]!r} is longer than {MAX_TOKEN}")
+        if self.tokens is not None and token not in self.tokens:
+            raise DecodeError(
+                f"token {token!r} is not in codec_options.tokens of this source; add it there "
+                "to accept this kit",
+                cause="unknown_token",
+            )
+        return token, what
+
+    def _message(
+        self,
+        token: str,
+        readings: tuple[Reading, ...] = (),
+        key: str | None = None,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> Decoded:
+        return Decoded(
+            device=token,
+            readings=readings,
+            kind=KIND,
+            idempotency_key=key,
+            attributes=attributes,
+            require_registered=self.registered_only,
+        )
+
+    def _readings(self, token: str, data: object, received_at: float) -> Decoded:
+        items = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(items, list) or not items:
+            raise DecodeError(f'readings: "data" is missing or empty; send e.g. {EXAMPLE}')
+        readings: list[Reading] = []
+        identity: list[str] = []
+        for index, item in enumerate(items):
+            where = f"data[{index}]"
+            if not isinstance(item, dict):
+                raise DecodeError(f"{where}: must be an object with recorded_at and sensors")
+            at = _recorded_at(item.get("recorded_at"), where, received_at)
+            sensors = item.get("sensors")
+            if not isinstance(sensors, list):
+                raise DecodeError(f"{where}.sensors: required, a list of {{id, value}}")
+            ids: list[str] = []
+            for number, sensor in enumerate(sensors):
+                here = f"{where}.sensors[{number}]"
+                if not isinstance(sensor, dict):
+                    raise DecodeError(f"{here}: must be an object {{id, value}}")
+                reading = self._reading(sensor.get("id"), sensor.get("value"), at, here)
+                readings.append(reading)
+                ids.append(reading.key or "")
+            identity.append(";".join(ids) or repr(at))
+        return self._message(token, tuple(readings), _key(token, identity))
+
+    def _raw(self, token: str, text: str, received_at: float) -> Decoded:
+        raw = parse_raw(text)
+        at = _recorded_at(raw.recorded_at, "t", received_at)
+        readings = tuple(self._reading(sid, value, at, f"{sid}:") for sid, value in raw.sensors)
+        identity = [";".join(r.key or "" for r in readings) or repr(at)]
+        return self._message(token, readings, _key(token, identity))
+
+    def _reading(self, sid: object, value: object, at: float, where: str) -> Reading:
+        number, extra = _value(value, where)
+        stamp = f"{int(at)}" if at.is_integer() else repr(at)
+        if type(sid) is str and sid.isascii() and sid.isdigit() and len(sid) <= 9:
+            sid = int(sid)
+        if type(sid) is int and 0 <= sid <= 65535:
+            sensor = self.catalogue.get(sid)
+            if sensor is None:  # kept, not dropped as the platform does, and marked
+                extra = {**(extra or {}), "unknown_sensor": True}
+                return Reading(f"sensor_{sid}", number, at, sid, None, extra, f"{sid}@{stamp}")
+            return Reading(sensor.name, number, at, sid, sensor.unit, extra, f"{sid}@{stamp}")
+        if type(sid) is str and SENSOR_KEY.fullmatch(sid):  # a sensor key names itself
+            return Reading(sid, number, at, 0, None, extra, f"{sid}@{stamp}")
+        raise DecodeError(
+            f"{where}.id: must be a sensor id from 0 to 65535 or a sensor key, got {sid!r:.40}"
+        )
+
+
+def _json(text: bytes, what: str) -> object:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"{what}: payload is not valid JSON: {exc}", malformed=True) from None
+
+
+def _recorded_at(value: object, where: str, received_at: float) -> float:
+    """Unix seconds of a kit's time text; naive times are UTC. Refuses > 1 day ahead."""
+    if value is None or value == "":
+        raise DecodeError(f"{where}.recorded_at: no timestamp given")
+    if not isinstance(value, str):
+        raise DecodeError(f"{where}.recorded_at: must be a time as text (ISO 8601)")
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise DecodeError(
+            f"{where}.recorded_at: {value[:40]!r} is not a time "
+            "(ISO 8601, e.g. 2024-09-25T13:19:38Z or 2024-09-25 13:19:38)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    try:
+        at = moment.timestamp()
+    except (OverflowError, ValueError):
+        raise DecodeError(f"{where}.recorded_at: {value[:40]!r} is out of range") from None
+    if at > received_at + FUTURE_LIMIT:
+        received = datetime.fromtimestamp(received_at, UTC).isoformat(timespec="seconds")
+        raise DecodeError(
+            f"{where}.recorded_at: {value[:40]!r} is more than 1 day in the future "
+            f"(received {received.replace('+00:00', 'Z')}); check the kit's clock"
+        )
+    return at
+
+
+def _value(value: object, where: str) -> tuple[float | None, dict[str, Any] | None]:
+    """A number as float; text that is not a number is kept raw in `extra`, as the platform does."""
+    if value is None:
+        return None, None
+    kind = type(value)
+    if kind is float or kind is int:
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except OverflowError:
+            return None, {"raw": str(value)[:MAX_RAW_TEXT]}
+        return (number, None) if math.isfinite(number) else (None, {"raw": repr(value)})
+    if kind is bool:
+        return (1.0 if value else 0.0), None
+    if kind is str:
+        assert isinstance(value, str)
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if math.isfinite(number):
+            return number, None
+        return None, {"raw": value[:MAX_RAW_TEXT].replace("\x00", "\\x00")}
+    raise DecodeError(f"{where}.value: must be a number or text, got {kind.__name__}")
+
+
+def _key(token: str, identity: list[str]) -> str:
+    """The message's idempotency key: the kit and what it measured when (device+time+sensors)."""
+    digest = hashlib.blake2b("|".join(identity).encode(), digest_size=12).hexdigest()
+    return f"{token}/{digest}"
