@@ -71,8 +71,8 @@ def samples(frame: ProtoMeasurements) -> list[Sample]:
 def _check_time(number: int, first: int, last: int, period: int) -> None:
     if first < 0 or last >= MAX_TIME or period >= MAX_TIME:
         raise DecodeError(
-            f"channel {number}: sample times {first}..{last} (period {period} s) are outside "
-            "1970..2106; check the sensor's clock and measurement period"
+            f"channel {number}: samples from {first} to {last}, every {period} s, do not fit "
+            "Unix times 1970..2106; check the sensor's clock and measurement period"
         )
 
 
