@@ -5,19 +5,22 @@ Public API (other modules code against exactly these names):
   to_json(endpoint, payload, *, seed_compat=False)     the seed server's JSON of a frame
   summary(endpoint, payload) -> FrameSummary           serial, hash, split info, cloud token
   encode_config(fields) -> bytes                       a ProtoConfig downlink
+  endpoint_of(path) -> "m" | "i" | "c"                 the endpoint a path names (DecodeError)
 """
 
 from fieldbridge.codecs.efento.codec import KIND, KIND_CONFIG_PART, decode
 from fieldbridge.codecs.efento.downlink import encode_config
-from fieldbridge.codecs.efento.frames import FrameSummary, summary
+from fieldbridge.codecs.efento.frames import Endpoint, FrameSummary, endpoint_of, summary
 from fieldbridge.codecs.efento.seed_json import to_json
 
 __all__ = [
     "KIND",
     "KIND_CONFIG_PART",
+    "Endpoint",
     "FrameSummary",
     "decode",
     "encode_config",
+    "endpoint_of",
     "summary",
     "to_json",
 ]
