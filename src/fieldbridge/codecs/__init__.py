@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from fieldbridge.codecs import efento, http_json, smartcitizen
+from fieldbridge.codecs import efento, http_json, json_mapping, smartcitizen
 from fieldbridge.errors import ConfigError
 from fieldbridge.model import Codec
 
@@ -32,6 +32,7 @@ CODECS: dict[str, CodecFactory] = {
     "http-json": plain(http_json.decode),
     "efento": plain(efento.decode),
     "smartcitizen": smartcitizen.build,
+    "json": json_mapping.build,
 }
 
 
