@@ -24,7 +24,10 @@ VALID = [(v["endpoint"].strip("/"), bytes.fromhex(v["hex"])) for v in VECTORS] +
     (f["endpoint"], bytes.fromhex(f["hex"])) for f in SEED
 ]
 ENDPOINTS = st.sampled_from(["m", "i", "c"])
-TIME_BOUND = 1.0  # seconds per input for all three entry points together
+# Seconds per input for all three entry points together: a guard against hangs, generous so a
+# busy machine does not fail it (the worst frames take about 0.5 s; bench/efento_fuzz.py
+# measures the real maximum).
+TIME_BOUND = 5.0
 FUZZ = settings(
     max_examples=250,
     deadline=timedelta(seconds=2 * TIME_BOUND),
