@@ -150,3 +150,17 @@ class SinkState:
     last_error: str | None
     replay_from: int | None
     updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Downlink:
+    """A payload queued for a device, delivered in the answer to its next request."""
+
+    id: int
+    device: str
+    payload: bytes
+    state: str  # "queued", "sent" or "confirmed"
+    meta: Mapping[str, Any]
+    created_at: float
+    sent_at: float | None = None
+    confirmed_at: float | None = None
