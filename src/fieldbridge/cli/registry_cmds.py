@@ -89,6 +89,36 @@ def _parse_flags(values: list[str]) -> dict[str, bool]:
     return flags
 
 
+@devices.command("add")
+def devices_add(
+    ctx: typer.Context,
+    device_id: Annotated[
+        str, typer.Argument(metavar="ID", help="The device id, e.g. a kit token.")
+    ],
+    kind: Annotated[str | None, typer.Option(help="The device kind, e.g. smartcitizen.")] = None,
+    name: Annotated[str | None, typer.Option(help="A human name for the device.")] = None,
+    attr: Annotated[list[str] | None, typer.Option("--attr", help="KEY=VALUE.")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Register a device before it sends anything (needed by codec_options.registered_only)."""
+    if not device_id.strip() or "\x00" in device_id:
+        fail("ID must be non-empty text", code=2)
+    attrs = _parse_pairs(attr or [], "--attr")
+
+    async def add(store: Store) -> Device | None:
+        return await store.add_device(device_id, kind=kind, name=name, attributes=attrs)
+
+    device = with_store(ctx, add)
+    if device is None:
+        fail(
+            f"device {device_id!r} is already registered; change it with `fieldbridge devices set`"
+        )
+    if json_out:
+        print_json(device_json(device))
+    else:
+        print_table(f"device {device_id}", ["field", "value"], list(device_json(device).items()))
+
+
 @devices.command("set")
 def devices_set(
     ctx: typer.Context,

@@ -352,6 +352,11 @@ def _upsert_devices(seen: dict[str, _Seen]) -> Plan[None]:
         "INSERT INTO devices (id, kind, source, first_seen, last_seen, message_count) "
         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
         "kind = COALESCE(excluded.kind, devices.kind), "
+        # A device registered ahead (`devices add`) takes its first message's source and time.
+        "source = CASE WHEN devices.message_count = 0 THEN excluded.source "
+        "ELSE devices.source END, "
+        "first_seen = CASE WHEN devices.message_count = 0 THEN excluded.first_seen "
+        "ELSE devices.first_seen END, "
         "last_seen = CASE WHEN excluded.last_seen > devices.last_seen "
         "THEN excluded.last_seen ELSE devices.last_seen END, "
         "message_count = devices.message_count + excluded.message_count",

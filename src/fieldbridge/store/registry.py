@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
 from fieldbridge.model import Device, QuarantineEntry, Reading, StoredReading
@@ -27,6 +28,27 @@ class RegistryQueries:
             f"SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?", (device_id,)
         )
         return _device(rows[0]) if rows else None
+
+    async def add_device(
+        self,
+        device_id: str,
+        *,
+        kind: str | None = None,
+        name: str | None = None,
+        attributes: Mapping[str, object] | None = None,
+        source: str = "registry",
+        at: float | None = None,
+    ) -> Device | None:
+        """Register a device before it sends anything; None if it is already there."""
+        now = time.time() if at is None else at
+        async with self.db.transaction() as tx:
+            rows = await tx.fetchall(
+                "INSERT INTO devices (id, kind, name, source, first_seen, last_seen, "
+                "message_count, attributes) VALUES (?, ?, ?, ?, ?, ?, 0, ?) "
+                "ON CONFLICT (id) DO NOTHING RETURNING id",
+                (device_id, kind, name, source, now, now, jsoncol.dump(attributes)),
+            )
+        return await self.get_device(device_id) if rows else None
 
     async def update_device(
         self,

@@ -27,7 +27,7 @@ class SensorOption(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=QUANTITY.pattern)
+    name: str = Field(pattern=f"^{QUANTITY.pattern}$")
     unit: str | None = Field(default=None, max_length=32)
 
 
