@@ -5,9 +5,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from fieldbridge.model import JournalEntry
 from fieldbridge.plugin import RouteSettings
+
+if TYPE_CHECKING:
+    from fieldbridge.store import Store
 
 
 class Destination(ABC):
@@ -19,6 +23,10 @@ class Destination(ABC):
     """
 
     wants_payload: bool = False  # whether entries must carry the raw payload
+
+    def bind(self, store: Store) -> None:  # noqa: B027 - optional hook, empty by design
+        """Called once by the sink runner: a destination that writes back to the store (e.g.
+        queues downlinks from the answers it gets) keeps it. Most ignore it."""
 
     @abstractmethod
     async def send(self, entries: Sequence[JournalEntry]) -> None:

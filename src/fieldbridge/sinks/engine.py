@@ -55,6 +55,7 @@ class SinkRunner:
         self.last_error: str | None = None
         self._destination = destination
         self._store = store
+        destination.bind(store)
         self._metrics = metrics
         self._wake = asyncio.Event()
         self._stopping = False
