@@ -109,7 +109,10 @@ def plugin_registries() -> dict[str, dict[str, Any]]:
 
 def test_example_is_valid_settings() -> None:
     settings = load_settings(EXAMPLE)
-    assert [(t, s.name) for t, s in settings.sink_settings] == [("webhook", "example-webhook")]
+    assert [(t, s.name) for t, s in settings.sink_settings] == [
+        ("webhook", "example-webhook"),
+        ("thingworx", "example-thingworx"),
+    ]
     hook = settings.sink_settings[0][1]
     assert isinstance(hook, WebhookSettings)
     assert hook.headers["Authorization"].get_secret_value() == "Bearer change-me"
@@ -221,4 +224,4 @@ def test_cli_config_check_accepts_example() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "settings are valid" in done.stdout
-    assert "1 sinks" in done.stdout
+    assert "2 sinks" in done.stdout

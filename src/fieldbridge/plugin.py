@@ -15,7 +15,11 @@ if TYPE_CHECKING:
     from fieldbridge.sources.base import Source
 
 # Built-in plugin modules; each registers itself on import. Adding a plugin is one line here.
-BUILTIN_MODULES = ("fieldbridge.sinks.webhook", "fieldbridge.sources.mqtt")
+BUILTIN_MODULES = (
+    "fieldbridge.sinks.webhook",
+    "fieldbridge.sources.mqtt",
+    "fieldbridge.sinks.thingworx",
+)
 
 
 class PluginSettings(BaseModel):
