@@ -107,6 +107,7 @@ class FieldbridgeProcess:
         *,
         name: str = "fieldbridge",
         sinks: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+        sources: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
         log: Mapping[str, Any] | None = None,
         ingest: Mapping[str, Any] | None = None,
         http: Mapping[str, Any] | None = None,
@@ -120,6 +121,7 @@ class FieldbridgeProcess:
         self.log_path = workdir / f"{name}.log"
         self.port = port if port is not None else free_port()
         self._sinks = dict(sinks or {})
+        self._sources = dict(sources or {})
         self._log = dict(log or {"level": "info"})
         self._ingest = dict(ingest or {})
         self._http = dict(http or {})
@@ -149,6 +151,8 @@ class FieldbridgeProcess:
         }
         if self._ingest:
             config["ingest"] = self._ingest
+        if self._sources:
+            config["sources"] = self._sources
         if self._sinks:
             config["sinks"] = self._sinks
         self.config_path.write_text(to_toml(config))

@@ -21,6 +21,7 @@ from fieldbridge.store import Store, open_store, parse_store_url
 from fieldbridge.store.migrate import upgrade
 from fieldbridge.store.urls import mask_url
 from fieldbridge.web.server import WebServer, build_app
+from fieldbridge.web.spy import SpyEndpoint, SpyHub
 
 log = logging.getLogger("fieldbridge")
 
@@ -130,8 +131,10 @@ class Service:
             log.info("fieldbridge running (store %s, HTTP off)", mask_url(self.settings.store.url))
             return
         endpoint = HttpIngest(http, self.ingest).handle if http.ingest else None
-        app = build_app(endpoint, self.health, self.metrics)
+        spy = SpyHub(self.ingest)
+        app = build_app(endpoint, self.health, self.metrics, SpyEndpoint(spy, http.tokens).handle)
         server = await stack.enter_async_context(WebServer(app, http.listen))
+        stack.callback(spy.close)  # runs first at shutdown: open spy streams end, uvicorn drains
         self.http_port = server.port
         host = http.listen.rpartition(":")[0] or "127.0.0.1"
         log.info(

@@ -19,6 +19,9 @@ from fieldbridge.store.jsoncol import dump
 
 log = logging.getLogger("fieldbridge.ingest")
 
+Tap = Callable[[Incoming, Pending, Outcome], None]
+"""Sees every payload after its commit: what came in, what it decoded to, and the outcome."""
+
 
 class ShuttingDown(StoreError):
     """Ingest no longer accepts payloads; the source should tell its device to retry."""
@@ -55,6 +58,7 @@ class Ingest:
         self._full = asyncio.Event()
         self._metrics = metrics
         self._listeners: list[Callable[[], None]] = []
+        self._taps: list[Tap] = []
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.last_commit_ok: bool | None = None
@@ -62,6 +66,14 @@ class Ingest:
     def on_commit(self, listener: Callable[[], None]) -> None:
         """Call `listener` after every commit that added messages (sinks wake on it)."""
         self._listeners.append(listener)
+
+    def add_tap(self, tap: Tap) -> Callable[[], None]:
+        """Call `tap` for every payload after its commit (the live spy); returns the remover.
+
+        With no tap registered, committing does no extra work at all.
+        """
+        self._taps.append(tap)
+        return lambda: self._taps.remove(tap) if tap in self._taps else None
 
     @property
     def has_room(self) -> bool:
@@ -199,6 +211,20 @@ class Ingest:
                 item.result.set_result(outcome)
         for listener in self._listeners:
             listener()
+        if self._taps:
+            self._tell_taps(batch, pending, outcomes)
+
+    def _tell_taps(
+        self, batch: Sequence[Incoming], pending: Sequence[Pending], outcomes: Sequence[Outcome]
+    ) -> None:
+        for tap in list(self._taps):
+            try:
+                for seen in zip(batch, pending, outcomes, strict=True):
+                    tap(*seen)
+            except Exception:  # a watcher's bug must never touch ingest
+                log.exception("ingest tap failed; removed")
+                if tap in self._taps:
+                    self._taps.remove(tap)
 
 
 def _decode(item: Incoming) -> Pending:

@@ -16,6 +16,7 @@ from fieldbridge.cli.efento_cmds import decode_app, encode_app
 from fieldbridge.cli.output import console, print_json, print_table
 from fieldbridge.cli.registry_cmds import devices, quarantine, readings
 from fieldbridge.cli.sink_cmds import deadletters, sinks
+from fieldbridge.cli.spy_cmd import spy
 from fieldbridge.config import CONFIG_ENV, Settings
 from fieldbridge.store import parse_store_url
 from fieldbridge.store.migrate import pending_revisions, upgrade
@@ -41,6 +42,7 @@ app.add_typer(sinks, name="sinks")
 app.add_typer(deadletters, name="deadletters")
 app.add_typer(decode_app, name="decode")
 app.add_typer(encode_app, name="encode")
+app.command("spy")(spy)
 
 
 def _version(value: bool) -> None:

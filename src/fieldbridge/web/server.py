@@ -23,7 +23,9 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 HealthCheck = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
 
 
-def build_app(ingest: Endpoint | None, health: HealthCheck, metrics: Metrics) -> Starlette:
+def build_app(
+    ingest: Endpoint | None, health: HealthCheck, metrics: Metrics, spy: Endpoint | None = None
+) -> Starlette:
     async def healthz(request: Request) -> Response:
         ok, detail = await health()
         return JSONResponse(detail, status_code=200 if ok else 503)
@@ -37,6 +39,8 @@ def build_app(ingest: Endpoint | None, health: HealthCheck, metrics: Metrics) ->
     ]
     if ingest is not None:
         routes.append(Route("/api/v1/ingest", ingest, methods=["POST"]))
+    if spy is not None:
+        routes.append(Route("/api/v1/spy", spy, methods=["GET"]))
     return Starlette(routes=routes)
 
 
