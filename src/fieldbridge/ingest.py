@@ -63,6 +63,12 @@ class Ingest:
         self._closing = False
         self.last_commit_ok: bool | None = None
 
+    @property
+    def store(self) -> Store:
+        """The store payloads are committed to; sources read their answers' state from it
+        (e.g. the CoAP source's queued downlinks)."""
+        return self._store
+
     def on_commit(self, listener: Callable[[], None]) -> None:
         """Call `listener` after every commit that added messages (sinks wake on it)."""
         self._listeners.append(listener)

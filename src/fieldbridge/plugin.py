@@ -19,6 +19,7 @@ BUILTIN_MODULES = (
     "fieldbridge.sinks.webhook",
     "fieldbridge.sources.mqtt",
     "fieldbridge.sinks.thingworx",
+    "fieldbridge.sources.coap",
 )
 
 

@@ -7,6 +7,7 @@ from types import TracebackType
 from fieldbridge.store.db import Database
 from fieldbridge.store.downlinks import DownlinkQueries
 from fieldbridge.store.journal import JournalQueries, Pending
+from fieldbridge.store.messages import MessageQueries
 from fieldbridge.store.registry import RegistryQueries
 from fieldbridge.store.sinkstate import SinkStateQueries
 from fieldbridge.store.urls import StoreUrl, parse_store_url
@@ -14,7 +15,7 @@ from fieldbridge.store.urls import StoreUrl, parse_store_url
 __all__ = ["Pending", "Store", "StoreUrl", "open_store", "parse_store_url"]
 
 
-class Store(JournalQueries, RegistryQueries, SinkStateQueries, DownlinkQueries):
+class Store(JournalQueries, RegistryQueries, SinkStateQueries, DownlinkQueries, MessageQueries):
     """Every read and write of fieldbridge's state goes through here."""
 
     def __init__(self, db: Database) -> None:

@@ -11,15 +11,16 @@ from fieldbridge.store import jsoncol
 from fieldbridge.store.db import Database, Row
 
 DOWNLINK_COLUMNS = "id, device, payload, state, meta, created_at, sent_at, confirmed_at"
-QUEUED, SENT, CONFIRMED = "queued", "sent", "confirmed"
+QUEUED, SENT, CONFIRMED, FAILED = "queued", "sent", "confirmed", "failed"
 
 
 class DownlinkQueries:
     """Lifecycle of a downlink: queued -> sent (in an answer) -> confirmed (the device applied it).
 
-    meta keys the store reads: "expect_hash_change" (default True: the device's configuration
-    hash must change for the downlink to count as applied) and "sent_hash" (written by
-    take_downlinks: the hash the device had when the downlink left).
+    A downlink the device never applies can be given up ("failed"). meta keys the store reads
+    or writes: "expect_hash_change" (default True: the device's configuration hash must change
+    for the downlink to count as applied), "sent_hash" and "attempts" (written by
+    take_downlinks: the hash the device had when the downlink left, and how often it left).
     """
 
     db: Database
@@ -88,7 +89,8 @@ class DownlinkQueries:
             taken = []
             for row in rows:
                 queued = _downlink(row)
-                meta = {**queued.meta, "sent_hash": known_hash}
+                attempts = int(queued.meta.get("attempts", 0)) + 1
+                meta = {**queued.meta, "sent_hash": known_hash, "attempts": attempts}
                 await tx.execute(
                     "UPDATE downlinks SET state = ?, sent_at = ?, meta = ? WHERE id = ?",
                     (SENT, now, jsoncol.dump(meta), queued.id),
@@ -122,6 +124,34 @@ class DownlinkQueries:
                     (CONFIRMED, now, did),
                 )
         return len(done)
+
+    async def downlink_states(self) -> dict[str, set[str]]:
+        """Devices with queued or sent-unconfirmed downlinks, and which of the two states."""
+        rows = await self.db.fetchall(
+            "SELECT DISTINCT device, state FROM downlinks WHERE state IN (?, ?)", (QUEUED, SENT)
+        )
+        out: dict[str, set[str]] = {}
+        for device, state in rows:
+            out.setdefault(device, set()).add(state)
+        return out
+
+    async def fail_downlinks(self, ids: Sequence[int], reason: str, now: float) -> int:
+        """Give up on sent downlinks the device never applied; the reason goes into meta."""
+        done = 0
+        async with self.db.transaction() as tx:
+            for did in ids:
+                rows = await tx.fetchall(
+                    "SELECT meta FROM downlinks WHERE id = ? AND state = ?", (did, SENT)
+                )
+                if not rows:
+                    continue
+                meta = {**jsoncol.load(rows[0][0]), "failed": reason, "failed_at": now}
+                await tx.execute(
+                    "UPDATE downlinks SET state = ?, meta = ? WHERE id = ?",
+                    (FAILED, jsoncol.dump(meta), did),
+                )
+                done += 1
+        return done
 
     async def requeue_downlinks(self, ids: Sequence[int]) -> int:
         """Put sent, unconfirmed downlinks back in the queue (their answer was lost)."""

@@ -1,0 +1,20 @@
+"""Efento CoAP source ([[sources.efento]]): sensor frames stored before their 2.01, with
+configuration downlinks in the answer."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fieldbridge.plugin import SourceType, register_source
+from fieldbridge.sources.coap.server import EfentoCoapSource
+from fieldbridge.sources.coap.settings import EfentoCoapSettings
+
+if TYPE_CHECKING:
+    from fieldbridge.ingest import Ingest
+
+
+def build(settings: EfentoCoapSettings, ingest: Ingest) -> EfentoCoapSource:
+    return EfentoCoapSource(settings, ingest)
+
+
+register_source("efento", SourceType(EfentoCoapSettings, build))

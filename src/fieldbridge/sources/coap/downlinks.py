@@ -1,0 +1,226 @@
+"""What a 2.01 to a CON frame carries: queued downlinks, the clock and a configuration request."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+
+from fieldbridge.codecs.efento import encode_config
+from fieldbridge.codecs.efento.proto.config_pb2 import ProtoConfig
+from fieldbridge.errors import StoreError
+from fieldbridge.model import Downlink
+from fieldbridge.store import Store
+
+log = logging.getLogger("fieldbridge.sources.efento")
+
+HASH_TTL = 300.0  # seconds a device's stored configuration hash is trusted before a re-read
+MAX_CACHED = 200_000  # devices whose stored hash is kept in memory
+
+
+@dataclass(slots=True)
+class _Hash:
+    value: int | None  # None: no /c stored yet
+    read_at: float
+
+
+def merge_configs(payloads: Sequence[bytes]) -> bytes:
+    """ProtoConfig payloads as one, later ones winning field by field (a later `rules` list
+    replaces an earlier one; concatenating the bytes would append to it)."""
+    merged = ProtoConfig()
+    for payload in payloads:
+        part = ProtoConfig()
+        part.ParseFromString(payload)
+        for field, _ in part.ListFields():
+            merged.ClearField(field.name)  # type: ignore[arg-type]  # a name from the descriptor
+        merged.MergeFrom(part)
+    return merged.SerializeToString(deterministic=True)
+
+
+class DownlinkPlanner:
+    """Builds the payload of the answer to a sensor's CON /m or /i, and follows up on /c.
+
+    Which devices have downlinks is polled from the store every `poll` seconds (the CLI and
+    other processes queue them), so an answer to a device with none costs no store access.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        where: str,
+        poll: float,
+        attempts: int,
+        config_request: str,
+    ) -> None:
+        self._store = store
+        self._where = where
+        self._poll = poll
+        self._attempts = attempts
+        self._config_request = config_request
+        self._states: dict[str, set[str]] = {}  # device -> {"queued", "sent"}
+        self._hashes: dict[str, _Hash] = {}
+        self._incomplete: set[str] = set()  # devices whose last split /c lacked parts
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._poll_forever(), name=f"{self._where}-downlinks")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def refresh(self) -> None:
+        """Read which devices have queued or sent downlinks now."""
+        self._states = await self._store.downlink_states()
+
+    async def _poll_forever(self) -> None:
+        failing = False
+        while True:
+            try:
+                await self.refresh()
+                if failing:
+                    log.info("%s: downlink queue readable again", self._where)
+                failing = False
+            except StoreError as exc:
+                if not failing:
+                    log.warning("%s: cannot read the downlink queue: %s", self._where, exc)
+                failing = True
+            await asyncio.sleep(self._poll)
+
+    # --- answers ---------------------------------------------------------------------------
+
+    async def answer(self, serial: str, frame_hash: int | None, now: float) -> bytes | None:
+        """The ProtoConfig for the 2.01 to a committed CON frame, or None if nothing to say.
+
+        Queued downlinks are marked sent here; a configuration downlink the sensor got but
+        did not apply (its hash is still the one it had) is sent again, up to `attempts`.
+        """
+        states = self._states.get(serial)
+        taken: list[Downlink] = []
+        if states:
+            if (
+                "sent" in states
+                and frame_hash is not None
+                and await self._resend_unapplied(serial, frame_hash, now)
+            ):
+                states.add("queued")
+            if "queued" in states:
+                taken = await self._store.take_downlinks(serial, now, known_hash=frame_hash)
+                states.discard("queued")
+                if taken:
+                    states.add("sent")
+        request = await self._wants_configuration(serial, frame_hash, now)
+        if not taken and not request:
+            return None
+        extra: dict[str, object] = {"current_time": int(now)}
+        if request:
+            extra["configuration_request"] = True
+        payloads = [d.payload for d in taken]
+        try:
+            payload = merge_configs([*payloads, encode_config(extra)])
+        except ProtobufDecodeError:
+            # A queued payload that is no ProtoConfig would make every answer fail: drop it.
+            bad = [d.id for d in taken if not _parses(d.payload)]
+            await self._store.fail_downlinks(bad, "payload is not a ProtoConfig", now)
+            log.error(
+                "%s: downlinks %s of %s are not ProtoConfig; failed", self._where, bad, serial
+            )
+            good = [d.payload for d in taken if d.id not in bad]
+            payload = merge_configs([*good, encode_config(extra)])
+        if taken:
+            log.info(
+                "%s: sending downlinks %s to %s (%d bytes)",
+                self._where,
+                ", ".join(str(d.id) for d in taken),
+                serial,
+                len(payload),
+            )
+        return payload
+
+    async def _resend_unapplied(self, serial: str, frame_hash: int, now: float) -> bool:
+        """Requeue sent downlinks the frame shows unapplied; True if any was requeued."""
+        again: list[int] = []
+        give_up: list[int] = []
+        for d in await self._store.pending_downlinks(serial):
+            if d.state != "sent" or not d.meta.get("expect_hash_change", True):
+                continue
+            if d.meta.get("sent_hash") != frame_hash:
+                continue
+            (again if int(d.meta.get("attempts", 1)) < self._attempts else give_up).append(d.id)
+        if give_up:
+            await self._store.fail_downlinks(
+                give_up, f"configuration hash still {frame_hash} after {self._attempts} sends", now
+            )
+            log.warning(
+                "%s: %s never applied downlinks %s (hash still %d); marked failed",
+                self._where,
+                serial,
+                give_up,
+                frame_hash,
+            )
+        return bool(again) and await self._store.requeue_downlinks(again) > 0
+
+    async def _wants_configuration(self, serial: str, frame_hash: int | None, now: float) -> bool:
+        if self._config_request == "never":
+            return False
+        if self._config_request == "always" or serial in self._incomplete:
+            return True
+        if frame_hash is None:
+            return False
+        return await self.stored_hash(serial, now) != frame_hash
+
+    async def stored_hash(self, serial: str, now: float) -> int | None:
+        """The configuration hash of the device's last stored /c (cached for HASH_TTL)."""
+        cached = self._hashes.get(serial)
+        if cached is not None and now - cached.read_at < HASH_TTL:
+            return cached.value
+        device = await self._store.get_device(serial)
+        value = device.attributes.get("configuration_hash") if device is not None else None
+        self._remember(serial, value if isinstance(value, int) else None, now)
+        return self._hashes[serial].value
+
+    def _remember(self, serial: str, value: int | None, now: float) -> None:
+        if len(self._hashes) >= MAX_CACHED and serial not in self._hashes:
+            self._hashes.pop(next(iter(self._hashes)))  # the oldest entry
+        self._hashes[serial] = _Hash(value, now)
+
+    # --- follow-ups ------------------------------------------------------------------------
+
+    async def configuration_stored(self, serial: str, config_hash: int, now: float) -> None:
+        """A complete /c was committed: remember its hash, confirm what it shows applied."""
+        self._remember(serial, config_hash, now)
+        self._incomplete.discard(serial)
+        await self._confirm(serial, config_hash, now)
+
+    async def device_info_stored(self, serial: str, now: float) -> None:
+        await self._confirm(serial, None, now)
+
+    def configuration_incomplete(self, serial: str) -> None:
+        """A split /c lacked parts: ask for the configuration again with the next answer."""
+        self._incomplete.add(serial)
+
+    async def _confirm(self, serial: str, config_hash: int | None, now: float) -> None:
+        states = self._states.get(serial)
+        if not states or "sent" not in states:
+            return
+        confirmed = await self._store.confirm_downlinks(serial, config_hash, now)
+        if confirmed:
+            log.info("%s: %s confirmed %d downlinks", self._where, serial, confirmed)
+            remaining = await self._store.pending_downlinks(serial)
+            if not any(d.state == "sent" for d in remaining):
+                states.discard("sent")
+
+
+def _parses(payload: bytes) -> bool:
+    try:
+        ProtoConfig().ParseFromString(payload)
+    except ProtobufDecodeError:
+        return False
+    return True
