@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from fieldbridge import __version__
 from fieldbridge.cli.context import run_async, settings_of
 from fieldbridge.cli.efento_cmds import decode_app, encode_app
+from fieldbridge.cli.efento_downlink_cmds import efento_app
 from fieldbridge.cli.output import console, print_json, print_table
 from fieldbridge.cli.registry_cmds import devices, quarantine, readings
 from fieldbridge.cli.sink_cmds import deadletters, sinks
@@ -42,6 +43,7 @@ app.add_typer(sinks, name="sinks")
 app.add_typer(deadletters, name="deadletters")
 app.add_typer(decode_app, name="decode")
 app.add_typer(encode_app, name="encode")
+app.add_typer(efento_app, name="efento")
 app.command("spy")(spy)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fieldbridge.model import Downlink
@@ -65,13 +65,19 @@ class DownlinkQueries:
         return [_downlink(r) for r in rows]
 
     async def take_downlinks(
-        self, device: str, now: float, *, known_hash: int | None = None
+        self,
+        device: str,
+        now: float,
+        *,
+        known_hash: int | None = None,
+        expects_change: Callable[[bytes], bool] | None = None,
     ) -> list[Downlink]:
         """Mark a device's queued downlinks sent and return them, oldest first, atomically:
         two concurrent callers never both get the same downlink.
 
         known_hash is the configuration hash the device reports now (None: the hash of its
         last stored configuration); confirm_downlinks compares later hashes with it.
+        expects_change(payload) fills in "expect_hash_change" where the queuer left it out.
         """
         lock = " FOR UPDATE" if self.db.dialect == "postgresql" else ""  # SQLite: BEGIN IMMEDIATE
         async with self.db.transaction() as tx:
@@ -91,6 +97,8 @@ class DownlinkQueries:
                 queued = _downlink(row)
                 attempts = int(queued.meta.get("attempts", 0)) + 1
                 meta = {**queued.meta, "sent_hash": known_hash, "attempts": attempts}
+                if "expect_hash_change" not in meta and expects_change is not None:
+                    meta["expect_hash_change"] = expects_change(queued.payload)
                 await tx.execute(
                     "UPDATE downlinks SET state = ?, sent_at = ?, meta = ? WHERE id = ?",
                     (SENT, now, jsoncol.dump(meta), queued.id),

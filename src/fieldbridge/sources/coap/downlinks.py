@@ -28,6 +28,38 @@ class _Hash:
     read_at: float
 
 
+# ProtoConfig fields that ask for something or set the clock; they leave the configuration
+# (and so its hash) as it is. Every other field changes the configuration.
+REQUEST_FIELDS = frozenset(
+    {
+        "device_info_request",
+        "configuration_request",
+        "extended_configuration_request",
+        "update_software_request",
+        "clear_runtime_errors_request",
+        "reset_memory_request",
+        "restart_memory_stats_request",
+        "disable_modem_request",
+        "update_modem_request",
+        "data_transfer_start_timestamp_request",
+        "set_output_control_state_request",
+        "calibration_parameters_request",
+        "accept_without_testing_request",
+        "current_time",
+    }
+)
+
+
+def changes_configuration(payload: bytes) -> bool:
+    """Whether a ProtoConfig downlink sets a setting (so the sensor's hash will change)."""
+    config = ProtoConfig()
+    try:
+        config.ParseFromString(payload)
+    except ProtobufDecodeError:
+        return False
+    return any(field.name not in REQUEST_FIELDS for field, _ in config.ListFields())
+
+
 def merge_configs(payloads: Sequence[bytes]) -> bytes:
     """ProtoConfig payloads as one, later ones winning field by field (a later `rules` list
     replaces an earlier one; concatenating the bytes would append to it)."""
@@ -112,7 +144,9 @@ class DownlinkPlanner:
             ):
                 states.add("queued")
             if "queued" in states:
-                taken = await self._store.take_downlinks(serial, now, known_hash=frame_hash)
+                taken = await self._store.take_downlinks(
+                    serial, now, known_hash=frame_hash, expects_change=changes_configuration
+                )
                 states.discard("queued")
                 if taken:
                     states.add("sent")

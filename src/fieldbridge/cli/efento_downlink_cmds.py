@@ -1,0 +1,185 @@
+"""The `efento config` and `efento pending` commands: queue and list Efento downlinks."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated, Any
+
+import typer
+
+from fieldbridge.cli.context import with_store
+from fieldbridge.cli.output import console, fail, print_json, print_table
+from fieldbridge.codecs.efento import encode_config
+from fieldbridge.model import Device, Downlink
+from fieldbridge.sources.coap.downlinks import changes_configuration
+from fieldbridge.store import Store
+from fieldbridge.timefmt import iso
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+SERIAL = re.compile(r"^[0-9A-Fa-f]{12}$")
+REQUESTS = {"device-info": "device_info_request", "configuration": "configuration_request"}
+
+efento_app = typer.Typer(
+    help="Efento sensors: queue configuration downlinks and see which are pending.",
+    no_args_is_help=True,
+)
+
+
+def _serial(value: str) -> str:
+    if not SERIAL.match(value):
+        fail(
+            f"SERIAL {value!r}: an Efento serial is 12 hex digits, e.g. 282C024156AF "
+            "(`fieldbridge devices list --kind efento` shows them)",
+            code=2,
+        )
+    return value.upper()
+
+
+def _value(text: str) -> Any:
+    """A --set value: JSON when it parses (numbers, true, lists, objects), else the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_settings(pairs: list[str], requests: list[str]) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            fail(f"--set {pair!r}: write NAME=VALUE, e.g. --set transmission_interval=900", code=2)
+        if name in fields:
+            fail(f"--set {name}: given twice", code=2)
+        fields[name] = _value(text)
+    for request in requests:
+        field = REQUESTS.get(request)
+        if field is None:
+            fail(f"--request {request!r}: use one of {', '.join(REQUESTS)}", code=2)
+        fields[field] = True
+    if not fields:
+        fail("nothing to send: give --set NAME=VALUE and/or --request", code=2)
+    return fields
+
+
+@efento_app.command("config")
+def efento_config(
+    ctx: typer.Context,
+    serial: Annotated[str, typer.Argument(metavar="SERIAL", help="The sensor's serial (hex).")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="NAME=VALUE of a ProtoConfig setting, e.g. measurement_period_base=60 "
+            "(names as `fieldbridge decode efento --endpoint c` prints them, or snake_case); "
+            "repeatable. VALUE is JSON if it parses, else text.",
+        ),
+    ] = None,
+    request: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--request",
+            help="Ask the sensor to upload: device-info (/i) or configuration (/c); repeatable.",
+        ),
+    ] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Queue a configuration downlink; it leaves in the 2.01 to the sensor's next CON /m or /i."""
+    device = _serial(serial)
+    fields = parse_settings(set_ or [], request or [])
+    try:
+        payload = encode_config(fields)
+    except ValueError as exc:
+        fail(f"--set {exc}", code=2)
+    meta = {
+        "fields": fields,
+        "origin": "cli",
+        "expect_hash_change": changes_configuration(payload),
+    }
+
+    async def queue(store: Store) -> tuple[int, Device | None]:
+        return await store.queue_downlink(device, payload, meta), await store.get_device(device)
+
+    downlink_id, known = with_store(ctx, queue)
+    if json_out:
+        print_json(
+            {
+                "id": downlink_id,
+                "device": device,
+                "payload_hex": payload.hex(),
+                "fields": fields,
+                "device_known": known is not None,
+            }
+        )
+        return
+    console.print(
+        f"queued downlink {downlink_id} for {device} ({len(payload)} bytes: {payload.hex()}); "
+        "it is sent with the sensor's next confirmable /m or /i"
+    )
+    if known is None:
+        console.print(
+            f"[yellow]note:[/yellow] {device} has not sent anything yet; check the serial",
+            highlight=False,
+        )
+
+
+def downlink_json(d: Downlink) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "device": d.device,
+        "state": d.state,
+        "payload_hex": d.payload.hex(),
+        "meta": dict(d.meta),
+        "created_at": iso(d.created_at),
+        "sent_at": iso(d.sent_at) if d.sent_at is not None else None,
+        "confirmed_at": iso(d.confirmed_at) if d.confirmed_at is not None else None,
+    }
+
+
+@efento_app.command("pending")
+def efento_pending(
+    ctx: typer.Context,
+    serial: Annotated[
+        str | None, typer.Argument(metavar="[SERIAL]", help="Only this sensor's downlinks.")
+    ] = None,
+    all_states: Annotated[
+        bool,
+        typer.Option("--all", help="Also confirmed and failed downlinks (newest first)."),
+    ] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """List downlinks not yet confirmed (queued, or sent and waiting for the new hash)."""
+    device = _serial(serial) if serial is not None else None
+    if all_states:
+        found = with_store(ctx, lambda s: s.list_downlinks(device=device))
+    else:
+        found = with_store(ctx, lambda s: s.pending_downlinks(device))
+    if json_out:
+        print_json([downlink_json(d) for d in found])
+        return
+    print_table(
+        "downlinks" if all_states else "pending downlinks",
+        ["id", "device", "state", "created", "sent", "attempts", "origin", "fields"],
+        [
+            (
+                d.id,
+                d.device,
+                d.state,
+                iso(d.created_at),
+                iso(d.sent_at) if d.sent_at is not None else None,
+                d.meta.get("attempts"),
+                d.meta.get("origin"),
+                _fields_text(d),
+            )
+            for d in found
+        ],
+    )
+
+
+def _fields_text(d: Downlink) -> str:
+    fields = d.meta.get("fields")
+    if not isinstance(fields, dict):
+        return f"{len(d.payload)} bytes"
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in fields.items())
