@@ -487,3 +487,10 @@ def test_fuzz_any_json(value: Any, topic: str) -> None:
 @given(raw_text)
 def test_fuzz_raw_grammar(text: str) -> None:
     outcome(text.encode(), "device/sck/tok/readings/raw")
+
+
+def test_the_docs_list_the_whole_catalogue() -> None:
+    page = (Path(__file__).parents[1] / "docs" / "integrations" / "smartcitizen.md").read_text()
+    rows = set(re.findall(r"^\| (\d+) \| `([^`]+)` \| ([^|]*) \|", page, re.MULTILINE))
+    shipped = {(str(sid), s.name, s.unit or "") for sid, s in builtin().items()}
+    assert {(sid, name, unit.strip()) for sid, name, unit in rows} == shipped

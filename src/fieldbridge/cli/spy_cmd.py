@@ -31,8 +31,7 @@ def spy(
 ) -> None:
     """Watch payloads as the running service ingests them: device, readings or why refused.
 
-    Reads from the service's HTTP server (http.listen), so it never takes messages away from
-    an MQTT shared subscription. Ctrl-C stops watching.
+    Reads from the service's HTTP server, never a second MQTT subscription. Ctrl-C stops.
     """
     http = settings_of(ctx).http
     if not http.enabled:
@@ -90,7 +89,7 @@ def _show(line: str, json_out: bool) -> None:
     elif kind == "dropped":
         console.print(f"[yellow]... {event['count']} messages dropped (too slow to show)[/yellow]")
     elif kind == "message":
-        console.print(_text(event), highlight=False)
+        console.print(_text(event), highlight=False, soft_wrap=True)
 
 
 def _text(event: dict[str, Any]) -> str:
@@ -107,8 +106,11 @@ def _text(event: dict[str, Any]) -> str:
             for r in readings[:SHOWN_READINGS]
         )
         more = f" (+{len(readings) - SHOWN_READINGS})" if len(readings) > SHOWN_READINGS else ""
-        attrs = " attributes " + ",".join(message["attributes"]) if message["attributes"] else ""
-        parts.append(f"[bold]{escape(message['device'])}[/bold] {escape(shown + more + attrs)}")
+        attrs = "attributes " + ",".join(message["attributes"]) if message["attributes"] else ""
+        text = " ".join(x for x in (shown + more, attrs) if x)
+        parts.append(
+            f"[bold]{escape(message['device'])}[/bold]" + (f" {escape(text)}" if text else "")
+        )
     mark = " [dim](duplicate)[/dim]" if event["outcome"] == "duplicate" else ""
     return f"{time} {where} " + "; ".join(parts) + mark
 
