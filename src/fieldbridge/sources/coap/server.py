@@ -152,7 +152,7 @@ class EfentoCoapSource:
             if refusal is not None:
                 return Code.UNAUTHORIZED, refusal.encode()
         meta = {"endpoint": endpoint, "remote": remote, "type": "CON" if con else "NON"}
-        whole = False
+        whole = True  # for /c: a whole configuration, not a part of a split upload
         if endpoint == "c" and frame is not None and frame.split_info:
             payload, frame, whole = await self._config_upload(frame, payload, meta, received_at)
         try:
