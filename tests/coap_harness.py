@@ -8,7 +8,8 @@ import json
 import shutil
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,14 @@ from tests.efento_sim import free_udp_port
 SEEDS = Path(__file__).parent / "fixtures" / "efento" / "seed_frames.json"
 COAP_CLIENT = shutil.which("coap-client-notls") or "coap-client-notls"
 CLIENT_TIMEOUT = 15.0  # seconds a coap-client run may take
+WAIT = 10.0  # seconds wait_until waits
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        await asyncio.sleep(0.02)
 
 
 def seed_frames() -> dict[str, bytes]:

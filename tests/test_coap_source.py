@@ -7,27 +7,18 @@ import asyncio
 import statistics
 import struct
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiocoap.numbers.codes import Code
 
 from fieldbridge.codecs.efento.proto.config_pb2 import ProtoConfig
-from tests.coap_harness import Harness, answers_in, coap_client, seed_frames, serve
+from tests.coap_harness import Harness, answers_in, coap_client, seed_frames, serve, wait_until
 from tests.efento_sim import ACK, Sensor, configuration, measurements, serial_bytes
 from tests.locks import sqlite_write_locked
 
 T0 = 1_700_000_000
 SERIAL = serial_bytes(0x0101)
 SERIAL_HEX = SERIAL.hex().upper()
-WAIT = 10.0
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.02)
 
 
 async def journal_count(h: Harness) -> int:
@@ -295,11 +286,14 @@ async def test_store_failure_gives_500_then_the_retry_is_stored_once(tmp_path: P
     db = tmp_path / "s.db"
     frame = measurements(SERIAL, T0)
     async with serve(db, busy_timeout_ms=50) as h:
+        # The store's writer connects on first use; it must be open before the lock is taken.
+        warm = await h.post("m", measurements(serial_bytes(0x0909), T0))
+        assert warm.code == Code.CREATED
         with sqlite_write_locked(db):
             failed = await h.post("m", frame)
             assert failed.code == Code.INTERNAL_SERVER_ERROR
         # Nothing of the failed transaction is left.
-        assert await journal_count(h) == 0
+        assert await journal_count(h) == 1
         assert await readings_count(h, SERIAL_HEX) == 0
         assert await h.store.get_device(SERIAL_HEX) is None
         retried = await h.post("m", frame)
