@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import shutil
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
@@ -17,6 +20,7 @@ from pydantic import ValidationError
 
 from fieldbridge.codecs import efento, http_json
 from fieldbridge.codecs.efento.proto.config_pb2 import ProtoConfig
+from fieldbridge.config import load_settings
 from fieldbridge.ingest import Ingest
 from fieldbridge.model import Accepted, Downlink
 from fieldbridge.plugin import RouteSettings
@@ -33,7 +37,9 @@ from tests.fakes.thingworx import (
     Thing,
     ThingWorxServer,
 )
-from tests.processes import run_cli
+from tests.processes import FieldbridgeProcess, run_cli
+
+COAP_CLIENT = shutil.which("coap-client-notls") or "coap-client-notls"
 
 FIXTURES = Path(__file__).parent / "fixtures" / "efento"
 APP_KEY = "5c1e9a70-2b8f-4d3e-a6c1-9f0b7e2d4a18"
@@ -92,12 +98,14 @@ def settings(url: str, **overrides: Any) -> ThingWorxSettings:
     return ThingWorxSettings(**values)
 
 
-async def ingest(store: Store, frames: Sequence[tuple[str, bytes]]) -> list[int]:
+async def ingest(store: Store, frames: Sequence[tuple[str, bytes]], **meta: Any) -> list[int]:
     """Efento frames through the real ingest path (codec "efento"); their journal ids."""
     ids: list[int] = []
     async with Ingest(store) as feed:
         for endpoint, payload in frames:
-            outcome = await feed.submit(SOURCE, payload, efento.decode, {"endpoint": endpoint})
+            outcome = await feed.submit(
+                SOURCE, payload, efento.decode, {"endpoint": endpoint, **meta}
+            )
             assert isinstance(outcome, Accepted), outcome
             ids.extend(outcome.ids)
     return ids
@@ -214,6 +222,36 @@ async def test_thing_per_device_and_an_unknown_thing_is_dead_lettered(store: Sto
     dead = await store.list_dead_letters(sink=SINK)
     assert [(d.message_id, d.status) for d in dead] == [(ids[1], 404)]
     assert "not found" in dead[0].body
+
+
+async def test_a_split_configuration_is_sent_once_and_whole(
+    store: Store, twx: ThingWorxServer
+) -> None:
+    serial = bytes.fromhex(SEED_C)
+    first = ProtoConfig(
+        serial_number=serial,
+        payload_split_info=-1,
+        measurement_period_base=60,
+        configuration_hash=9,
+    ).SerializeToString()
+    last = ProtoConfig(
+        serial_number=serial, payload_split_info=2, transmission_interval=900
+    ).SerializeToString()
+    # As the Efento source stores them: each part as it arrives (the last part alone when the
+    # earlier ones were lost), then the assembled configuration marked with its part count.
+    ids = await ingest(store, [("c", first), ("c", last)])
+    ids += await ingest(store, [("c", first + last)], split_parts=2)
+    async with running(store, settings(twx.url, route=RouteSettings())):
+        await cursor_is(store, ids[-1])
+    (call,) = twx.calls
+    assert call.role == CONFIGURATION and call.params["device"] == SEED_C
+    configuration = call.params["configuration"]
+    assert (configuration["measurementPeriodBase"], configuration["transmissionInterval"]) == (
+        60,
+        900,
+    )
+    assert (configuration["hash"], configuration["payloadSplitInfo"]) == (9, 2)
+    assert await store.count_dead_letters(SINK) == 0
 
 
 # --- failures -----------------------------------------------------------------------------------
@@ -390,6 +428,76 @@ def test_remote_configuration_parsing() -> None:
     assert remote_configuration(b"") is None
 
 
+# --- end to end ---------------------------------------------------------------------------------
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def coap_post(port: int, endpoint: str, payload: bytes, workdir: Path) -> tuple[str, bytes]:
+    """A CON POST with libcoap's coap-client; (its message log, the answer's payload)."""
+    sent, answer = workdir / f"{endpoint}.bin", workdir / f"{endpoint}.answer"
+    sent.write_bytes(payload)
+    answer.unlink(missing_ok=True)
+    process = await asyncio.create_subprocess_exec(
+        COAP_CLIENT, "-v", "7", "-m", "post", "-f", str(sent), "-o", str(answer),
+        f"coap://127.0.0.1:{port}/{endpoint}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(process.communicate(), 15)
+    return out.decode("latin-1"), answer.read_bytes() if answer.exists() else b""
+
+
+async def test_end_to_end_coap_client_to_thingworx_and_its_configuration_back_to_the_sensor(
+    tmp_path: Path, twx: ThingWorxServer
+) -> None:
+    """coap-client posts the seed frames to a fieldbridge process; the fake ThingWorx gets every
+    frame, answers the first measurement with a RemoteConfiguration, and the sensor's next
+    confirmable /m gets that configuration in its 2.01."""
+    remote = {"measurementPeriodBase": 60, "transmissionInterval": 900, "flag": True}
+    twx.script(MEASUREMENT, Reply(json={"status": 200, "RemoteConfiguration": remote}))
+    coap_port = free_udp_port()
+    proc = FieldbridgeProcess(
+        tmp_path / "fb",
+        sources={"efento": [{"name": SOURCE, "listen": f"127.0.0.1:{coap_port}"}]},
+        sinks={"thingworx": [{"name": SINK, "url": twx.url, "app_key": APP_KEY, "thing": THING}]},
+    )
+    await asyncio.to_thread(proc.start)
+    try:
+        for endpoint in ("m", "i", "c"):
+            log, _ = await coap_post(coap_port, endpoint, frame(endpoint), tmp_path)
+            assert "2.01" in log, log
+        await twx.wait_for(lambda: len(twx.received) == 3)
+        assert [c.role for c in twx.received] == [MEASUREMENT, DEVICE_INFO, CONFIGURATION]
+        m, i, c = twx.received
+        assert json.loads(m.params["payload"]) == seed_minus_bugs(SEED["m"]["seed_output"])
+        assert json.loads(i.params["deviceJson"])["serialNum"] == SEED_I
+        assert c.params["configuration"] == json.loads(SEED["c"]["seed_output"])
+
+        async def queued() -> bool:
+            rows = proc.query("SELECT COUNT(*) FROM downlinks WHERE device = ?", (SEED_M,))
+            return bool(rows[0][0])
+
+        await until(queued)
+        pending = json.loads((await asyncio.to_thread(
+            proc.cli, "efento", "pending", SEED_M, "--json"
+        )).stdout)  # fmt: skip
+        assert len(pending) == 1 and pending[0]["meta"]["origin"] == "thingworx", pending
+
+        log, answer = await coap_post(coap_port, "m", frame("m"), tmp_path)
+        assert "2.01" in log, log
+        config = ProtoConfig.FromString(answer)
+        assert (config.measurement_period_base, config.transmission_interval) == (60, 900)
+        await twx.wait_for(lambda: len(twx.received) == 4)
+        status = {s["name"]: s for s in await asyncio.to_thread(proc.sinks_status)}
+        assert status[SINK]["dead_letters"] == 0, status
+    finally:
+        await asyncio.to_thread(proc.kill)
+
+
 # --- settings -----------------------------------------------------------------------------------
 
 
@@ -420,6 +528,22 @@ def test_settings_defaults_and_refusals() -> None:
         errors = info.value.errors()
         assert errors[0]["loc"] == (field,), errors
         assert words in str(errors[0]["msg"]), errors
+
+
+def test_the_docs_example_is_valid_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in [k for k in os.environ if k.startswith("FIELDBRIDGE_")]:
+        monkeypatch.delenv(key)  # the settings come from the page alone
+    page = (Path(__file__).parents[1] / "docs" / "integrations" / "thingworx.md").read_text()
+    example = page.split("```toml\n", 1)[1].split("```", 1)[0]
+    config = tmp_path / "fieldbridge.toml"
+    config.write_text(example)
+    loaded = load_settings(config)
+    assert [(t, s.name) for t, s in loaded.source_settings] == [("efento", "efento")]
+    ((kind, sink),) = loaded.sink_settings
+    assert kind == "thingworx" and isinstance(sink, ThingWorxSettings)
+    assert (sink.thing, sink.route.kinds) == ("EfentoGateway", ["efento"])
 
 
 def test_config_show_masks_the_app_key(tmp_path: Path) -> None:

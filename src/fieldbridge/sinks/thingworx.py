@@ -166,8 +166,6 @@ class ThingWorxDestination(Destination):
     async def _call(self, entry: JournalEntry) -> _Downlink | None:
         """Deliver one frame; return the downlink its answer asks for, if any."""
         assert self._client is not None, "use the destination inside `async with`"
-        if entry.kind == efento.KIND_CONFIG_PART:
-            return None  # not a whole configuration; the last part's message carries it all
         try:
             call = render_call(entry)
         except DecodeError as exc:
@@ -176,6 +174,11 @@ class ThingWorxDestination(Destination):
                 f'services take: {exc}; keep route.kinds = ["efento"]'
             )
             raise PermanentDeliveryError(reason, body=reason) from exc
+        if call is None:
+            log.debug(
+                "thingworx %s: message %d is part of a configuration", self.settings.name, entry.id
+            )
+            return None
         service = self._services[call.endpoint]
         what = f"thingworx {self.settings.name} ({service}, message {entry.id})"
         try:

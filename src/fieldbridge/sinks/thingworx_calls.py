@@ -27,6 +27,8 @@ ROLES: dict[Endpoint, Role] = {"m": MEASUREMENT, "c": CONFIGURATION, "i": DEVICE
 
 # Keys of a RemoteConfiguration the seed did not copy into the ProtoConfig.
 NOT_CONFIGURATION = frozenset({"serialNumber", "flag"})
+# Set by the Efento source on a /c message it assembled from the parts of a split upload.
+SPLIT_PARTS = "split_parts"
 REQUEST_SUFFIX = "_request"  # ProtoConfig's one-shot requests: device_info_request, ...
 
 
@@ -44,16 +46,22 @@ class ServiceCall:
         return json.dumps(self.params, allow_nan=False).encode()
 
 
-def render_call(entry: JournalEntry) -> ServiceCall:
-    """The call for a stored Efento frame; DecodeError if the message is not one."""
+def render_call(entry: JournalEntry) -> ServiceCall | None:
+    """The call for a stored Efento frame, None when it is not a whole configuration (nothing
+    to send), or DecodeError if the message is not an Efento frame."""
+    if entry.kind == efento.KIND_CONFIG_PART:
+        return None  # the last part's message carries the whole configuration
     endpoint = endpoint_of(entry.meta.get("endpoint"))
     payload = entry.payload
     if endpoint == "m":
         measurements = efento.to_json("m", payload)
         return ServiceCall(endpoint, MEASUREMENT, {"payload": _text(measurements)})
     if endpoint == "c":
+        frame = efento.summary("c", payload)
+        if (frame.split_info or 0) > 1 and SPLIT_PARTS not in entry.meta:
+            return None  # the last part alone: the source lost earlier parts and asks again
         configuration = efento.to_json("c", payload)
-        device = efento.summary("c", payload).serial
+        device = frame.serial
         return ServiceCall(
             endpoint, CONFIGURATION, {"device": device, "configuration": configuration}
         )
