@@ -271,6 +271,13 @@ def test_malformed_raw_grammar_is_refused_as_malformed(payload: bytes) -> None:
     assert "raw readings" in error.reason
 
 
+def test_raw_sensor_ids_beyond_the_channel_range_are_refused() -> None:
+    error = refusal(b"{t:2024-09-25T13:19:38Z,70000:1}", "device/sck/t/readings/raw")
+    assert error.reason == (
+        "raw readings: id: must be a sensor id from 0 to 65535 or a sensor key, got 70000"
+    )
+
+
 def test_raw_reason_quotes_the_part_that_failed() -> None:
     error = refusal(b"{t:2024-09-25T13:19:38Z,1:21,13:sixty}", "device/sck/t/readings/raw")
     assert "'13:sixty' is neither t:<YYYY-MM-DDTHH:MM:SSZ> nor <sensor id>:<number>" in error.reason

@@ -128,7 +128,8 @@ def test_spy_text_view_and_ctrl_c(service: FieldbridgeProcess) -> None:
     assert "http refused [1].readings: must be a non-empty object" in refused
     assert code == 0, err
     assert "Traceback" not in err
-    assert rest == ["stopped"]
+    assert err.strip() == "stopped"
+    assert rest == []
 
 
 def test_filters_and_the_end_of_the_service_end_the_spy(service: FieldbridgeProcess) -> None:

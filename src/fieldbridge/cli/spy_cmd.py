@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 
 from fieldbridge.cli.context import settings_of
-from fieldbridge.cli.output import console, fail
+from fieldbridge.cli.output import console, errors, fail
 from fieldbridge.web.spy import HEARTBEAT_S
 
 SHOWN_READINGS = 12  # per message in the text view; --json has them all
@@ -44,8 +44,9 @@ def spy(
     try:
         _watch(url, headers, json_out)
     except KeyboardInterrupt:
-        if not json_out:
-            console.print("[dim]stopped[/dim]")
+        # On stderr: Ctrl-C may land inside a print to stdout, whose buffer the next print
+        # to stdout would write a second time.
+        errors.print("stopped", style="dim")
 
 
 def _watch(url: str, headers: dict[str, str], json_out: bool) -> None:

@@ -101,40 +101,47 @@ class SmartCitizenCodec:
         )
 
     def _readings(self, token: str, data: object, received_at: float) -> Decoded:
-        items = data.get("data") if isinstance(data, dict) else None
-        if not isinstance(items, list) or not items:
+        items = data.get("data") if type(data) is dict else None
+        if type(items) is not list or not items:
             raise DecodeError(f'readings: "data" is missing or empty; send e.g. {EXAMPLE}')
         readings: list[Reading] = []
         identity: list[str] = []
+        # Places ("data[0].sensors[1]") are spelled out only for a refusal: this is the hot path.
         for index, item in enumerate(items):
-            where = f"data[{index}]"
-            if not isinstance(item, dict):
-                raise DecodeError(f"{where}: must be an object with recorded_at and sensors")
-            at = _recorded_at(item.get("recorded_at"), where, received_at)
+            if type(item) is not dict:
+                raise DecodeError(f"data[{index}]: must be an object with recorded_at and sensors")
+            at = _recorded_at(item.get("recorded_at"), index, received_at)
             sensors = item.get("sensors")
-            if not isinstance(sensors, list):
-                raise DecodeError(f"{where}.sensors: required, a list of {{id, value}}")
-            ids: list[str] = []
+            if type(sensors) is not list:
+                raise DecodeError(f"data[{index}].sensors: required, a list of {{id, value}}")
+            stamp = _stamp(at)
+            first = len(readings)
             for number, sensor in enumerate(sensors):
-                here = f"{where}.sensors[{number}]"
-                if not isinstance(sensor, dict):
-                    raise DecodeError(f"{here}: must be an object {{id, value}}")
-                reading = self._reading(sensor.get("id"), sensor.get("value"), at, here)
-                readings.append(reading)
-                ids.append(reading.key or "")
-            identity.append(";".join(ids) or repr(at))
+                if type(sensor) is not dict:
+                    raise DecodeError(
+                        f"data[{index}].sensors[{number}]: must be an object {{id, value}}"
+                    )
+                sid, value = sensor.get("id"), sensor.get("value")
+                try:
+                    readings.append(self._reading(sid, value, at, stamp))
+                except _Refused as refused:
+                    raise DecodeError(f"data[{index}].sensors[{number}].{refused}") from None
+            identity.append(";".join(r.key or "" for r in readings[first:]) or stamp)
         return self._message(token, tuple(readings), _key(token, identity))
 
     def _raw(self, token: str, text: str, received_at: float) -> Decoded:
         raw = parse_raw(text)
-        at = _recorded_at(raw.recorded_at, "t", received_at)
-        readings = tuple(self._reading(sid, value, at, f"{sid}:") for sid, value in raw.sensors)
-        identity = [";".join(r.key or "" for r in readings) or repr(at)]
+        at = _recorded_at(raw.recorded_at, None, received_at)
+        stamp = _stamp(at)
+        try:
+            readings = tuple(self._reading(sid, value, at, stamp) for sid, value in raw.sensors)
+        except _Refused as refused:  # the grammar admits only digits: an id out of range
+            raise DecodeError(f"raw readings: {refused}") from None
+        identity = [";".join(r.key or "" for r in readings) or stamp]
         return self._message(token, readings, _key(token, identity))
 
-    def _reading(self, sid: object, value: object, at: float, where: str) -> Reading:
-        number, extra = _value(value, where)
-        stamp = f"{int(at)}" if at.is_integer() else repr(at)
+    def _reading(self, sid: object, value: object, at: float, stamp: str) -> Reading:
+        number, extra = _value(value)
         if type(sid) is str and sid.isascii() and sid.isdigit() and len(sid) <= 9:
             sid = int(sid)
         if type(sid) is int and 0 <= sid <= 65535:
@@ -145,9 +152,15 @@ class SmartCitizenCodec:
             return Reading(sensor.name, number, at, sid, sensor.unit, extra, f"{sid}@{stamp}")
         if type(sid) is str and SENSOR_KEY.fullmatch(sid):  # a sensor key names itself
             return Reading(sid, number, at, 0, None, extra, f"{sid}@{stamp}")
-        raise DecodeError(
-            f"{where}.id: must be a sensor id from 0 to 65535 or a sensor key, got {sid!r:.40}"
-        )
+        raise _Refused(f"id: must be a sensor id from 0 to 65535 or a sensor key, got {sid!r:.40}")
+
+
+class _Refused(Exception):
+    """A sensor entry's refusal, without its place; the caller adds where it was."""
+
+
+def _stamp(at: float) -> str:
+    return f"{int(at)}" if at.is_integer() else repr(at)
 
 
 def _json(text: bytes, what: str) -> object:
@@ -157,17 +170,20 @@ def _json(text: bytes, what: str) -> object:
         raise DecodeError(f"{what}: payload is not valid JSON: {exc}", malformed=True) from None
 
 
-def _recorded_at(value: object, where: str, received_at: float) -> float:
-    """Unix seconds of a kit's time text; naive times are UTC. Refuses > 1 day ahead."""
+def _recorded_at(value: object, index: int | None, received_at: float) -> float:
+    """Unix seconds of a kit's time text; naive times are UTC. Refuses > 1 day ahead.
+
+    `index` is the item's place in "data" (None for raw readings), named only in a refusal.
+    """
     if value is None or value == "":
-        raise DecodeError(f"{where}.recorded_at: no timestamp given")
-    if not isinstance(value, str):
-        raise DecodeError(f"{where}.recorded_at: must be a time as text (ISO 8601)")
+        raise DecodeError(f"{_item(index)}.recorded_at: no timestamp given")
+    if type(value) is not str:
+        raise DecodeError(f"{_item(index)}.recorded_at: must be a time as text (ISO 8601)")
     try:
         moment = datetime.fromisoformat(value.strip())
     except ValueError:
         raise DecodeError(
-            f"{where}.recorded_at: {value[:40]!r} is not a time "
+            f"{_item(index)}.recorded_at: {value[:40]!r} is not a time "
             "(ISO 8601, e.g. 2024-09-25T13:19:38Z or 2024-09-25 13:19:38)"
         ) from None
     if moment.tzinfo is None:
@@ -175,17 +191,21 @@ def _recorded_at(value: object, where: str, received_at: float) -> float:
     try:
         at = moment.timestamp()
     except (OverflowError, ValueError):
-        raise DecodeError(f"{where}.recorded_at: {value[:40]!r} is out of range") from None
+        raise DecodeError(f"{_item(index)}.recorded_at: {value[:40]!r} is out of range") from None
     if at > received_at + FUTURE_LIMIT:
         received = datetime.fromtimestamp(received_at, UTC).isoformat(timespec="seconds")
         raise DecodeError(
-            f"{where}.recorded_at: {value[:40]!r} is more than 1 day in the future "
+            f"{_item(index)}.recorded_at: {value[:40]!r} is more than 1 day in the future "
             f"(received {received.replace('+00:00', 'Z')}); check the kit's clock"
         )
     return at
 
 
-def _value(value: object, where: str) -> tuple[float | None, dict[str, Any] | None]:
+def _item(index: int | None) -> str:
+    return "t" if index is None else f"data[{index}]"
+
+
+def _value(value: object) -> tuple[float | None, dict[str, Any] | None]:
     """A number as float; text that is not a number is kept raw in `extra`, as the platform does."""
     if value is None:
         return None, None
@@ -207,7 +227,7 @@ def _value(value: object, where: str) -> tuple[float | None, dict[str, Any] | No
         if math.isfinite(number):
             return number, None
         return None, {"raw": value[:MAX_RAW_TEXT].replace("\x00", "\\x00")}
-    raise DecodeError(f"{where}.value: must be a number or text, got {kind.__name__}")
+    raise _Refused(f"value: must be a number or text, got {kind.__name__}")
 
 
 def _key(token: str, identity: list[str]) -> str:
