@@ -19,7 +19,7 @@ import pytest
 
 from tests.processes import FieldbridgeProcess
 from tests.smartcitizen_sim import Kit
-from tests.test_spy import Spy
+from tests.spy_watch import Spy
 
 BROKER = ("127.0.0.1", 1883)
 WAIT = 20.0

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import queue
 import signal
-import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import orjson
@@ -23,58 +18,8 @@ from fieldbridge.model import Accepted
 from fieldbridge.store import open_store, parse_store_url
 from fieldbridge.store.migrate import upgrade
 from fieldbridge.web.spy import QUEUE_BOUND, SpyHub, _stream
-from tests.processes import FIELDBRIDGE, FieldbridgeProcess, _child_env, run_cli
-
-WAIT = 15.0
-
-
-class Spy:
-    """`fieldbridge spy` in a subprocess; its stdout lines arrive on a queue."""
-
-    def __init__(self, config: Path, *args: str) -> None:
-        self.popen = subprocess.Popen(
-            [FIELDBRIDGE, "--config", str(config), "spy", *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=_child_env(),
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            self.lines.put(line.rstrip("\n"))
-
-    def line(self, timeout: float = WAIT) -> str:
-        try:
-            return self.lines.get(timeout=timeout)
-        except queue.Empty:
-            self.popen.kill()
-            _, err = self.popen.communicate()
-            raise AssertionError(f"spy printed nothing within {timeout}s; stderr: {err}") from None
-
-    def event(self) -> dict[str, Any]:
-        event: dict[str, Any] = json.loads(self.line())
-        return event
-
-    def finish(self, timeout: float = WAIT) -> tuple[int, list[str], str]:
-        """Exit code, the lines not read yet, and stderr."""
-        code = self.popen.wait(timeout)
-        assert self.popen.stderr is not None
-        err = self.popen.stderr.read()
-        time.sleep(0.1)  # let the reader thread hand over the last lines
-        rest = []
-        while not self.lines.empty():
-            rest.append(self.lines.get())
-        return code, rest, err
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(5)
+from tests.processes import FieldbridgeProcess, run_cli
+from tests.spy_watch import WAIT, Spy
 
 
 @pytest.fixture
