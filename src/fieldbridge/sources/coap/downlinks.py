@@ -22,6 +22,13 @@ HASH_TTL = 300.0  # seconds a device's stored configuration hash is trusted befo
 MAX_CACHED = 200_000  # devices whose stored hash is kept in memory
 
 
+class Later:
+    """Answer needs the store: finish in a task."""
+
+
+LATER = Later()
+
+
 @dataclass(slots=True)
 class _Hash:
     value: int | None  # None: no /c stored yet
@@ -126,6 +133,52 @@ class DownlinkPlanner:
                 failing = True
             await asyncio.sleep(self._poll)
 
+    # --- after a commit --------------------------------------------------------------------
+
+    def settle_now(
+        self, endpoint: str, serial: str, config_hash: int | None, con: bool, now: float
+    ) -> bytes | Later | None:
+        """`settle` without the store, which the common case (no downlinks, a known hash)
+        does not need; LATER when it does. Saves a task per frame on the hot path."""
+        states = self._states.get(serial)
+        if endpoint == "c":
+            if states and "sent" in states:
+                return LATER
+            if config_hash is not None:
+                self._remember(serial, config_hash, now)
+                self._incomplete.discard(serial)
+            return None
+        if endpoint == "i" and states and "sent" in states:
+            return LATER
+        if not con:
+            return None
+        frame_hash = config_hash if endpoint == "m" else None
+        if states and ("queued" in states or ("sent" in states and frame_hash is not None)):
+            return LATER
+        request = self._wants_configuration_cached(serial, frame_hash, now)
+        if isinstance(request, Later):
+            return LATER
+        return self._payload([], request, now)
+
+    async def settle(
+        self, endpoint: str, serial: str, config_hash: int | None, con: bool, now: float
+    ) -> bytes | None:
+        """Follow up a committed frame and return the payload of its 2.01 (None: empty).
+
+        /c (a whole configuration): remember its hash, confirm the downlinks it shows applied.
+        /i: confirm request-only downlinks. CON /m and /i: queued downlinks, the clock, and a
+        configuration request when the frame's hash differs from the stored one.
+        """
+        if endpoint == "c":
+            if config_hash is not None:
+                await self.configuration_stored(serial, config_hash, now)
+            return None
+        if endpoint == "i":
+            await self.device_info_stored(serial, now)
+        if not con:
+            return None
+        return await self.answer(serial, config_hash if endpoint == "m" else None, now)
+
     # --- answers ---------------------------------------------------------------------------
 
     async def answer(self, serial: str, frame_hash: int | None, now: float) -> bytes | None:
@@ -151,14 +204,8 @@ class DownlinkPlanner:
                 if taken:
                     states.add("sent")
         request = await self._wants_configuration(serial, frame_hash, now)
-        if not taken and not request:
-            return None
-        extra: dict[str, object] = {"current_time": int(now)}
-        if request:
-            extra["configuration_request"] = True
-        payloads = [d.payload for d in taken]
         try:
-            payload = merge_configs([*payloads, encode_config(extra)])
+            payload = self._payload(taken, request, now)
         except ProtobufDecodeError:
             # A queued payload that is no ProtoConfig would make every answer fail: drop it.
             bad = [d.id for d in taken if not _parses(d.payload)]
@@ -166,9 +213,9 @@ class DownlinkPlanner:
             log.error(
                 "%s: downlinks %s of %s are not ProtoConfig; failed", self._where, bad, serial
             )
-            good = [d.payload for d in taken if d.id not in bad]
-            payload = merge_configs([*good, encode_config(extra)])
-        if taken:
+            taken = [d for d in taken if d.id not in bad]
+            payload = self._payload(taken, request, now)
+        if payload is not None and taken:
             log.info(
                 "%s: sending downlinks %s to %s (%d bytes)",
                 self._where,
@@ -177,6 +224,16 @@ class DownlinkPlanner:
                 len(payload),
             )
         return payload
+
+    @staticmethod
+    def _payload(taken: Sequence[Downlink], request: bool, now: float) -> bytes | None:
+        """Downlinks merged with the clock and maybe a configuration request; None if none."""
+        if not taken and not request:
+            return None
+        extra: dict[str, object] = {"current_time": int(now)}
+        if request:
+            extra["configuration_request"] = True
+        return merge_configs([*(d.payload for d in taken), encode_config(extra)])
 
     async def _resend_unapplied(self, serial: str, frame_hash: int, now: float) -> bool:
         """Requeue sent downlinks the frame shows unapplied; True if any was requeued."""
@@ -202,13 +259,24 @@ class DownlinkPlanner:
         return bool(again) and await self._store.requeue_downlinks(again) > 0
 
     async def _wants_configuration(self, serial: str, frame_hash: int | None, now: float) -> bool:
+        wanted = self._wants_configuration_cached(serial, frame_hash, now)
+        if not isinstance(wanted, Later):
+            return wanted
+        return await self.stored_hash(serial, now) != frame_hash
+
+    def _wants_configuration_cached(
+        self, serial: str, frame_hash: int | None, now: float
+    ) -> bool | Later:
         if self._config_request == "never":
             return False
         if self._config_request == "always" or serial in self._incomplete:
             return True
         if frame_hash is None:
             return False
-        return await self.stored_hash(serial, now) != frame_hash
+        cached = self._hashes.get(serial)
+        if cached is None or now - cached.read_at >= HASH_TTL:
+            return LATER
+        return cached.value != frame_hash
 
     async def stored_hash(self, serial: str, now: float) -> int | None:
         """The configuration hash of the device's last stored /c (cached for HASH_TTL)."""
