@@ -142,7 +142,7 @@ def downlink_json(d: Downlink) -> dict[str, Any]:
 def efento_pending(
     ctx: typer.Context,
     serial: Annotated[
-        str | None, typer.Argument(metavar="[SERIAL]", help="Only this sensor's downlinks.")
+        str | None, typer.Argument(metavar="SERIAL", help="Only this sensor's downlinks.")
     ] = None,
     all_states: Annotated[
         bool,
