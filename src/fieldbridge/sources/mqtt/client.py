@@ -8,10 +8,15 @@ here: the socket is registered with the event loop (paho's external-loop API: lo
 loop_write, loop_misc and the socket callbacks, as aiomqtt does), so a message goes from the
 socket to ingest without a thread handoff.
 
-Three private paho 2.x hooks are overridden, each for a measured reason (bare subscriber,
-100-byte QoS 1 messages: 21k msg/s stock, 56k msg/s with all three):
+Private paho 2.x hooks are overridden, each for a measured reason (see the numbers in
+docs/benchmarks.md):
   * `_sock_recv` reads 256 KiB at a time and serves paho's 1-byte header reads from that
     buffer; stock paho makes three recv() system calls per message.
+  * `_packet_read` takes a whole MQTT 3.1.1 PUBLISH at QoS 0 or 1 straight from that buffer
+    and hands (topic, payload, qos, packet id, retain) to `on_publish_packet`: paho's generic
+    path (packet dict, MQTTMessage, topic matcher, locks) costs about 16 us a message, more
+    than ingest itself. Everything else (CONNACK, SUBACK, PINGRESP, QoS 2, MQTT 5 properties,
+    partly received packets) goes through paho unchanged.
   * `_create_socket` returns a socket connected (and TLS-handshaken) beforehand in a worker
     thread, so every paho state change happens on the event-loop thread.
   * PUBACKs of one commit go to paho's out queue as one packet (`queue_pubacks`): one send()
@@ -24,15 +29,20 @@ import asyncio
 import socket
 import ssl
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode, MQTTProtocolVersion
 
 READ_CHUNK = 256 * 1024
 MISC_EVERY = 1.0  # seconds between paho's keepalive checks (PINGREQ, ping timeout)
 PUBACK = struct.Struct("!BBH")  # fixed header 0x40, remaining length 2, packet id
 PUBACK_COMMAND = 0x40
+PUBLISH_QOS01 = (0x30, 0x32)  # PUBLISH's packet type with QoS 0 or 1 (ignoring DUP, RETAIN)
+
+PublishHandler = Callable[[str, bytes, int, int, bool], None]
+"""(topic, payload, qos, packet id, retain) of one PUBLISH."""
 
 
 def puback(mid: int) -> bytes:
@@ -62,6 +72,7 @@ class FastClient(paho.Client):
         self._rbuf = b""
         self._rpos = 0
         self._prepared: socket.socket | None = None
+        self.on_publish_packet: PublishHandler | None = None
 
     def use_socket(self, sock: socket.socket) -> None:
         """The connected socket the next `reconnect()` speaks MQTT on."""
@@ -90,9 +101,57 @@ class FastClient(paho.Client):
             if not buf:
                 return b""  # the broker closed the connection
             self._rbuf, pos = buf, 0
+            self._last_bytes_received = paho.time_func()  # for paho's keepalive check
         end = pos + bufsize
         self._rpos = end
         return buf[pos:end]
+
+    def _packet_read(self) -> MQTTErrorCode:
+        if (
+            self.on_publish_packet is not None
+            and self._in_packet["command"] == 0
+            and self._protocol != MQTTProtocolVersion.MQTTv5
+            and self._take_publish()
+        ):
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return super()._packet_read()
+
+    def _take_publish(self) -> bool:
+        """Hand a whole QoS 0/1 PUBLISH waiting in the buffer to on_publish_packet."""
+        buf, pos = self._rbuf, self._rpos
+        size = len(buf)
+        if pos >= size:
+            return False
+        header = buf[pos]
+        if header & 0xF6 not in PUBLISH_QOS01:
+            return False
+        at, length, shift = pos + 1, 0, 0
+        while True:  # remaining length: 1 to 4 bytes, 7 bits each
+            if at >= size or shift > 21:
+                return False
+            byte = buf[at]
+            at += 1
+            length |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                break
+            shift += 7
+        end = at + length
+        if end > size or length < 2:
+            return False  # not all here yet (paho reads it in parts), or malformed
+        topic_end = at + 2 + ((buf[at] << 8) | buf[at + 1])
+        qos = (header >> 1) & 1
+        payload_at = topic_end + 2 * qos
+        if topic_end == at + 2 or payload_at > end:
+            return False  # paho reports the malformed packet
+        try:
+            topic = buf[at + 2 : topic_end].decode()
+        except UnicodeDecodeError:
+            return False
+        mid = (buf[topic_end] << 8) | buf[topic_end + 1] if qos else 0
+        self._rpos = end
+        assert self.on_publish_packet is not None
+        self.on_publish_packet(topic, buf[payload_at:end], qos, mid, bool(header & 1))
+        return True
 
     @property
     def buffered(self) -> bool:

@@ -356,31 +356,32 @@ class MqttSource:
     # --- messages ---------------------------------------------------------------------------
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        """paho's path: MQTT 5, QoS 2, packets that arrived in parts."""
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            topic = "(topic not valid UTF-8)"
+        self._take(topic, bytes(message.payload), message.qos, message.mid, message.retain)
+
+    def _take(self, topic: str, payload: bytes, qos: int, mid: int, retain: bool) -> None:
+        """One PUBLISH: hand it to ingest; its PUBACK waits for the commit."""
+        if self._stopping:
+            return  # not acknowledged: the broker sends it to the next session
+        if topic == self._status_topic:
+            if qos:
+                self._require_client().ack(mid, qos)  # our own status, not device data
+            return
         # Never raise into paho: its packet state would be left half-way.
         try:
-            try:
-                topic = message.topic
-            except UnicodeDecodeError:
-                topic = "(topic not valid UTF-8)"
-            qos = message.qos
-            if self._stopping:
-                return  # not acknowledged: the broker sends it to the next session
-            if topic == self._status_topic:
-                if qos:
-                    client.ack(message.mid, qos)  # our own status, not device data
-                return
-            payload = message.payload
-            if type(payload) is not bytes:
-                payload = bytes(payload)
-            meta = {"topic": topic, "qos": qos, "retain": message.retain}
+            meta = {"topic": topic, "qos": qos, "retain": retain}
             future = self._ingest.offer(self.name, payload, self._codec, meta)
         except StoreError:
             return  # ingest is closing: unacknowledged, so the broker keeps it
         except Exception:
-            log.exception("%s: a message was not handed to ingest", self._where)
+            log.exception("%s: a message on %r was not handed to ingest", self._where, topic)
             return
         self._outstanding += 1
-        future.add_done_callback(partial(self._answered, self._generation, message.mid, qos, topic))
+        future.add_done_callback(partial(self._answered, self._generation, mid, qos, topic))
         if not self._ingest.has_room:
             self._wait_for_room()
 
@@ -510,6 +511,7 @@ class MqttSource:
         client.on_subscribe = self._on_subscribe
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_publish_packet = self._take
         return client
 
     def _on_connect(
