@@ -7,6 +7,7 @@ import hmac
 import logging
 import struct
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -58,6 +59,7 @@ class _Frame:
     remote: str
     summary: FrameSummary | None  # None: the payload does not decode
     meta: dict[str, Any] = field(default_factory=dict)
+    done: bool = False  # answered, or given up
 
 
 class EfentoCoapSource:
@@ -139,6 +141,7 @@ class EfentoCoapSource:
     def handle(self, pipe: Any) -> None:
         """Take one request from aiocoap; answer it now or once its frame is committed."""
         request = pipe.request
+        frame: _Frame | None = None
         try:
             answer = self._answer_at_once(request)
             if answer is not None:
@@ -149,13 +152,21 @@ class EfentoCoapSource:
             split = frame.endpoint == "c" and frame.summary and frame.summary.split_info
             if self._require_token or split or not self._ingest.has_room:
                 # Store look-ups or back-pressure first: that takes a task.
-                task = asyncio.create_task(self._store_frame(frame), name="efento-frame")
-                pipe.on_interest_end(task.cancel)
+                self._spawn(frame, self._store_frame(frame))
                 return
             self._offer(frame)
         except Exception:  # a bug must still answer the sensor, and be seen
             log.exception("%s: request failed", self._where)
-            pipe.add_response(aiocoap.Message(code=Code.INTERNAL_SERVER_ERROR), is_last=True)
+            if frame is None:
+                pipe.add_response(aiocoap.Message(code=Code.INTERNAL_SERVER_ERROR), is_last=True)
+            else:
+                self._answer(frame, Code.INTERNAL_SERVER_ERROR, b"")
+
+    def _spawn(self, frame: _Frame, work: Coroutine[Any, Any, None]) -> None:
+        """Finish a frame in a task; aiocoap cancels it if the exchange is dropped."""
+        task = asyncio.create_task(work, name="efento-frame")
+        frame.pipe.on_interest_end(task.cancel)
+        task.add_done_callback(lambda _: self._forget(frame))
 
     def _answer_at_once(self, request: Any) -> aiocoap.Message | None:
         """The answer to anything but a frame to store: /t, wrong paths and methods."""
@@ -216,8 +227,7 @@ class EfentoCoapSource:
             frame.endpoint, s.serial, s.configuration_hash, frame.con, now
         )
         if isinstance(payload, Later):
-            task = asyncio.create_task(self._settle(frame), name="efento-answer")
-            frame.pipe.on_interest_end(task.cancel)
+            self._spawn(frame, self._settle(frame))
             return
         self._answer(frame, Code.CREATED, payload or b"")
 
@@ -287,11 +297,19 @@ class EfentoCoapSource:
         return Code.INTERNAL_SERVER_ERROR, b"store unavailable, retry"
 
     def _answer(self, frame: _Frame, code: Code, payload: bytes) -> None:
-        """Send a frame's answer (not on the wire for NON) and count it done."""
+        """Send a frame's answer (not on the wire for NON) and count it done, once."""
+        if not frame.done:
+            self._forget(frame)
+            frame.pipe.add_response(_reply(frame.con, code, payload), is_last=True)
+
+    def _forget(self, frame: _Frame) -> None:
+        """Count a frame done (answered, or its exchange dropped)."""
+        if frame.done:
+            return
+        frame.done = True
         self._outstanding -= 1
         if not self._outstanding:
             self._drained.set()
-        frame.pipe.add_response(_reply(frame.con, code, payload), is_last=True)
 
     async def _config_upload(
         self, frame: FrameSummary, payload: bytes, meta: dict[str, Any], now: float
