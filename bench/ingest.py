@@ -143,6 +143,7 @@ async def http(url: str, total: int, connections: int) -> tuple[float, int]:
         "FIELDBRIDGE_STORE__URL": url,
         "FIELDBRIDGE_HTTP__LISTEN": f"127.0.0.1:{port}",
         "FIELDBRIDGE_LOG__LEVEL": "warning",
+        "FIELDBRIDGE_SOURCES": '{"mqtt": []}',  # no file, but not the default run's MQTT sources
     }
     exe = str(Path(sys.executable).with_name("fieldbridge"))
     proc = await asyncio.create_subprocess_exec(exe, "run", env=env)

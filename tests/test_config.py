@@ -87,7 +87,11 @@ def test_defaults_without_any_file() -> None:
     assert settings.ingest == IngestSettings(batch_size=500, flush_ms=5.0, queue_bound=10_000)
     assert settings.log == LogSettings()
     assert settings.sink_settings == []
-    assert settings.source_settings == []
+    # The default run takes MQTT (generic JSON and Smart Citizen Kits) with an embedded broker.
+    sources = [
+        (t, s.name, getattr(s, "embedded_broker", None)) for t, s in settings.source_settings
+    ]
+    assert sources == [("mqtt", "mqtt", "auto"), ("mqtt", "smartcitizen", "auto")]
 
 
 def test_file_values_are_typed(tmp_path: Path) -> None:
@@ -307,5 +311,6 @@ def test_public_dict_has_every_section() -> None:
     public = load_settings().public_dict()
     assert set(public) == set(Settings.model_fields)
     assert public["store"]["url"] == "sqlite:///var/fieldbridge.db"  # no password: unchanged
-    assert public["sinks"] == {} and public["sources"] == {}
+    assert public["sinks"] == {}
+    assert [s["name"] for s in public["sources"]["mqtt"]] == ["mqtt", "smartcitizen"]
     json.dumps(public)  # JSON-ready

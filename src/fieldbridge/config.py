@@ -18,6 +18,7 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
@@ -91,6 +92,7 @@ class Settings(BaseSettings):
         extra="forbid",
     )
     toml_path: ClassVar[Path | None] = None
+    default_run: ClassVar[bool] = False  # no settings file: add the plugins' default-run entries
 
     store: StoreSettings = Field(default_factory=StoreSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
@@ -114,6 +116,9 @@ class Settings(BaseSettings):
         chain: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if cls.toml_path is not None:
             chain.append(TomlConfigSettingsSource(settings_cls, toml_file=cls.toml_path))
+        elif cls.default_run:
+            defaults = {"sources": default_run_sources()}
+            chain.append(InitSettingsSource(settings_cls, init_kwargs=defaults))
         return tuple(chain)
 
     @model_validator(mode="after")
@@ -152,6 +157,16 @@ class Settings(BaseSettings):
         data["sources"] = _grouped(self._sources)
         data["sinks"] = _grouped(self._sinks)
         return data
+
+
+def default_run_sources() -> dict[str, list[dict[str, Any]]]:
+    """[[sources.*]] of a run without a settings file (environment overrides still apply)."""
+    load_builtins()
+    return {
+        type_name: [dict(entry) for entry in plugin.default_run]
+        for type_name, plugin in SOURCE_TYPES.items()
+        if plugin.default_run
+    }
 
 
 def _typed_entries(
@@ -226,7 +241,11 @@ def load_settings(path: str | Path | None = None) -> Settings:
                 tomllib.load(handle)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{toml_path}: not valid TOML: {exc}") from exc
-    bound = type("FileSettings", (Settings,), {"toml_path": toml_path, "__module__": __name__})
+    bound = type(
+        "FileSettings",
+        (Settings,),
+        {"toml_path": toml_path, "default_run": toml_path is None, "__module__": __name__},
+    )
     where = str(toml_path) if toml_path else "settings"
     try:
         settings: Settings = bound()

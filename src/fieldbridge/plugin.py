@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -65,6 +65,9 @@ class SourceType(Generic[SrcT]):
 
     settings: type[SrcT]
     build: Callable[[SrcT, Ingest], Source]
+    # Entries (settings as in a file) this type adds when fieldbridge runs without a settings
+    # file, so the default run is useful at once (e.g. an MQTT source with an embedded broker).
+    default_run: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)

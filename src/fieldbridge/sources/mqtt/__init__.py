@@ -12,9 +12,34 @@ from fieldbridge.sources.mqtt.source import MqttSource
 if TYPE_CHECKING:
     from fieldbridge.ingest import Ingest
 
+__all__ = ["MqttSettings", "MqttSource", "build"]
+
 
 def build(settings: MqttSettings, ingest: Ingest) -> MqttSource:
     return MqttSource(settings, ingest)
 
 
-register_source("mqtt", SourceType(MqttSettings, build))
+# Without a settings file: generic JSON on sensors/<device>/data and Smart Citizen Kits, on the
+# broker at 127.0.0.1:1883, or on an embedded Mosquitto when none answers there.
+DEFAULT_RUN = (
+    {
+        "name": "mqtt",
+        "topics": ["sensors/+/data"],
+        "codec": "json",
+        "codec_options": {"device_topic_segment": 1, "timestamp_path": "ts"},
+        "embedded_broker": "auto",
+    },
+    {
+        "name": "smartcitizen",
+        "topics": [
+            "device/sck/+/readings",
+            "device/sck/+/readings/raw",
+            "device/sck/+/hello",
+            "device/sck/+/info",
+        ],
+        "codec": "smartcitizen",
+        "embedded_broker": "auto",
+    },
+)
+
+register_source("mqtt", SourceType(MqttSettings, build, DEFAULT_RUN))

@@ -42,7 +42,7 @@ REFUSED = {
     132: "protocol (the broker does not speak this MQTT version)",
     133: "client_id (the broker rejects it)",
     134: "username and password",
-    135: "username, client_id and the broker's access rules",
+    135: "username and password (or the broker's access rules for this client_id)",
     138: "username (banned by the broker)",
     140: "the authentication method",
 }
@@ -121,6 +121,20 @@ class MqttSource:
         self._refused_topics: set[str] = set()
         self._rejects = 0
         self._rejects_logged = 0.0
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def reading(self) -> bool:
+        """False while the socket is not read (ingest full, or reconnecting after a failure)."""
+        return self._driver is not None and not self._driver.paused
+
+    @property
+    def in_flight(self) -> int:
+        """Messages handed to ingest and not yet answered."""
+        return self._outstanding
 
     # --- lifecycle ------------------------------------------------------------------------
 
