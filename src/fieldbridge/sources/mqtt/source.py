@@ -107,6 +107,7 @@ class MqttSource:
         self._broker: EmbeddedBroker | None = None
         self._generation = 0  # one per connection; acks of an older one are not sent
         self._connected = False
+        self._had_session = False  # a session was set up in this process's lifetime
         self._connack: asyncio.Future[tuple[ReasonCode, bool]] | None = None
         self._lost: asyncio.Future[str] | None = None
         self._subacks: dict[int, asyncio.Future[list[ReasonCode]]] = {}
@@ -244,6 +245,16 @@ class MqttSource:
             client.drop()
             raise self._refusal(reason)
         self._connected = True
+        if self._had_session and not resumed and not settings.clean_session:
+            log.warning(
+                "%s: the broker at %s did not keep the session of %s: messages published "
+                "while fieldbridge was away are lost unless the broker persists sessions "
+                "(Mosquitto: persistence true)",
+                self._where,
+                self._url,
+                settings.client_id,
+            )
+        self._had_session = True
         try:
             try:
                 await self._subscribe()
@@ -546,6 +557,8 @@ class MqttSource:
                     text += f"; another client uses client_id {self.settings.client_id!r}"
             elif reason.value == 0:
                 text = "disconnected"
+            elif reason.value == 128:  # paho's "Unspecified error": the socket closed
+                text = "connection lost"
             else:
                 text = f"connection lost ({reason})"
             self._lost.set_result(text)
