@@ -368,7 +368,7 @@ def count_readings(db: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the fast run")
-    parser.add_argument("--window", type=int, default=256, help="requests in flight")
+    parser.add_argument("--window", type=int, default=64, help="requests in flight (fast run)")
     parser.add_argument("--sensors", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=1000.0, help="paced frames/s")
     parser.add_argument("--paced-seconds", type=float, default=5.0)
