@@ -195,10 +195,11 @@ async def test_several_records_in_one_payload_make_several_messages(store: Store
 
 async def test_keyed_readings_are_stored_once_per_device(store: Store) -> None:
     def frame(*keys: str, device: str = "efento-1") -> Decoded:
+        # Keys name their instant, as the codecs' keys do: "ch1@60" is channel 1 at T0 + 60.
         return record(
             device,
             readings=[
-                Reading("temperature", 20.0 + i, T0 + i, 1, key=k) for i, k in enumerate(keys)
+                Reading("temperature", 20.0, T0 + int(k.split("@")[1]), 1, key=k) for k in keys
             ],
         )
 

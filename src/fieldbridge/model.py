@@ -18,8 +18,8 @@ class Reading:
     channel: int = 0
     unit: str | None = None
     extra: Mapping[str, Any] | None = None
-    # Natural identity within the device, e.g. "ch1@1717243200": a second reading with the
-    # same device and key (a resent frame, a redelivered message) is not stored again.
+    # Natural identity within the device and instant, e.g. "ch1@1717243200": a second reading
+    # with the same device, time and key (a resent frame, a redelivered message) is not stored.
     key: str | None = None
 
 
