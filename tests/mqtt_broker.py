@@ -155,15 +155,18 @@ def acknowledged(info: paho.MQTTMessageInfo) -> bool:
 
 
 class Publisher:
-    """Publishes numbered messages at QoS 1 from a thread; remembers which the broker acked.
+    """Publishes numbered messages (QoS 1) from a thread; remembers which the broker acked.
 
     A persistent session (fixed client id, clean session off): paho resends what the broker
     had not acknowledged after a reconnect, as a device with a real MQTT stack does.
     """
 
-    def __init__(self, port: int, topic: str, *, rate: float = 500.0, **auth: Any) -> None:
+    def __init__(
+        self, port: int, topic: str, *, rate: float = 500.0, qos: int = 1, **auth: Any
+    ) -> None:
         self.topic = topic
         self.rate = rate
+        self.qos = qos
         self._client = client(port, f"test-pub-{time.time_ns()}", clean=False, **auth)
         self._sent: list[paho.MQTTMessageInfo] = []
         self._stop = threading.Event()
@@ -171,7 +174,7 @@ class Publisher:
         self._lock = threading.Lock()
 
     def publish(self, n: int) -> None:
-        info = self._client.publish(f"{self.topic}/{n % 7}", http_json(n), qos=1)
+        info = self._client.publish(f"{self.topic}/{n % 7}", http_json(n), qos=self.qos)
         with self._lock:
             self._sent.append(info)
 

@@ -13,7 +13,7 @@ import threading
 from collections import Counter
 from types import TracebackType
 
-PUBLISH, PUBACK = 3, 4
+PUBLISH, PUBACK, PUBCOMP = 3, 4, 7
 
 
 class MqttTap:

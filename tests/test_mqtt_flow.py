@@ -18,7 +18,7 @@ from fieldbridge.store import Store, open_store, parse_store_url
 from fieldbridge.store.migrate import upgrade
 from tests.locks import sqlite_write_locked
 from tests.mqtt_broker import Mosquitto, Publisher, client
-from tests.mqtt_tap import PUBACK, MqttTap
+from tests.mqtt_tap import PUBACK, PUBCOMP, MqttTap
 
 TOPIC = "site/levels"
 
@@ -146,5 +146,43 @@ async def test_stop_answers_what_it_took(tmp_path: Path, broker: Mosquitto, stor
     assert count(db, "SELECT count(DISTINCT idem_key) FROM journal") == 500
 
 
+async def stored_count(db: Path, want: int) -> None:
+    await until(lambda: _stored(db) == want, 10, f"{want} stored messages")
+
+
 def _stored(db: Path) -> int:
     return count(db, "SELECT count(*) FROM journal")
+
+
+@pytest.mark.parametrize(("protocol", "qos"), [("5", 1), ("3.1.1", 2), ("5", 2)])
+async def test_mqtt5_and_qos2_store_everything_once(
+    tmp_path: Path, broker: Mosquitto, store: Store, protocol: str, qos: int
+) -> None:
+    """MQTT 5 and QoS 2 take paho's own path (properties, PUBREC/PUBREL/PUBCOMP)."""
+    db = tmp_path / "store.db"
+    name = f"v{protocol}-q{qos}-{time.time_ns()}"
+    with MqttTap(broker.port) as tap:
+        for first in (0, 100):  # the second connect resumes the session
+            source_settings = settings(tap.url, client_id=name, protocol=protocol, qos=qos)
+            numbers = range(first, first + 100)
+            await one_round(store, source_settings, broker.port, qos, numbers, db)
+    assert count(db, "SELECT count(DISTINCT idem_key) FROM journal") == 200
+    # QoS 1 is answered with PUBACK, QoS 2 with PUBREC and, after commit, PUBCOMP.
+    assert tap.to_broker[PUBACK if qos == 1 else PUBCOMP] >= 200
+
+
+async def one_round(
+    store: Store, source_settings: MqttSettings, port: int, qos: int, numbers: range, db: Path
+) -> None:
+    """Connect a source, publish `numbers` at `qos`, wait until they are stored, stop."""
+    async with Ingest(store) as ingest, MqttSource(source_settings, ingest) as source:
+        await until(lambda: source.connected, 10, "the connection")
+        publisher = Publisher(port, TOPIC, qos=qos)
+        try:
+            for n in numbers:
+                publisher.publish(n)
+            await asyncio.to_thread(publisher.wait_all_acked)
+        finally:
+            publisher.close()
+        await stored_count(db, numbers.stop)
+        await until(lambda: source.in_flight == 0, 10, "the answers")

@@ -146,7 +146,7 @@ class MqttSource:
         if self.settings.qos == 2:
             log.warning(
                 "%s: qos 2 is acknowledged (PUBREC) by the MQTT client before fieldbridge "
-                "commits, so a crash at that moment can lose a message; qos 1 cannot",
+                "commits, so a crash or restart at that moment can lose a message; qos 1 cannot",
                 self._where,
             )
         self._client = self._new_client()
@@ -160,11 +160,14 @@ class MqttSource:
     async def close(self) -> None:
         """Stop taking messages, answer those handed in, say offline, disconnect."""
         self._stopping = True
+        if self._driver is not None:
+            self._driver.pause()  # what is not read stays with the broker
         while self._outstanding:
             self._drained.clear()
             await self._drained.wait()
         await asyncio.sleep(0)  # let the last PUBACKs be queued
         if self._connected:
+            self._require_driver().resume()  # for the PUBACK of the offline status
             await self._say_goodbye()
         for task in (self._task, self._room_task, self._reconnect_task):
             if task is not None:
@@ -390,7 +393,7 @@ class MqttSource:
 
     def _take(self, topic: str, payload: bytes, qos: int, mid: int, retain: bool) -> None:
         """One PUBLISH: hand it to ingest; its PUBACK waits for the commit."""
-        if self._stopping:
+        if self._stopping and qos == 1:
             return  # not acknowledged: the broker sends it to the next session
         if topic == self._status_topic:
             if qos:
