@@ -3,7 +3,9 @@ lossless across SIGKILLs and broker restarts, shared subscriptions, TLS, credent
 
 from __future__ import annotations
 
+import json
 import random
+import shlex
 import subprocess
 import time
 import uuid
@@ -13,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from fieldbridge.sources.mqtt import DEFAULT_RUN
 from tests.locks import sqlite_write_locked
 from tests.mqtt_broker import Mosquitto, Publisher, retained, wait_until, watching
 from tests.mqtt_tap import MqttTap
@@ -312,3 +315,20 @@ def test_embedded_broker_uses_the_broker_present(tmp_path: Path, broker: Mosquit
         output = fb.output()
         assert f"using the MQTT broker that answers on 127.0.0.1:{broker.port}" in output
         assert "started an embedded" not in output
+
+
+def test_readme_mqtt_step_with_the_default_run_source(tmp_path: Path, broker: Mosquitto) -> None:
+    """The README's mosquitto_pub line, against the default run's "mqtt" source."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    line = next(x for x in readme.splitlines() if x.startswith("mosquitto_pub "))
+    [default] = [e for e in DEFAULT_RUN if e["name"] == "mqtt"]
+    entry = {**default, "url": broker.url, "embedded_broker": "off", "client_id": "readme"}
+    with FieldbridgeProcess(tmp_path / "fb", sources={"mqtt": [entry]}) as fb:
+        fb.start()
+        wait_subscribed(fb)
+        command = [*shlex.split(line), "-p", str(broker.port)]
+        subprocess.run(command, check=True, timeout=10)
+        device = command[command.index("-t") + 1].split("/")[1]
+        wait_until(lambda: bool(fb.query("SELECT 1 FROM readings")), 10, "the reading")
+        readings = json.loads(fb.cli("readings", "list", "--device", device, "--json").stdout)
+        assert [(r["quantity"], r["value"]) for r in readings] == [("level", 1.82)]

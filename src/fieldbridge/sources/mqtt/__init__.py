@@ -12,7 +12,7 @@ from fieldbridge.sources.mqtt.source import MqttSource
 if TYPE_CHECKING:
     from fieldbridge.ingest import Ingest
 
-__all__ = ["MqttSettings", "MqttSource", "build"]
+__all__ = ["DEFAULT_RUN", "MqttSettings", "MqttSource", "build"]
 
 
 def build(settings: MqttSettings, ingest: Ingest) -> MqttSource:

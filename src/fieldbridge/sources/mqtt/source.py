@@ -212,13 +212,19 @@ class MqttSource:
             else:
                 if self._stopping:
                     return
+                lasted = loop.time() - started
+                if lasted >= STABLE_AFTER:
+                    backoff = FIRST_RETRY
+                elif reason == "connection lost":  # e.g. another client took the session
+                    reason += (
+                        f" after {lasted:.1f} s (if this repeats, check that no other client "
+                        f"uses client_id {self.settings.client_id!r})"
+                    )
                 self._report(
                     "disconnected",
                     logging.WARNING,
                     f"{self._where}: disconnected from {self._url}: {reason}; reconnecting",
                 )
-                if loop.time() - started >= STABLE_AFTER:
-                    backoff = FIRST_RETRY
             delay = max(backoff, self._store_backoff)
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             backoff = min(backoff * 2, self.settings.max_backoff)
