@@ -22,6 +22,7 @@ from fieldbridge.model import Accepted, Outcome
 from fieldbridge.sources.coap.downlinks import DownlinkPlanner, Later
 from fieldbridge.sources.coap.settings import EfentoCoapSettings, parse_listen
 from fieldbridge.sources.coap.splits import ConfigParts, assemble, missing
+from fieldbridge.sources.coap.transport import CoapServer
 
 if TYPE_CHECKING:
     from fieldbridge.ingest import Ingest
@@ -32,19 +33,6 @@ NO_RESPONSE = 26  # RFC 7967: suppress 2.xx, 4.xx and 5.xx, i.e. answer nothing 
 TOKEN_TTL = 30.0  # seconds a device's allowed_cloud_token is trusted before a re-read
 LOG_EVERY = 60.0  # seconds between repeats of one refusal or failure in the log
 TOKEN_ATTRIBUTE = "allowed_cloud_token"
-
-
-class _Context(aiocoap.Context):  # type: ignore[misc]  # aiocoap ships no type hints
-    """aiocoap's Context handing each request straight to the source.
-
-    aiocoap's own render_to_pipe formats the request's repr() to name a task, wraps the pipe
-    to turn exceptions into error answers, and starts a task per request: together about a
-    fifth of the CPU per request at thousands of requests/s. The source answers from a
-    commit callback instead, and starts a task only when it must wait for more.
-    """
-
-    def render_to_pipe(self, pipe: Any) -> None:
-        self.serversite.handle(pipe)
 
 
 @dataclass(slots=True)
@@ -65,11 +53,12 @@ class _Frame:
 class EfentoCoapSource:
     """One [[sources.efento]]: a CoAP server for Efento NB-IoT sensors.
 
-    aiocoap hands every request to `handle` (this object is the server "site"): routing four
-    fixed paths needs no Site tree, and no blockwise assembly (a sensor splits large
-    configurations itself, field 44). CON requests are answered piggy-backed, so each answer
-    must leave within aiocoap's EMPTY_ACK_DELAY (0.1 s): it waits for one ingest commit and,
-    only for devices with downlinks or an unknown hash, a store look-up or transaction.
+    The message layer (transport.py) hands every request to `handle`: routing four fixed
+    paths needs no Site tree, and no blockwise assembly (a sensor splits large configurations
+    itself, field 44). CON requests are always answered piggy-backed, so answers should be
+    fast: each waits for one ingest commit and, only for devices with downlinks or an unknown
+    hash, a store look-up or transaction. A late answer is still piggy-backed; the sensor's
+    retransmission in the meantime is ignored, and one after the answer gets it again.
     """
 
     def __init__(self, settings: EfentoCoapSettings, ingest: Ingest) -> None:
@@ -91,7 +80,7 @@ class EfentoCoapSource:
         self._parts = ConfigParts(settings.split_timeout)
         self._allowed: dict[str, tuple[str | None, float]] = {}  # serial -> token, read at
         self._logged: dict[str, float] = {}  # what was logged when, for rate limiting
-        self._context: Any = None
+        self._server: CoapServer | None = None
         self._outstanding = 0
         self._drained = asyncio.Event()
         self._closing = False
@@ -106,9 +95,7 @@ class EfentoCoapSource:
         except StoreError as exc:
             log.warning("%s: downlink queue not readable yet: %s", self._where, exc)
         try:
-            self._context = await _Context.create_server_context(
-                self, bind=(host, port), transports=["udp6"], loggername="fieldbridge.coap"
-            )
+            self._server = await CoapServer.listen(host, port, self.handle)
         except OSError as exc:
             raise ConfigError(
                 f"{self._where}.listen {self.settings.listen}: cannot listen on UDP: {exc}"
@@ -132,14 +119,14 @@ class EfentoCoapSource:
             self._drained.clear()
             await self._drained.wait()
         await self.planner.stop()
-        if self._context is not None:
-            await self._context.shutdown()
+        if self._server is not None:
+            await self._server.close()
         log.info("%s: stopped", self._where)
 
     # --- requests ---------------------------------------------------------------------------
 
     def handle(self, pipe: Any) -> None:
-        """Take one request from aiocoap; answer it now or once its frame is committed."""
+        """Take one request; answer it now or once its frame is committed."""
         request = pipe.request
         frame: _Frame | None = None
         try:
@@ -163,7 +150,7 @@ class EfentoCoapSource:
                 self._answer(frame, Code.INTERNAL_SERVER_ERROR, b"")
 
     def _spawn(self, frame: _Frame, work: Coroutine[Any, Any, None]) -> None:
-        """Finish a frame in a task; aiocoap cancels it if the exchange is dropped."""
+        """Finish a frame in a task; it is cancelled if the socket closes first."""
         task = asyncio.create_task(work, name="efento-frame")
         frame.pipe.on_interest_end(task.cancel)
         task.add_done_callback(lambda _: self._forget(frame))
