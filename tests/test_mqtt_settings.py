@@ -13,8 +13,8 @@ from fieldbridge.config import load_settings
 from fieldbridge.errors import ConfigError
 from fieldbridge.sources.mqtt import MqttSettings
 from fieldbridge.sources.mqtt.broker import broker_config
+from fieldbridge.sources.mqtt.client import tls_context
 from fieldbridge.sources.mqtt.settings import Endpoint, parse_url
-from fieldbridge.sources.mqtt.source import tls_context
 
 
 @pytest.fixture(autouse=True)

@@ -18,6 +18,8 @@ import signal
 from pathlib import Path
 from types import TracebackType
 
+from fieldbridge.sources.mqtt.settings import Endpoint
+
 log = logging.getLogger("fieldbridge.sources.mqtt")
 
 STATE_DIR = Path("var/mosquitto")  # next to the default store, var/fieldbridge.db
@@ -139,3 +141,52 @@ class EmbeddedBroker:
         except TimeoutError:
             process.kill()
             await process.wait()
+
+
+async def start_if_absent(endpoint: Endpoint, where: str) -> EmbeddedBroker | None:
+    """embedded_broker = "auto": a started Mosquitto, or None when one answers (or cannot run).
+
+    Every outcome is logged, so the startup log says which broker is used.
+    """
+    address = f"{endpoint.host}:{endpoint.port}"
+    if endpoint.tls or not endpoint.loopback:
+        log.info(
+            "%s: embedded_broker = auto starts a broker only for mqtt:// on this machine; "
+            "using the one at %s",
+            where,
+            address,
+        )
+        return None
+    if await answers(endpoint.host, endpoint.port):
+        log.info("%s: using the MQTT broker that answers on %s", where, address)
+        return None
+    binary = find_mosquitto()
+    if binary is None:
+        log.error(
+            "%s: no MQTT broker answers on %s and mosquitto is not installed to start one; "
+            "install it (apt install mosquitto / brew install mosquitto) or point %s.url at a "
+            "broker",
+            where,
+            address,
+            where,
+        )
+        return None
+    broker = EmbeddedBroker(endpoint.host, endpoint.port, binary)
+    try:
+        await broker.__aenter__()
+    except OSError as exc:
+        if await answers(endpoint.host, endpoint.port):  # another process was quicker
+            log.info("%s: using the MQTT broker that now answers on %s", where, address)
+        else:
+            log.error("%s: could not start the embedded broker: %s", where, exc)
+        return None
+    log.info(
+        "%s: no MQTT broker answered on %s; started an embedded Mosquitto (%s, pid %s, state "
+        "in %s) that stops with fieldbridge",
+        where,
+        address,
+        binary,
+        broker.pid,
+        broker.state_dir,
+    )
+    return broker

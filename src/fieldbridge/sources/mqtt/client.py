@@ -35,6 +35,9 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode, MQTTProtocolVersion
 
+from fieldbridge.errors import ConfigError
+from fieldbridge.sources.mqtt.settings import MqttSettings
+
 READ_CHUNK = 256 * 1024
 MISC_EVERY = 1.0  # seconds between paho's keepalive checks (PINGREQ, ping timeout)
 PUBACK = struct.Struct("!BBH")  # fixed header 0x40, remaining length 2, packet id
@@ -48,6 +51,30 @@ PublishHandler = Callable[[str, bytes, int, int, bool], None]
 def puback(mid: int) -> bytes:
     """The 4-byte PUBACK of packet id `mid` (MQTT 3.1.1, and MQTT 5's success short form)."""
     return PUBACK.pack(PUBACK_COMMAND, 2, mid)
+
+
+def tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
+    """The TLS context of an mqtts:// url, or a ConfigError naming the file at fault."""
+    if not settings.endpoint.tls:
+        return None
+    where = settings.where
+    try:
+        context = ssl.create_default_context(cafile=settings.ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"{where}.ca_file {settings.ca_file}: not a CA certificate: {exc}"
+        ) from None
+    if settings.cert_file:
+        try:
+            context.load_cert_chain(settings.cert_file, settings.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"{where}.cert_file/key_file: cannot load the client certificate and key: {exc}"
+            ) from None
+    if settings.tls_insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def open_socket(host: str, port: int, tls: ssl.SSLContext | None, timeout: float) -> socket.socket:

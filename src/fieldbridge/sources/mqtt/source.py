@@ -17,10 +17,16 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from fieldbridge.errors import ConfigError, StoreError
+from fieldbridge.errors import StoreError
 from fieldbridge.model import Outcome, Rejected
-from fieldbridge.sources.mqtt.broker import EmbeddedBroker, answers, find_mosquitto
-from fieldbridge.sources.mqtt.client import FastClient, LoopDriver, open_socket, puback
+from fieldbridge.sources.mqtt.broker import EmbeddedBroker, start_if_absent
+from fieldbridge.sources.mqtt.client import (
+    FastClient,
+    LoopDriver,
+    open_socket,
+    puback,
+    tls_context,
+)
 from fieldbridge.sources.mqtt.settings import MqttSettings
 
 if TYPE_CHECKING:
@@ -55,30 +61,6 @@ class ConnectFailed(Exception):
         super().__init__(message)
         self.state = state
         self.level = level
-
-
-def tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
-    """The TLS context of an mqtts:// url, or a ConfigError naming the file at fault."""
-    if not settings.endpoint.tls:
-        return None
-    where = settings.where
-    try:
-        context = ssl.create_default_context(cafile=settings.ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(
-            f"{where}.ca_file {settings.ca_file}: not a CA certificate: {exc}"
-        ) from None
-    if settings.cert_file:
-        try:
-            context.load_cert_chain(settings.cert_file, settings.key_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(
-                f"{where}.cert_file/key_file: cannot load the client certificate and key: {exc}"
-            ) from None
-    if settings.tls_insecure:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 class MqttSource:
@@ -142,7 +124,7 @@ class MqttSource:
     async def __aenter__(self) -> MqttSource:
         self._loop = asyncio.get_running_loop()
         if self.settings.embedded_broker == "auto":
-            self._broker = await self._start_broker()
+            self._broker = await start_if_absent(self.settings.endpoint, self._where)
         if self.settings.qos == 2:
             log.warning(
                 "%s: qos 2 is acknowledged (PUBREC) by the MQTT client before fieldbridge "
@@ -589,53 +571,6 @@ class MqttSource:
         waiter = self._published.pop(mid, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-
-    # --- the embedded broker -------------------------------------------------------------------
-
-    async def _start_broker(self) -> EmbeddedBroker | None:
-        endpoint = self.settings.endpoint
-        address = f"{endpoint.host}:{endpoint.port}"
-        if endpoint.tls or not endpoint.loopback:
-            log.info(
-                "%s: embedded_broker = auto starts a broker only for mqtt:// on this machine; "
-                "using %s",
-                self._where,
-                self._url,
-            )
-            return None
-        if await answers(endpoint.host, endpoint.port):
-            log.info("%s: using the MQTT broker that answers on %s", self._where, address)
-            return None
-        binary = find_mosquitto()
-        if binary is None:
-            log.error(
-                "%s: no MQTT broker answers on %s and mosquitto is not installed to start "
-                "one; install it (apt install mosquitto / brew install mosquitto) or point "
-                "%s.url at a broker",
-                self._where,
-                address,
-                self._where,
-            )
-            return None
-        broker = EmbeddedBroker(endpoint.host, endpoint.port, binary)
-        try:
-            await broker.__aenter__()
-        except OSError as exc:
-            if await answers(endpoint.host, endpoint.port):
-                log.info("%s: using the MQTT broker that now answers on %s", self._where, address)
-            else:
-                log.error("%s: could not start the embedded broker: %s", self._where, exc)
-            return None
-        log.info(
-            "%s: no MQTT broker answered on %s; started an embedded Mosquitto (%s, pid %s, "
-            "state in %s) that stops with fieldbridge",
-            self._where,
-            address,
-            binary,
-            broker.pid,
-            broker.state_dir,
-        )
-        return broker
 
     # --- small helpers ---------------------------------------------------------------------
 
