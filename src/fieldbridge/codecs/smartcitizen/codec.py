@@ -106,11 +106,14 @@ class SmartCitizenCodec:
             raise DecodeError(f'readings: "data" is missing or empty; send e.g. {EXAMPLE}')
         readings: list[Reading] = []
         identity: list[str] = []
+        first_at = 0.0
         # Places ("data[0].sensors[1]") are spelled out only for a refusal: this is the hot path.
         for index, item in enumerate(items):
             if type(item) is not dict:
                 raise DecodeError(f"data[{index}]: must be an object with recorded_at and sensors")
             at = _recorded_at(item.get("recorded_at"), index, received_at)
+            if not index:
+                first_at = at
             sensors = item.get("sensors")
             if type(sensors) is not list:
                 raise DecodeError(f"data[{index}].sensors: required, a list of {{id, value}}")
@@ -127,7 +130,7 @@ class SmartCitizenCodec:
                 except _Refused as refused:
                     raise DecodeError(f"data[{index}].sensors[{number}].{refused}") from None
             identity.append(";".join(r.key or "" for r in readings[first:]) or stamp)
-        return self._message(token, tuple(readings), _key(token, identity))
+        return self._message(token, tuple(readings), _key(token, first_at, identity))
 
     def _raw(self, token: str, text: str, received_at: float) -> Decoded:
         raw = parse_raw(text)
@@ -138,7 +141,7 @@ class SmartCitizenCodec:
         except _Refused as refused:  # the grammar admits only digits: an id out of range
             raise DecodeError(f"raw readings: {refused}") from None
         identity = [";".join(r.key or "" for r in readings) or stamp]
-        return self._message(token, readings, _key(token, identity))
+        return self._message(token, readings, _key(token, at, identity))
 
     def _reading(self, sid: object, value: object, at: float, stamp: str) -> Reading:
         number, extra = _value(value)
@@ -230,7 +233,11 @@ def _value(value: object) -> tuple[float | None, dict[str, Any] | None]:
     raise _Refused(f"value: must be a number or text, got {kind.__name__}")
 
 
-def _key(token: str, identity: list[str]) -> str:
-    """The message's idempotency key: the kit and what it measured when (device+time+sensors)."""
+def _key(token: str, at: float, identity: list[str]) -> str:
+    """The message's idempotency key: the kit and what it measured when (device+time+sensors).
+
+    Kit, then time, then the digest: a kit's new keys sort after its earlier ones, so a commit
+    appends to the key index instead of touching a random page per message.
+    """
     digest = hashlib.blake2b("|".join(identity).encode(), digest_size=12).hexdigest()
-    return f"{token}/{digest}"
+    return f"{token}/{int(at):011d}/{digest}"
