@@ -52,6 +52,7 @@ def service(tmp_path: Path, kit_token: str) -> Iterator[tuple[FieldbridgeProcess
         "url": f"mqtt://{BROKER[0]}:{BROKER[1]}",
         "client_id": f"fieldbridge-e2e-{kit_token}",
         "clean_session": True,  # leave no session behind on the shared broker
+        "status_topic": "",  # nor a retained status message
         "topics": [f"device/sck/{kit_token}/#", f"device/sck/{stranger}/hello"],
         "qos": 1,
         "codec": "smartcitizen",
