@@ -10,9 +10,8 @@ import typer
 
 from fieldbridge.cli.context import with_store
 from fieldbridge.cli.output import console, fail, print_json, print_table
-from fieldbridge.codecs.efento import encode_config
+from fieldbridge.codecs.efento import changes_configuration, encode_config
 from fieldbridge.model import Device, Downlink
-from fieldbridge.sources.coap.downlinks import changes_configuration
 from fieldbridge.store import Store
 from fieldbridge.timefmt import iso
 

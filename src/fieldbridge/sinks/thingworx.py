@@ -27,7 +27,6 @@ from fieldbridge.sinks.base import Destination
 from fieldbridge.sinks.http_errors import check_response, transport_failure
 from fieldbridge.sinks.thingworx_calls import (
     MEASUREMENT,
-    changes_settings,
     remote_configuration,
     render_call,
 )
@@ -216,7 +215,7 @@ class ThingWorxDestination(Destination):
             "message_id": entry.id,
             "fields": fields,
             # Requests alone (send /i, send /c, ...) leave the configuration hash as it is.
-            "expect_hash_change": changes_settings(payload),
+            "expect_hash_change": efento.changes_configuration(payload),
         }
         return _Downlink(entry.device, payload, meta)
 

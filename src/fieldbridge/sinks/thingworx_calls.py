@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 from fieldbridge.codecs import efento
 from fieldbridge.codecs.efento import Endpoint, endpoint_of
-from fieldbridge.codecs.efento.proto.config_pb2 import ProtoConfig
 from fieldbridge.errors import DecodeError
 from fieldbridge.model import JournalEntry
 
@@ -29,7 +28,6 @@ ROLES: dict[Endpoint, Role] = {"m": MEASUREMENT, "c": CONFIGURATION, "i": DEVICE
 NOT_CONFIGURATION = frozenset({"serialNumber", "flag"})
 # Set by the Efento source on a /c message it assembled from the parts of a split upload.
 SPLIT_PARTS = "split_parts"
-REQUEST_SUFFIX = "_request"  # ProtoConfig's one-shot requests: device_info_request, ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,13 +103,6 @@ def remote_configuration(body: bytes) -> dict[str, Any] | None:
         return None
     fields = {k: v for k, v in remote.items() if k not in NOT_CONFIGURATION and v is not None}
     return fields or None
-
-
-def changes_settings(downlink: bytes) -> bool:
-    """Whether a ProtoConfig downlink sets a setting, not only requests (names *_request) and
-    the clock; only a setting changes the sensor's configuration hash."""
-    fields = ProtoConfig.FromString(downlink).ListFields()
-    return any(not f.name.endswith(REQUEST_SUFFIX) and f.name != "current_time" for f, _ in fields)
 
 
 def _unwrap_infotable(data: object) -> object:

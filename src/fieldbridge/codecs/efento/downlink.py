@@ -11,6 +11,7 @@ from typing import Any
 
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.json_format import ParseDict, ParseError
+from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from fieldbridge.codecs.efento.proto.config_pb2 import (
     ProtoBleAdvertisingPeriod,
@@ -367,3 +368,35 @@ def encode_config(fields: Mapping[str, Any]) -> bytes:
     except ParseError as exc:  # the checks above should make this unreachable
         raise ValueError(f"configuration does not fit ProtoConfig: {exc}") from None
     return config.SerializeToString(deterministic=True)
+
+
+# ProtoConfig fields that ask for something or set the clock; they leave the configuration
+# (and so its hash) as it is. Every other field changes the configuration.
+REQUEST_FIELDS = frozenset(
+    {
+        "device_info_request",
+        "configuration_request",
+        "extended_configuration_request",
+        "update_software_request",
+        "clear_runtime_errors_request",
+        "reset_memory_request",
+        "restart_memory_stats_request",
+        "disable_modem_request",
+        "update_modem_request",
+        "data_transfer_start_timestamp_request",
+        "set_output_control_state_request",
+        "calibration_parameters_request",
+        "accept_without_testing_request",
+        "current_time",
+    }
+)
+
+
+def changes_configuration(payload: bytes) -> bool:
+    """Whether a ProtoConfig downlink sets a setting (so the sensor's hash will change)."""
+    config = ProtoConfig()
+    try:
+        config.ParseFromString(payload)
+    except ProtobufDecodeError:
+        return False
+    return any(field.name not in REQUEST_FIELDS for field, _ in config.ListFields())

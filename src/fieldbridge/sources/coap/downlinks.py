@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
-from fieldbridge.codecs.efento import encode_config
+from fieldbridge.codecs.efento import changes_configuration, encode_config
 from fieldbridge.codecs.efento.proto.config_pb2 import ProtoConfig
 from fieldbridge.errors import StoreError
 from fieldbridge.model import Downlink
@@ -33,38 +33,6 @@ LATER = Later()
 class _Hash:
     value: int | None  # None: no /c stored yet
     read_at: float
-
-
-# ProtoConfig fields that ask for something or set the clock; they leave the configuration
-# (and so its hash) as it is. Every other field changes the configuration.
-REQUEST_FIELDS = frozenset(
-    {
-        "device_info_request",
-        "configuration_request",
-        "extended_configuration_request",
-        "update_software_request",
-        "clear_runtime_errors_request",
-        "reset_memory_request",
-        "restart_memory_stats_request",
-        "disable_modem_request",
-        "update_modem_request",
-        "data_transfer_start_timestamp_request",
-        "set_output_control_state_request",
-        "calibration_parameters_request",
-        "accept_without_testing_request",
-        "current_time",
-    }
-)
-
-
-def changes_configuration(payload: bytes) -> bool:
-    """Whether a ProtoConfig downlink sets a setting (so the sensor's hash will change)."""
-    config = ProtoConfig()
-    try:
-        config.ParseFromString(payload)
-    except ProtobufDecodeError:
-        return False
-    return any(field.name not in REQUEST_FIELDS for field, _ in config.ListFields())
 
 
 def merge_configs(payloads: Sequence[bytes]) -> bytes:
