@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.processes import FieldbridgeProcess
+from tests.processes import FIELDBRIDGE, FieldbridgeProcess
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -81,3 +81,17 @@ def test_online_sqlite_backup_while_serving(tmp_path: Path) -> None:
             timeout=10,
         )
         assert answer.json() == {"ids": [201], "duplicates": 0}
+
+
+def test_readme_settings_snippets_are_valid(tmp_path: Path) -> None:
+    """Every TOML block of the README is a settings file `config check` accepts."""
+    blocks = re.findall(r"^```toml\n(.*?)^```", README.read_text(), re.S | re.M)
+    assert blocks, "README.md has no TOML example"
+    for index, block in enumerate(blocks):
+        path = tmp_path / f"readme-{index}.toml"
+        path.write_text(block)
+        checked = subprocess.run(
+            [FIELDBRIDGE, "--config", str(path), "config", "check"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert checked.returncode == 0, f"README TOML block {index}: {checked.stderr}"
