@@ -103,6 +103,7 @@ class SinkRunner:
     async def _loop(self) -> None:
         self._cursor = (await self._store.sink_state(self.name)).cursor
         self._dead_letters = await self._store.count_dead_letters(self.name)
+        await self._measure_lag(force=True)  # the lag gauges have a value from the start
         while not self._stopping:
             stored = await self._store.sink_state(self.name)
             if stored.replay_from is not None:  # read first: taking it is a write
@@ -126,6 +127,8 @@ class SinkRunner:
                 await self._measure_lag(force=False)
                 await self._idle()
                 continue
+            if self.state != "running":  # health says what the sink is doing while it sends
+                await self._set_state("running", None)
             await self._deliver(entries)
             self._cursor = entries[-1].id
             await self._set_state("running", None, cursor=self._cursor)
