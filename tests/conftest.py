@@ -6,11 +6,16 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import hypothesis  # noqa: F401  imported while only one thread runs (see below)
 import psycopg
 import pytest
 
 from fieldbridge.store import Store, open_store, parse_store_url
 from fieldbridge.store.migrate import upgrade
+
+# Hypothesis' pytest plugin imports hypothesis lazily, at the end of a run that used none of it,
+# when test threads may be alive; CPython 3.11's ast module (pytest rewrites hypothesis' modules)
+# then fails with "AST constructor recursion depth mismatch". The import above avoids that.
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 TABLES = "journal, readings, devices, sink_state, dead_letters, quarantine, downlinks"

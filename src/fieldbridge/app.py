@@ -32,7 +32,8 @@ SINK_STOP_GRACE = 3.0  # seconds a sink may take to finish a send at shutdown
 
 async def migrate(settings: Settings) -> list[str]:
     """Bring the store's schema to the newest revision."""
-    return await asyncio.to_thread(upgrade, parse_store_url(settings.store.url))
+    url = parse_store_url(settings.store.url)
+    return await asyncio.to_thread(upgrade, url, busy_timeout_ms=settings.store.busy_timeout_ms)
 
 
 def build_store(settings: Settings) -> Store:

@@ -134,16 +134,19 @@ def db_migrate(ctx: typer.Context, json_out: JsonFlag = False) -> None:
     """Apply pending schema migrations (run also does this at start)."""
     settings: Settings = settings_of(ctx)
     url = parse_store_url(settings.store.url)
+    wait = settings.store.busy_timeout_ms
 
     async def go() -> list[str]:
-        pending = await asyncio.to_thread(pending_revisions, url)
+        pending = await asyncio.to_thread(pending_revisions, url, busy_timeout_ms=wait)
         if not pending or json_out or not sys.stderr.isatty():
-            return await asyncio.to_thread(upgrade, url)
+            return await asyncio.to_thread(upgrade, url, busy_timeout_ms=wait)
         with Progress(
             TextColumn("migrating"), BarColumn(), MofNCompleteColumn(), console=console
         ) as bar:
             task = bar.add_task("migrate", total=len(pending))
-            return await asyncio.to_thread(upgrade, url, lambda _: bar.advance(task))
+            return await asyncio.to_thread(
+                upgrade, url, lambda _: bar.advance(task), busy_timeout_ms=wait
+            )
 
     applied = run_async(go())
     if json_out:

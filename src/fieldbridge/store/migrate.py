@@ -13,6 +13,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from fieldbridge.errors import StoreError
+from fieldbridge.store.sqlite import ensure_wal
 from fieldbridge.store.urls import StoreUrl, mask_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -24,38 +25,48 @@ def _config() -> Config:
     return cfg
 
 
-def _engine(url: StoreUrl) -> sa.Engine:
-    if url.sqlite_path is not None:
-        url.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url.sqlalchemy_url, poolclass=sa.pool.NullPool)
-    if url.sqlite_path is not None:
-        _transactional_sqlite_ddl(engine)
+def _engine(url: StoreUrl, *, ddl: bool, busy_timeout_ms: int) -> sa.Engine:
+    """An engine for reading the revision (`ddl=False`: takes no lock) or for migrating."""
+    if url.sqlite_path is None:
+        return sa.create_engine(url.sqlalchemy_url, poolclass=sa.pool.NullPool)
+    url.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(
+        url.sqlalchemy_url,
+        poolclass=sa.pool.NullPool,
+        connect_args={"timeout": busy_timeout_ms / 1000},
+    )
+    if ddl:
+        _transactional_sqlite_ddl(engine, url.sqlite_path, busy_timeout_ms / 1000)
     return engine
 
 
-def _transactional_sqlite_ddl(engine: sa.Engine) -> None:
+def _transactional_sqlite_ddl(engine: sa.Engine, path: Path, wal_within: float) -> None:
     """Run each migration as one SQLite transaction, DDL included.
 
     pysqlite only begins a transaction before DML, so every CREATE TABLE committed on its own
     and a crash during the first start left half a schema that no later start could migrate.
     This is SQLAlchemy's documented recipe for taking transaction control from the driver;
     IMMEDIATE makes a second process that migrates at the same time wait, then find it done.
+    The database is switched to WAL before anything else, so that a write lock held by another
+    process (a backup, the service) never blocks readers, from the very first start.
     """
 
     @sa.event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, connection_record: Any) -> None:
         dbapi_connection.isolation_level = None
+        # WAL is kept in the file: set here, every later opener of the database finds it.
+        ensure_wal(dbapi_connection, path, wal_within)
 
     @sa.event.listens_for(engine, "begin")
     def _begin(conn: sa.Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def pending_revisions(url: StoreUrl) -> list[str]:
-    """Revisions not yet applied, oldest first."""
+def pending_revisions(url: StoreUrl, *, busy_timeout_ms: int = 5000) -> list[str]:
+    """Revisions not yet applied, oldest first. A plain read: it waits for no writer."""
     script = ScriptDirectory.from_config(_config())
     try:
-        with _engine(url).connect() as conn:
+        with _engine(url, ddl=False, busy_timeout_ms=busy_timeout_ms).connect() as conn:
             current = MigrationContext.configure(conn).get_current_revision()
     except sa.exc.DBAPIError as exc:
         raise _unreachable(url, exc) from exc
@@ -68,8 +79,19 @@ def _unreachable(url: StoreUrl, exc: sa.exc.DBAPIError) -> StoreError:
     return StoreError(f"cannot migrate the store {mask_url(url.url)}: {reason}")
 
 
-def upgrade(url: StoreUrl, on_step: Callable[[str], None] | None = None) -> list[str]:
-    """Apply every pending revision; call on_step after each. Return what was applied."""
+def upgrade(
+    url: StoreUrl,
+    on_step: Callable[[str], None] | None = None,
+    *,
+    busy_timeout_ms: int = 5000,
+) -> list[str]:
+    """Apply every pending revision; call on_step after each. Return what was applied.
+
+    An up-to-date store is only read, so every CLI command (each migrates first) works beside
+    another process holding the write lock; the write lock is taken only to migrate.
+    """
+    if not pending_revisions(url, busy_timeout_ms=busy_timeout_ms):
+        return []
     applied: list[str] = []
 
     def step(**kwargs: Any) -> None:
@@ -81,7 +103,7 @@ def upgrade(url: StoreUrl, on_step: Callable[[str], None] | None = None) -> list
     cfg = _config()
     cfg.attributes["on_version_apply"] = step
     try:
-        with _engine(url).begin() as conn:
+        with _engine(url, ddl=True, busy_timeout_ms=busy_timeout_ms).begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
     except sa.exc.DBAPIError as exc:

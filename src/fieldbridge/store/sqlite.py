@@ -6,6 +6,7 @@ import asyncio
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -19,23 +20,27 @@ T = TypeVar("T")
 log = logging.getLogger("fieldbridge.store")
 
 CHECKPOINT_EVERY = 0.25  # seconds between background WAL checkpoints
+# WAL is a property of the file, kept across connections: migrations set it when they create
+# the database (store/migrate.py), and the writer checks it. A file still in rollback-journal
+# mode lets another process's write lock block every reader, the CLI included.
+WAL_PRAGMA = "PRAGMA journal_mode=WAL"
 
 
 class _Worker:
     """A sqlite3 connection owned by one thread; calls hop onto that thread."""
 
-    def __init__(self, path: Path, pragmas: list[str], name: str) -> None:
+    def __init__(
+        self, path: Path, pragmas: list[str], name: str, *, wal_within: float | None = None
+    ) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._conn: sqlite3.Connection | None = None
         self._path = path
         self._pragmas = pragmas
+        self._wal_within = wal_within
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
-            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-            for pragma in self._pragmas:
-                conn.execute(pragma)
-            self._conn = conn
+            self._conn = open_connection(self._path, self._pragmas, wal_within=self._wal_within)
         return self._conn
 
     async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -78,17 +83,19 @@ class SqliteDatabase:
 
     def __init__(self, path: Path, *, synchronous: str = "full", busy_timeout_ms: int = 5000):
         path.parent.mkdir(parents=True, exist_ok=True)
+        # busy_timeout comes first: every later pragma may wait for another process's lock.
         common = [f"PRAGMA busy_timeout={int(busy_timeout_ms)}"]
         writer_pragmas = [
-            "PRAGMA journal_mode=WAL",
+            *common,
             f"PRAGMA synchronous={synchronous.upper()}",
             # Checkpoints run on a thread of their own (_Checkpointer), outside ingest commits;
             # this one, inside a commit, is only the safety net for a WAL past ~128 MiB.
             "PRAGMA wal_autocheckpoint=32000",
-            *common,
         ]
         self.path = path
-        self._writer = _Worker(path, writer_pragmas, "fieldbridge-sqlite-writer")
+        self._writer = _Worker(
+            path, writer_pragmas, "fieldbridge-sqlite-writer", wal_within=busy_timeout_ms / 1000
+        )
         self._reader = _Worker(path, [*common, "PRAGMA query_only=ON"], "fieldbridge-sqlite-reader")
         self._write_lock = asyncio.Lock()
         self._checkpointer = _Checkpointer(path, common) if synchronous != "off" else None
@@ -139,9 +146,7 @@ class _Checkpointer:
             while not self._stop.wait(CHECKPOINT_EVERY):
                 try:
                     if conn is None:
-                        conn = sqlite3.connect(self._path, isolation_level=None)
-                        for pragma in self._pragmas:
-                            conn.execute(pragma)
+                        conn = open_connection(self._path, self._pragmas)
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 except sqlite3.Error as exc:  # the writer's safety net still checkpoints
                     log.debug("background checkpoint skipped: %s", exc)
@@ -152,6 +157,47 @@ class _Checkpointer:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def open_connection(
+    path: Path, pragmas: list[str], *, wal_within: float | None = None
+) -> sqlite3.Connection:
+    """A connection with its pragmas applied (and the file in WAL, given `wal_within`), or none
+    at all: one whose set-up fails is closed, so it holds no lock while the caller retries.
+    """
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        for pragma in pragmas:
+            conn.execute(pragma)
+        if wal_within is not None:
+            ensure_wal(conn, path, wal_within)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def ensure_wal(conn: sqlite3.Connection, path: Path, within: float) -> None:
+    """Switch the database file to WAL unless it already is (a plain read, no lock).
+
+    The switch takes an exclusive lock, and SQLite does not call the busy handler for it while
+    another connection holds the write lock (it could deadlock), so it is retried here until
+    `within` seconds have passed, as busy_timeout would.
+    """
+    deadline = time.monotonic() + within
+    while str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+        try:
+            mode = str(conn.execute(WAL_PRAGMA).fetchone()[0]).lower()
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+            continue
+        if mode != "wal":
+            raise sqlite3.OperationalError(
+                f"cannot switch {path} to WAL (journal_mode stays {mode}); keep the "
+                "database on a local file system that supports shared memory"
+            )
 
 
 def _run_plan(conn: sqlite3.Connection, plan: Plan[T]) -> T:
