@@ -9,7 +9,8 @@ loop_write, loop_misc and the socket callbacks, as aiomqtt does), so a message g
 socket to ingest without a thread handoff.
 
 Private paho 2.x hooks are overridden, each for a measured reason (see the numbers in
-docs/benchmarks.md):
+docs/benchmarks.md); paho_private.py lists every private paho name used here and checks them
+each time a FastClient is built, so a paho upgrade fails at start, not in the field:
   * `_sock_recv` reads 256 KiB at a time and serves paho's 1-byte header reads from that
     buffer; stock paho makes three recv() system calls per message.
   * `_packet_read` takes a whole MQTT 3.1.1 PUBLISH at QoS 0 or 1 straight from that buffer
@@ -36,6 +37,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode, MQTTProtocolVersion
 
 from fieldbridge.errors import ConfigError
+from fieldbridge.sources.mqtt.paho_private import require_compatible
 from fieldbridge.sources.mqtt.settings import MqttSettings
 
 READ_CHUNK = 256 * 1024
@@ -96,6 +98,7 @@ class FastClient(paho.Client):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        require_compatible(self)  # before our own names are set: they must not be paho's
         self._rbuf = b""
         self._rpos = 0
         self._prepared: socket.socket | None = None
