@@ -331,7 +331,13 @@ class Stock:
 class Ours:
     """fieldbridge's FastClient on a Unix socket of the same listener, driven by LoopDriver."""
 
-    def __init__(self, protocol: MQTTProtocolVersion, path: Path, listener: socket.socket) -> None:
+    def __init__(
+        self,
+        protocol: MQTTProtocolVersion,
+        path: Path,
+        listener: socket.socket,
+        keepalive: int = 60,
+    ) -> None:
         self.seen = Seen()
         self.client = FastClient(
             CallbackAPIVersion.VERSION2,
@@ -348,7 +354,7 @@ class Ours:
         self.broker, _ = listener.accept()
         self.broker.setblocking(False)
         self.client.use_socket(self.sock)
-        self.client.connect_async("broker.invalid", 1883, keepalive=60)
+        self.client.connect_async("broker.invalid", 1883, keepalive=keepalive)
         self.client.reconnect()
 
     async def pump(self) -> None:
@@ -422,9 +428,9 @@ async def compare(scenario: Scenario) -> Seen:
             assert ours.client._in_messages.keys() == stock.client._in_messages.keys()
             # Acknowledge as the MQTT source does: QoS 1 PUBACKs of one commit as one write.
             acked = stock.seen.delivered
-            ours.client.queue_pubacks(
-                b"".join(puback(mid) for _, _, qos, mid, _ in acked if qos == 1)
-            )
+            pubacks = b"".join(puback(mid) for _, _, qos, mid, _ in acked if qos == 1)
+            if pubacks:
+                ours.client.queue_pubacks(pubacks)
             for _, _, qos, mid, _ in acked:
                 if qos == 1:
                     stock.client.ack(mid, 1)
@@ -476,3 +482,34 @@ def test_whole_publishes_are_taken_by_our_parser() -> None:
     # All but the first through on_publish_packet: paho's 1-byte read of the first packet's
     # type is what fills our buffer, so that packet is parsed by paho.
     assert seen.detail[1:].count(None) == 49
+
+
+async def wait_for_bytes(sock: socket.socket, wanted: bytes, what: str) -> None:
+    """Poll the broker's side until the client wrote `wanted` (and nothing else)."""
+    deadline, got = time.monotonic() + DEADLINE, b""
+    while got != wanted:
+        assert time.monotonic() < deadline, f"no {what} from the client (got {got!r})"
+        await asyncio.sleep(0.02)
+        got += received(sock)
+
+
+async def test_keepalive_pings_and_drops_a_silent_broker() -> None:
+    # paho's keepalive through our overrides and LoopDriver's loop_misc tick: a PINGREQ after
+    # `keepalive` quiet seconds, the connection kept while PINGRESPs come, dropped when not.
+    with listening() as (path, listener):
+        ours = Ours(V311, path, listener, keepalive=1)
+        lost = asyncio.get_running_loop().create_future()
+        ours.client.on_disconnect = lambda *args: lost.done() or lost.set_result(args[3])
+        try:
+            await ours.pump()
+            received(ours.broker)  # CONNECT
+            await ours.feed(CONNACK[V311])
+            await wait_for_bytes(ours.broker, b"\xc0\x00", "first PINGREQ")
+            await ours.feed(b"\xd0\x00")  # PINGRESP
+            assert not pinging(ours.client)
+            await wait_for_bytes(ours.broker, b"\xc0\x00", "second PINGREQ")
+            assert ours.client.is_connected() and not lost.done()
+            reason = await asyncio.wait_for(lost, DEADLINE)  # no PINGRESP this time
+            assert reason.is_failure
+        finally:
+            ours.close()
