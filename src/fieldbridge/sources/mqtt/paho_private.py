@@ -99,6 +99,7 @@ OWN_NAMES = (  # FastClient adds these; if paho had them, we would overwrite pah
     "_rbuf",
     "_rpos",
     "_prepared",
+    "_take_publish",
     "on_publish_packet",
     "use_socket",
     "buffered",
