@@ -20,6 +20,7 @@ from fieldbridge.sources.mqtt.client import FastClient
 from fieldbridge.sources.mqtt.paho_private import (
     ATTRIBUTES,
     METHODS,
+    OWN_NAMES,
     TESTED,
     incompatibilities,
     paho_version,
@@ -54,6 +55,24 @@ def test_installed_paho_has_every_name() -> None:
 def test_keepalive_names_are_checked() -> None:
     checked = {m.name for m in METHODS} | {a.name for a in ATTRIBUTES}
     assert checked >= KEEPALIVE
+
+
+def test_the_list_covers_every_paho_name_fastclient_uses() -> None:
+    # Someone adding a hook to client.py must add it to paho_private.py: every private paho
+    # name that FastClient's code uses is in the checked list, every name it adds is in OWN_NAMES.
+    stock = paho.Client(CallbackAPIVersion.VERSION2)
+    codes = []
+    for value in vars(FastClient).values():
+        function = value.fget if isinstance(value, property) else value
+        if hasattr(function, "__code__"):
+            codes.append(function.__code__)
+    used = {name for code in codes for name in code.co_names if name.startswith("_")}
+    paho_names = {name for name in used if hasattr(paho.Client, name) or name in vars(stock)}
+    checked = {m.name for m in METHODS} | {a.name for a in ATTRIBUTES}
+    assert paho_names - {"__init__"} <= checked
+    added = {n for n in vars(FastClient) if not n.startswith("__")} - checked
+    added |= set(vars(build())) - set(vars(stock))
+    assert added <= set(OWN_NAMES)
 
 
 @pytest.mark.parametrize(
