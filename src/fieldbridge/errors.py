@@ -55,3 +55,7 @@ class PermanentDeliveryError(DeliveryError):
     """The destination refused the batch for good (4xx other than 408/425/429)."""
 
     retryable = False
+
+
+class IncompatibleDependency(ConfigError):
+    """An installed library lacks what fieldbridge relies on; the message names it and the fix."""

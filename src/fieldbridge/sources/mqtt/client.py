@@ -9,14 +9,17 @@ loop_write, loop_misc and the socket callbacks, as aiomqtt does), so a message g
 socket to ingest without a thread handoff.
 
 Private paho 2.x hooks are overridden, each for a measured reason (see the numbers in
-docs/benchmarks.md):
+docs/benchmarks.md); paho_private.py lists every private paho name used here and checks them
+each time a FastClient is built, so a paho upgrade fails at start, not in the field:
   * `_sock_recv` reads 256 KiB at a time and serves paho's 1-byte header reads from that
     buffer; stock paho makes three recv() system calls per message.
   * `_packet_read` takes a whole MQTT 3.1.1 PUBLISH at QoS 0 or 1 straight from that buffer
     and hands (topic, payload, qos, packet id, retain) to `on_publish_packet`: paho's generic
     path (packet dict, MQTTMessage, topic matcher, locks) costs about 16 us a message, more
     than ingest itself. Everything else (CONNACK, SUBACK, PINGRESP, QoS 2, MQTT 5 properties,
-    partly received packets) goes through paho unchanged.
+    partly received packets, and the first packet of each read: paho's 1-byte read of its type
+    is what refills the buffer) goes through paho unchanged. tests/test_mqtt_client_parser.py
+    checks both paths against stock paho on random packet streams.
   * `_create_socket` returns a socket connected (and TLS-handshaken) beforehand in a worker
     thread, so every paho state change happens on the event-loop thread.
   * PUBACKs of one commit go to paho's out queue as one packet (`queue_pubacks`): one send()
@@ -36,6 +39,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode, MQTTProtocolVersion
 
 from fieldbridge.errors import ConfigError
+from fieldbridge.sources.mqtt.paho_private import require_compatible
 from fieldbridge.sources.mqtt.settings import MqttSettings
 
 READ_CHUNK = 256 * 1024
@@ -96,6 +100,7 @@ class FastClient(paho.Client):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        require_compatible(self)  # before our own names are set: they must not be paho's
         self._rbuf = b""
         self._rpos = 0
         self._prepared: socket.socket | None = None
