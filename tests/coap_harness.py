@@ -18,6 +18,7 @@ import aiocoap
 from aiocoap.numbers.codes import Code
 
 from fieldbridge.ingest import Ingest
+from fieldbridge.sources.access import StoreAccess
 from fieldbridge.sources.coap.server import EfentoCoapSource
 from fieldbridge.sources.coap.settings import EfentoCoapSettings
 from fieldbridge.store import Store, open_store, parse_store_url
@@ -80,7 +81,8 @@ async def serve(
     client = await aiocoap.Context.create_client_context()
     try:
         async with store, Ingest(store, flush_ms=flush_ms) as ingest:
-            source = EfentoCoapSource(config, ingest)
+            access = StoreAccess(devices=store, journal=store, downlinks=store)
+            source = EfentoCoapSource(config, ingest, access)
             async with source:
                 yield Harness(store, source, port, client)
     finally:

@@ -69,6 +69,11 @@ async def test_seed_frames_cli_and_a_queued_configuration(tmp_path: Path) -> Non
         assert sent.current_time > 0
         pending = json.loads(service.cli("efento", "pending", SENSOR, "--json").stdout)
         assert [(d["id"], d["state"]) for d in pending] == [(downlink_id, "sent")]
+        fields = {"measurement_period_base": 60, "transmission_interval": 900}
+        assert [(d["origin"], d["fields"], d["expect_hash_change"]) for d in pending] == [
+            ("cli", fields, True)
+        ]
+        assert [(d["attempts"], d["sent_hash"]) for d in pending] == [(1, 119)]  # the seed /m's
 
         # The sensor applied it and uploads its configuration with a new hash.
         log, _ = await coap_client("-m", "post", "-f", str(new_config), f"{uri}/c")

@@ -13,8 +13,16 @@ import pytest
 from fieldbridge.codecs import CODECS
 from fieldbridge.codecs.efento import (
     KIND_CONFIG_PART,
+    Incomplete,
+    Missing,
+    Part,
+    SplitUploads,
+    Whole,
+    answer_payload,
     decode,
     encode_config,
+    is_config,
+    part_index,
     summary,
     to_json,
 )
@@ -634,7 +642,101 @@ def test_summaries() -> None:
         summary("t", b"")
 
 
+def add(uploads: SplitUploads, payload: bytes, now: float) -> Part | Whole | Missing:
+    return uploads.add(summary("c", payload), payload, now)
+
+
+def test_split_uploads_put_parts_together_in_order() -> None:
+    uploads = SplitUploads(max_age=300)
+    one, two = config_part(-1, measurement_period_base=60), config_part(-2, ack_interval=600)
+    last = config_part(3, configuration_hash=9)
+    assert add(uploads, one, 1.0) == Part(1)
+    assert add(uploads, two, 2.0) == Part(2)
+    whole = add(uploads, last, 3.0)
+    assert isinstance(whole, Whole)
+    assert (whole.payload, whole.parts, whole.frame) == (
+        one + two + last,
+        3,
+        summary("c", whole.payload),
+    )
+    # The upload is done: the same last part again finds nothing in memory.
+    missing = add(uploads, last, 4.0)
+    assert isinstance(missing, Missing)
+    assert (missing.total, dict(missing.held)) == (3, {})
+
+
+def test_an_unsplit_configuration_is_whole_at_once() -> None:
+    uploads = SplitUploads(max_age=300)
+    for split in (0, 1):
+        payload = config_part(split, configuration_hash=4)
+        assert add(uploads, payload, 1.0) == Whole(payload, summary("c", payload), 1)
+
+
+def test_split_uploads_forget_old_parts_and_restart_on_part_one() -> None:
+    uploads = SplitUploads(max_age=10)
+    add(uploads, config_part(-1, ack_interval=1), 0.0)
+    add(uploads, config_part(-2, ack_interval=2), 1.0)
+    old = add(uploads, config_part(3), 11.0)  # the upload began 11 s ago: too old
+    assert isinstance(old, Missing) and dict(old.held) == {}
+    fresh_one = config_part(-1, ack_interval=5)
+    add(uploads, config_part(-2, ack_interval=2), 12.0)  # a part 2 of an old upload ...
+    add(uploads, fresh_one, 13.0)  # ... is dropped when part 1 starts a new one
+    step = add(uploads, config_part(3), 14.0)
+    assert isinstance(step, Missing) and dict(step.held) == {1: fresh_one}
+
+
+def test_split_uploads_complete_with_parts_found_elsewhere() -> None:
+    uploads = SplitUploads(max_age=300)
+    one, two, last = (
+        config_part(-1, ack_interval=1),
+        config_part(-2, ack_interval=2),
+        config_part(3),
+    )
+    add(uploads, two, 1.0)
+    step = add(uploads, last, 2.0)
+    assert isinstance(step, Missing)
+    # Parts in memory win over those found elsewhere (the journal may hold an older upload).
+    whole = uploads.complete(step, {1: one, 2: b"older"})
+    assert isinstance(whole, Whole) and whole.payload == one + two + last
+    assert uploads.complete(step, {}) == Incomplete(step.frame, last, (1,))
+
+
+def test_split_uploads_keep_at_most_max_uploads_sensors() -> None:
+    uploads = SplitUploads(max_age=300, max_uploads=2)
+    for n in range(3):
+        serial = bytes([0, 0, 0, 0, 0, n + 1])
+        part = ProtoConfig(serial_number=serial, payload_split_info=-1).SerializeToString()
+        add(uploads, part, float(n))
+    first_last = ProtoConfig(serial_number=bytes(5) + b"\x01", payload_split_info=2)
+    step = add(uploads, first_last.SerializeToString(), 4.0)
+    assert isinstance(step, Missing) and dict(step.held) == {}  # the oldest sensor was dropped
+
+
+def test_part_index_of_stored_parts() -> None:
+    assert [part_index(config_part(s)) for s in (-3, -1, 0, 2)] == [3, 1, None, None]
+    assert part_index(b"\xff") is None
+
+
 # --- downlinks -----------------------------------------------------------------------------------
+
+
+def test_answer_payload_merges_downlinks_with_the_clock() -> None:
+    assert answer_payload([], 5.0, configuration_request=False) is None
+    only_request = ProtoConfig.FromString(
+        answer_payload([], 7.9, configuration_request=True) or b""
+    )
+    assert (only_request.current_time, only_request.configuration_request) == (7, True)
+    first = encode_config({"transmission_interval": 600, "rules": [{"condition": 2}] * 2})
+    second = encode_config({"transmission_interval": 1200, "rules": [{"condition": 1}]})
+    merged = ProtoConfig.FromString(
+        answer_payload([first, second], 9.0, configuration_request=False) or b""
+    )
+    assert (merged.transmission_interval, merged.current_time) == (1200, 9)
+    assert [r.condition for r in merged.rules] == [1]  # replaced, not appended
+    assert not merged.configuration_request
+    assert is_config(first) and not is_config(b"\xff\xff\xff")
+    with pytest.raises(DecodeError, match="not a ProtoConfig"):
+        answer_payload([b"\xff\xff\xff"], 9.0, configuration_request=False)
 
 
 def test_seed_reply_is_a_configuration_request() -> None:

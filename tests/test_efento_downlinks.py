@@ -11,6 +11,8 @@ from aiocoap.numbers.codes import Code
 
 from fieldbridge.codecs.efento import encode_config
 from fieldbridge.codecs.efento.proto.config_pb2 import ProtoConfig
+from fieldbridge.model import Decoded
+from fieldbridge.store import Pending
 from tests.coap_harness import seed_frames, serve, wait_until
 from tests.efento_sim import Sensor, configuration, measurements, serial_bytes
 
@@ -31,7 +33,7 @@ async def test_queued_configuration_reaches_the_sensor_and_is_confirmed(store_ur
         assert plain.payload == b""  # nothing queued, hash known: no downlink
 
         payload = encode_config({"measurement_period_base": 60, "transmission_interval": 900})
-        did = await h.store.queue_downlink(DEVICE, payload, {"origin": "test"})
+        did = await h.store.queue_downlink(DEVICE, payload, origin="test")
         await h.refresh()
         answer = await h.post("m", measurements(SERIAL, T0 + 300, config_hash=7))
         assert answer.code == Code.CREATED
@@ -41,7 +43,7 @@ async def test_queued_configuration_reaches_the_sensor_and_is_confirmed(store_ur
         assert "configuration_request" not in sent  # the hash still matches the stored /c
         (pending,) = await h.store.pending_downlinks(DEVICE)
         assert (pending.id, pending.state) == (did, "sent")
-        assert pending.meta["sent_hash"] == 7 and pending.meta["expect_hash_change"] is True
+        assert pending.sent_hash == 7 and pending.expect_hash_change is True
 
         # The sensor applied it: its new configuration comes with a new hash.
         await h.post("c", configuration(SERIAL, 8, period=60))
@@ -52,6 +54,20 @@ async def test_queued_configuration_reaches_the_sensor_and_is_confirmed(store_ur
         assert after.payload == b""
 
 
+async def test_a_frame_without_a_hash_records_the_stored_one_read_afresh(store_url: str) -> None:
+    async with serve(store_url) as h:
+        await h.post("c", configuration(SERIAL, 204))
+        # Another fieldbridge process stored a newer /c: this source's cache still says 204.
+        newer = Decoded(DEVICE, kind="efento", attributes={"configuration_hash": 205})
+        await h.store.commit([Pending("efento-2", time.time(), "{}", b"c", [newer])])
+        await h.store.queue_downlink(DEVICE, encode_config({"transmission_interval": 600}))
+        await h.refresh()
+        answer = await h.post("m", measurements(SERIAL, T0, config_hash=None))
+        assert fields_of(answer.payload)["transmission_interval"] == 600
+        (sent,) = await h.store.pending_downlinks(DEVICE)
+        assert (sent.state, sent.sent_hash, sent.attempts) == ("sent", 205, 1)
+
+
 async def test_downlinks_are_merged_later_ones_winning(store_url: str) -> None:
     async with serve(store_url) as h:
         await h.post("c", configuration(SERIAL, 7))
@@ -59,8 +75,8 @@ async def test_downlinks_are_merged_later_ones_winning(store_url: str) -> None:
             {"transmission_interval": 600, "rules": [{"condition": 2}, {"condition": 2}]}
         )
         second = encode_config({"transmission_interval": 1200, "rules": [{"condition": 1}]})
-        await h.store.queue_downlink(DEVICE, first, {})
-        await h.store.queue_downlink(DEVICE, second, {})
+        await h.store.queue_downlink(DEVICE, first)
+        await h.store.queue_downlink(DEVICE, second)
         await h.refresh()
         answer = await h.post("m", measurements(SERIAL, T0, config_hash=3))
         merged = ProtoConfig.FromString(answer.payload)
@@ -72,7 +88,7 @@ async def test_downlinks_are_merged_later_ones_winning(store_url: str) -> None:
 
 async def test_non_frames_do_not_take_downlinks(store_url: str) -> None:
     async with serve(store_url) as h:
-        await h.store.queue_downlink(DEVICE, encode_config({"ack_interval": 3600}), {})
+        await h.store.queue_downlink(DEVICE, encode_config({"ack_interval": 3600}))
         await h.refresh()
         with Sensor(h.port) as sensor:
             sensor.send_non("m", measurements(SERIAL, T0))
@@ -87,16 +103,14 @@ async def test_device_info_request_rides_on_i_and_is_confirmed_by_the_upload(
     store_url: str,
 ) -> None:
     async with serve(store_url) as h:
-        await h.store.queue_downlink(DEVICE, encode_config({"device_info_request": True}), {})
+        await h.store.queue_downlink(DEVICE, encode_config({"device_info_request": True}))
         info = seed_frames()["i"]  # serial 282C024156AF
-        await h.store.queue_downlink(
-            "282C024156AF", encode_config({"device_info_request": True}), {}
-        )
+        await h.store.queue_downlink("282C024156AF", encode_config({"device_info_request": True}))
         await h.refresh()
         answer = await h.post("i", info)
         assert fields_of(answer.payload).keys() == {"device_info_request", "current_time"}
         (sent,) = await h.store.pending_downlinks("282C024156AF")
-        assert sent.meta["expect_hash_change"] is False  # a request changes no setting
+        assert sent.expect_hash_change is False  # a request changes no setting
         # The sensor answers the request with a (NON) /i upload: that confirms it.
         with Sensor(h.port) as sensor:
             sensor.send_non("i", info)
@@ -113,7 +127,7 @@ async def test_unapplied_configuration_is_resent_then_given_up(store_url: str) -
     async with serve(store_url, downlink_attempts=2) as h:
         await h.post("c", configuration(SERIAL, 7))
         did = await h.store.queue_downlink(
-            DEVICE, encode_config({"transmission_interval": 300}), {"origin": "test"}
+            DEVICE, encode_config({"transmission_interval": 300}), origin="test"
         )
         await h.refresh()
         sends = []
@@ -123,15 +137,15 @@ async def test_unapplied_configuration_is_resent_then_given_up(store_url: str) -
         # Sent, then again because the hash stayed 7; then no more.
         assert sends == [True, True, False, False]
         (gone,) = await h.store.list_downlinks(device=DEVICE)
-        assert (gone.id, gone.state, gone.meta["attempts"]) == (did, "failed", 2)
-        assert "hash still 7" in str(gone.meta["failed"])
+        assert (gone.id, gone.state, gone.attempts) == (did, "failed", 2)
+        assert "hash still 7" in str(gone.failed_reason)
         assert await h.store.pending_downlinks() == []
 
 
 async def test_a_broken_queued_payload_does_not_block_the_answers(store_url: str) -> None:
     async with serve(store_url) as h:
-        await h.store.queue_downlink(DEVICE, b"\xff\xff\xff", {"origin": "test"})
-        await h.store.queue_downlink(DEVICE, encode_config({"transmission_interval": 600}), {})
+        await h.store.queue_downlink(DEVICE, b"\xff\xff\xff", origin="test")
+        await h.store.queue_downlink(DEVICE, encode_config({"transmission_interval": 600}))
         await h.refresh()
         answer = await h.post("m", measurements(SERIAL, T0, config_hash=None))
         assert answer.code == Code.CREATED

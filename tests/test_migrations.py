@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import uuid
@@ -12,11 +13,13 @@ from typing import Any
 import psycopg
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from fieldbridge.model import Decoded, Reading
+from fieldbridge.model import Decoded, DownlinkState, Reading
 from fieldbridge.store import Pending, Store, open_store, parse_store_url
 from fieldbridge.store.migrate import MIGRATIONS, pending_revisions, upgrade
 from fieldbridge.store.schema import metadata
@@ -147,3 +150,91 @@ async def test_sqlite_synchronous_is_configurable(tmp_path: Path) -> None:
     async with open_store(url, synchronous="normal") as store:
         await touch(store)
         assert await writer_pragma(store, "synchronous") == 1  # NORMAL
+
+
+def alembic(url: str, action: str, revision: str) -> None:
+    """Run `alembic upgrade|downgrade <revision>` on a store, as the migration tests need."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    engine = sa.create_engine(parse_store_url(url).sqlalchemy_url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            getattr(command, action)(cfg, revision)
+    finally:
+        engine.dispose()
+
+
+def downlink_metas(url: str) -> list[dict[str, Any]]:
+    engine = sa.create_engine(parse_store_url(url).sqlalchemy_url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql("SELECT meta FROM downlinks ORDER BY id").all()
+    finally:
+        engine.dispose()
+    return [json.loads(meta) for (meta,) in rows]
+
+
+# Downlinks as fieldbridge wrote them before revision 0003: retry state in meta.
+OLD_DOWNLINKS = [
+    ("queued", {"origin": "cli", "fields": {"transmission_interval": 900},
+                "expect_hash_change": True}),
+    ("sent", {"origin": "thingworx", "sink": "twx", "message_id": 7, "fields": {"ackInterval": 60},
+              "expect_hash_change": False, "sent_hash": 4294967295, "attempts": 2}),
+    ("failed", {"sent_hash": 7, "attempts": 3, "failed": "configuration hash still 7 after 3 sends",
+                "failed_at": 1700000000.5}),
+    ("queued", {}),
+]  # fmt: skip
+
+
+async def test_0003_moves_downlink_meta_keys_into_columns_and_back(empty_url: str) -> None:
+    alembic(empty_url, "upgrade", "0002")
+    engine = sa.create_engine(parse_store_url(empty_url).sqlalchemy_url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            for state, meta in OLD_DOWNLINKS:
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO downlinks (device, payload, state, meta, created_at) "
+                        "VALUES ('AA', :payload, :state, :meta, 1.0)"
+                    ),
+                    {"payload": b"\x01", "state": state, "meta": json.dumps(meta)},
+                )
+    finally:
+        engine.dispose()
+
+    upgrade(parse_store_url(empty_url))
+    assert schema_differences(empty_url) == []
+    async with open_store(empty_url) as store:
+        queued, sent, failed, bare = reversed(await store.list_downlinks())
+    assert (queued.state, queued.origin, queued.fields) == (
+        DownlinkState.QUEUED,
+        "cli",
+        {"transmission_interval": 900},
+    )
+    assert (queued.expect_hash_change, queued.attempts, queued.sent_hash) == (True, 0, None)
+    assert queued.meta == {}
+    assert (sent.origin, sent.fields, sent.expect_hash_change) == (
+        "thingworx",
+        {"ackInterval": 60},
+        False,
+    )
+    assert (sent.attempts, sent.sent_hash, sent.meta) == (
+        2,
+        4294967295,
+        {"sink": "twx", "message_id": 7},
+    )
+    assert (failed.state, failed.attempts, failed.sent_hash) == (DownlinkState.FAILED, 3, 7)
+    assert (failed.failed_reason, failed.failed_at) == (
+        "configuration hash still 7 after 3 sends",
+        1700000000.5,
+    )
+    assert (bare.origin, bare.fields, bare.expect_hash_change, bare.attempts) == (
+        None,
+        None,
+        None,
+        0,
+    )
+
+    alembic(empty_url, "downgrade", "0002")
+    assert downlink_metas(empty_url) == [meta for _, meta in OLD_DOWNLINKS]

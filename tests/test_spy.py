@@ -172,14 +172,14 @@ async def test_the_tap_is_registered_only_while_someone_watches(sqlite_url: str)
     async with open_store(sqlite_url) as store, Ingest(store) as ingest:
         hub = SpyHub(ingest)
         first, second = hub.watch("http", None), hub.watch(None, "a/#")
-        assert len(ingest._taps) == 1
+        assert len(ingest.taps) == 1
         hub.leave(first)
-        assert len(ingest._taps) == 1
+        assert len(ingest.taps) == 1
         hub.leave(second)
-        assert ingest._taps == []
+        assert ingest.taps == ()
         hub.close()
         late = hub.watch(None, None)
-        assert late.closed and hub.watchers == 0 and ingest._taps == []
+        assert late.closed and hub.watchers == 0 and ingest.taps == ()
 
 
 async def test_a_failing_tap_is_removed_and_ingest_goes_on(
@@ -193,5 +193,5 @@ async def test_a_failing_tap_is_removed_and_ingest_goes_on(
         first = await ingest.submit("http", body(1), decode)
         second = await ingest.submit("http", body(2), decode)
     assert isinstance(first, Accepted) and isinstance(second, Accepted)
-    assert ingest._taps == []
+    assert ingest.taps == ()
     assert "ingest tap failed; removed" in caplog.text

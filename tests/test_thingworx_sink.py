@@ -353,13 +353,12 @@ async def test_remote_configuration_becomes_one_queued_downlink(
     ]
     assert (config.measurement_period_base, config.transmission_interval) == (60, 900)
     assert queued[1].payload == queued[0].payload
-    assert queued[0].meta == {
-        "origin": "thingworx",
-        "sink": SINK,
-        "message_id": ids[0],
-        "fields": {"measurementPeriodBase": 60, "transmissionInterval": 900},
-        "expect_hash_change": True,
-    }
+    assert (queued[0].origin, queued[0].fields, queued[0].expect_hash_change) == (
+        "thingworx",
+        {"measurementPeriodBase": 60, "transmissionInterval": 900},
+        True,
+    )
+    assert queued[0].meta == {"sink": SINK, "message_id": ids[0]}
     assert await store.count_dead_letters(SINK) == 0
 
 
@@ -374,7 +373,7 @@ async def test_a_request_only_remote_configuration_expects_no_hash_change(
     (queued,) = await queued_downlinks(store)
     config = ProtoConfig.FromString(queued.payload)
     assert (config.device_info_request, config.configuration_request) == (True, True)
-    assert queued.meta["expect_hash_change"] is False
+    assert queued.expect_hash_change is False
 
 
 @pytest.mark.parametrize(
@@ -485,7 +484,7 @@ async def test_end_to_end_coap_client_to_thingworx_and_its_configuration_back_to
         pending = json.loads((await asyncio.to_thread(
             proc.cli, "efento", "pending", SEED_M, "--json"
         )).stdout)  # fmt: skip
-        assert len(pending) == 1 and pending[0]["meta"]["origin"] == "thingworx", pending
+        assert len(pending) == 1 and pending[0]["origin"] == "thingworx", pending
 
         log, answer = await coap_post(coap_port, "m", frame("m"), tmp_path)
         assert "2.01" in log, log

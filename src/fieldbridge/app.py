@@ -16,6 +16,7 @@ from fieldbridge.observe import Metrics
 from fieldbridge.plugin import SINK_TYPES, SOURCE_TYPES
 from fieldbridge.runtime import tune_gc
 from fieldbridge.sinks.engine import SinkRunner
+from fieldbridge.sources.access import StoreAccess
 from fieldbridge.sources.http import HttpIngest
 from fieldbridge.store import Store, open_store, parse_store_url
 from fieldbridge.store.migrate import upgrade
@@ -76,8 +77,9 @@ class Service:
             SinkRunner(type_name, s, SINK_TYPES[type_name].build(s), self.store, self.metrics)
             for type_name, s in settings.sink_settings
         ]
+        access = StoreAccess(devices=self.store, journal=self.store, downlinks=self.store)
         self.sources = [
-            SOURCE_TYPES[type_name].build(s, self.ingest)
+            SOURCE_TYPES[type_name].build(s, self.ingest, access)
             for type_name, s in settings.source_settings
         ]
         self.http_port: int | None = None

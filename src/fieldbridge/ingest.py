@@ -63,12 +63,6 @@ class Ingest:
         self._closing = False
         self.last_commit_ok: bool | None = None
 
-    @property
-    def store(self) -> Store:
-        """The store payloads are committed to; sources read their answers' state from it
-        (e.g. the CoAP source's queued downlinks)."""
-        return self._store
-
     def on_commit(self, listener: Callable[[], None]) -> None:
         """Call `listener` after every commit that added messages (sinks wake on it)."""
         self._listeners.append(listener)
@@ -80,6 +74,11 @@ class Ingest:
         """
         self._taps.append(tap)
         return lambda: self._taps.remove(tap) if tap in self._taps else None
+
+    @property
+    def taps(self) -> tuple[Tap, ...]:
+        """The taps registered now, oldest first (a copy: remove one with its remover)."""
+        return tuple(self._taps)
 
     @property
     def has_room(self) -> bool:

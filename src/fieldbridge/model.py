@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 
@@ -152,15 +153,37 @@ class SinkState:
     updated_at: float
 
 
+class DownlinkState(StrEnum):
+    """Where a downlink is: queued -> sent (in an answer) -> confirmed, or failed (given up)."""
+
+    QUEUED = "queued"
+    SENT = "sent"
+    CONFIRMED = "confirmed"
+    FAILED = "failed"
+
+
 @dataclass(frozen=True, slots=True)
 class Downlink:
-    """A payload queued for a device, delivered in the answer to its next request."""
+    """A payload queued for a device, delivered in the answer to its next request.
+
+    A device reports a configuration hash (a version of its settings); a downlink that changes
+    settings counts as applied once the device reports a hash other than `sent_hash`.
+    """
 
     id: int
     device: str
     payload: bytes
-    state: str  # "queued", "sent" or "confirmed"
-    meta: Mapping[str, Any]
+    state: DownlinkState
+    meta: Mapping[str, Any]  # what the queuer noted besides, e.g. the sink and message id
     created_at: float
     sent_at: float | None = None
     confirmed_at: float | None = None
+    origin: str | None = None  # who queued it: "cli", "thingworx", ...
+    fields: Mapping[str, Any] | None = None  # the settings as the queuer named them
+    # True: applied once the device's hash changes; False: once it uploads anything (a
+    # request that changes no setting); None: the source decides when it sends it.
+    expect_hash_change: bool | None = None
+    attempts: int = 0  # how often it was sent
+    sent_hash: int | None = None  # the device's configuration hash when it was last sent
+    failed_reason: str | None = None
+    failed_at: float | None = None

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 if TYPE_CHECKING:
     from fieldbridge.ingest import Ingest
     from fieldbridge.sinks.base import Destination
+    from fieldbridge.sources.access import StoreAccess
     from fieldbridge.sources.base import Source
 
 # Built-in plugin modules; each registers itself on import. Adding a plugin is one line here.
@@ -61,10 +62,11 @@ SnkT = TypeVar("SnkT", bound=SinkSettings)
 
 @dataclass(frozen=True)
 class SourceType(Generic[SrcT]):
-    """A registered source type: its settings model and how to build one."""
+    """A registered source type: its settings model and how to build one (from its settings,
+    the ingest it hands payloads to, and what of the store its answers may read)."""
 
     settings: type[SrcT]
-    build: Callable[[SrcT, Ingest], Source]
+    build: Callable[[SrcT, Ingest, StoreAccess], Source]
     # Entries (settings as in a file) this type adds when fieldbridge runs without a settings
     # file, so the default run is useful at once (e.g. an MQTT source with an embedded broker).
     default_run: tuple[Mapping[str, Any], ...] = ()

@@ -92,14 +92,16 @@ def efento_config(
         payload = encode_config(fields)
     except ValueError as exc:
         fail(f"--set {exc}", code=2)
-    meta = {
-        "fields": fields,
-        "origin": "cli",
-        "expect_hash_change": changes_configuration(payload),
-    }
 
     async def queue(store: Store) -> tuple[int, Device | None]:
-        return await store.queue_downlink(device, payload, meta), await store.get_device(device)
+        downlink_id = await store.queue_downlink(
+            device,
+            payload,
+            origin="cli",
+            fields=fields,
+            expect_hash_change=changes_configuration(payload),
+        )
+        return downlink_id, await store.get_device(device)
 
     downlink_id, known = with_store(ctx, queue)
     if json_out:
@@ -130,11 +132,22 @@ def downlink_json(d: Downlink) -> dict[str, Any]:
         "device": d.device,
         "state": d.state,
         "payload_hex": d.payload.hex(),
+        "origin": d.origin,
+        "fields": dict(d.fields) if d.fields is not None else None,
+        "expect_hash_change": d.expect_hash_change,
+        "attempts": d.attempts,
+        "sent_hash": d.sent_hash,
+        "failed_reason": d.failed_reason,
         "meta": dict(d.meta),
         "created_at": iso(d.created_at),
-        "sent_at": iso(d.sent_at) if d.sent_at is not None else None,
-        "confirmed_at": iso(d.confirmed_at) if d.confirmed_at is not None else None,
+        "sent_at": _iso_or_none(d.sent_at),
+        "confirmed_at": _iso_or_none(d.confirmed_at),
+        "failed_at": _iso_or_none(d.failed_at),
     }
+
+
+def _iso_or_none(at: float | None) -> str | None:
+    return iso(at) if at is not None else None
 
 
 @efento_app.command("pending")
@@ -168,8 +181,8 @@ def efento_pending(
                 d.state,
                 iso(d.created_at),
                 iso(d.sent_at) if d.sent_at is not None else None,
-                d.meta.get("attempts"),
-                d.meta.get("origin"),
+                d.attempts,
+                d.origin,
                 _fields_text(d),
             )
             for d in found
@@ -178,7 +191,6 @@ def efento_pending(
 
 
 def _fields_text(d: Downlink) -> str:
-    fields = d.meta.get("fields")
-    if not isinstance(fields, dict):
+    if d.fields is None:
         return f"{len(d.payload)} bytes"
-    return ", ".join(f"{k}={json.dumps(v)}" for k, v in fields.items())
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in d.fields.items())

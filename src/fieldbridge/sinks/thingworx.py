@@ -34,7 +34,7 @@ from fieldbridge.store import Store
 
 log = logging.getLogger("fieldbridge.sinks.thingworx")
 
-ORIGIN = "thingworx"  # meta["origin"] of the downlinks this sink queues
+ORIGIN = "thingworx"  # the origin of the downlinks this sink queues
 
 
 class ThingWorxSettings(SinkSettings):
@@ -92,7 +92,9 @@ class _Downlink:
 
     device: str
     payload: bytes
-    meta: dict[str, Any]
+    fields: dict[str, Any]  # as RemoteConfiguration named them
+    expect_hash_change: bool
+    meta: dict[str, Any]  # which sink and message asked for it
 
 
 class ThingWorxDestination(Destination):
@@ -209,15 +211,14 @@ class ThingWorxDestination(Destination):
                 exc,
             )
             return None
-        meta = {
-            "origin": ORIGIN,
-            "sink": self.settings.name,
-            "message_id": entry.id,
-            "fields": fields,
+        return _Downlink(
+            entry.device,
+            payload,
+            fields,
             # Requests alone (send /i, send /c, ...) leave the configuration hash as it is.
-            "expect_hash_change": efento.changes_configuration(payload),
-        }
-        return _Downlink(entry.device, payload, meta)
+            efento.changes_configuration(payload),
+            {"sink": self.settings.name, "message_id": entry.id},
+        )
 
     async def _queue(self, message_id: int, downlink: _Downlink) -> None:
         assert self._store is not None, "the sink runner binds the destination to the store"
@@ -230,14 +231,19 @@ class ThingWorxDestination(Destination):
                 )
             else:
                 downlink_id = await self._store.queue_downlink(
-                    downlink.device, downlink.payload, downlink.meta
+                    downlink.device,
+                    downlink.payload,
+                    origin=ORIGIN,
+                    fields=downlink.fields,
+                    expect_hash_change=downlink.expect_hash_change,
+                    meta=downlink.meta,
                 )
                 log.info(
                     "thingworx %s: RemoteConfiguration for %s queued as downlink %d (%s)",
                     self.settings.name,
                     downlink.device,
                     downlink_id,
-                    ", ".join(downlink.meta["fields"]),
+                    ", ".join(downlink.fields),
                 )
         except StoreError as exc:
             self._unqueued[message_id] = downlink

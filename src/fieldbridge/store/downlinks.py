@@ -2,38 +2,67 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from fieldbridge.model import Downlink
+from fieldbridge.model import Downlink, DownlinkState
 from fieldbridge.store import jsoncol
 from fieldbridge.store.db import Database, Row
 
-DOWNLINK_COLUMNS = "id, device, payload, state, meta, created_at, sent_at, confirmed_at"
-QUEUED, SENT, CONFIRMED, FAILED = "queued", "sent", "confirmed", "failed"
+DOWNLINK_COLUMNS = (
+    "id, device, payload, state, meta, created_at, sent_at, confirmed_at, origin, fields, "
+    "expect_hash_change, attempts, sent_hash, failed_reason, failed_at"
+)
+QUEUED, SENT, CONFIRMED, FAILED = (
+    DownlinkState.QUEUED,
+    DownlinkState.SENT,
+    DownlinkState.CONFIRMED,
+    DownlinkState.FAILED,
+)
 
 
 class DownlinkQueries:
     """Lifecycle of a downlink: queued -> sent (in an answer) -> confirmed (the device applied it).
 
-    A downlink the device never applies can be given up ("failed"). meta keys the store reads
-    or writes: "expect_hash_change" (default True: the device's configuration hash must change
-    for the downlink to count as applied), "sent_hash" and "attempts" (written by
-    take_downlinks: the hash the device had when the downlink left, and how often it left).
+    A downlink the device never applies can be given up ("failed"). Whether it was applied is
+    told by a configuration hash the device reports (whatever its protocol calls it; the
+    source passes the value): a downlink expecting a hash change is applied once the device
+    reports a hash other than the one it had when the downlink was sent.
     """
 
     db: Database
 
     async def queue_downlink(
-        self, device: str, payload: bytes, meta: Mapping[str, Any], *, now: float | None = None
+        self,
+        device: str,
+        payload: bytes,
+        *,
+        origin: str | None = None,
+        fields: Mapping[str, Any] | None = None,
+        expect_hash_change: bool | None = None,
+        meta: Mapping[str, Any] | None = None,
+        now: float | None = None,
     ) -> int:
-        """Queue a payload for a device; returns the downlink's id."""
+        """Queue a payload for a device; returns the downlink's id.
+
+        expect_hash_change None leaves it to the source that sends it (take_downlinks).
+        """
         async with self.db.transaction() as tx:
             rows = await tx.fetchall(
-                "INSERT INTO downlinks (device, payload, state, meta, created_at) "
-                "VALUES (?, ?, ?, ?, ?) RETURNING id",
-                (device, payload, QUEUED, jsoncol.dump(meta), time.time() if now is None else now),
+                "INSERT INTO downlinks (device, payload, state, meta, created_at, origin, "
+                "fields, expect_hash_change) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (
+                    device,
+                    payload,
+                    QUEUED,
+                    jsoncol.dump(meta),
+                    time.time() if now is None else now,
+                    origin,
+                    None if fields is None else jsoncol.dump(fields),
+                    expect_hash_change,
+                ),
             )
         return int(rows[0][0])
 
@@ -47,7 +76,11 @@ class DownlinkQueries:
         return [_downlink(r) for r in rows]
 
     async def list_downlinks(
-        self, *, device: str | None = None, state: str | None = None, limit: int = 1000
+        self,
+        *,
+        device: str | None = None,
+        state: DownlinkState | None = None,
+        limit: int = 1000,
     ) -> list[Downlink]:
         """Downlinks in any state, newest first."""
         clauses, params = [], []
@@ -75,9 +108,9 @@ class DownlinkQueries:
         """Mark a device's queued downlinks sent and return them, oldest first, atomically:
         two concurrent callers never both get the same downlink.
 
-        known_hash is the configuration hash the device reports now (None: the hash of its
-        last stored configuration); confirm_downlinks compares later hashes with it.
-        expects_change(payload) fills in "expect_hash_change" where the queuer left it out.
+        known_hash is the configuration hash the device has now (None: not known), kept as
+        sent_hash for confirm_downlinks to compare later hashes with. expects_change(payload)
+        fills in expect_hash_change where the queuer left it out.
         """
         lock = " FOR UPDATE" if self.db.dialect == "postgresql" else ""  # SQLite: BEGIN IMMEDIATE
         async with self.db.transaction() as tx:
@@ -86,45 +119,46 @@ class DownlinkQueries:
                 f"ORDER BY id{lock}",
                 (device, QUEUED),
             )
-            if not rows:
-                return []
-            if known_hash is None:
-                attrs = await tx.fetchall("SELECT attributes FROM devices WHERE id = ?", (device,))
-                stored = jsoncol.load(attrs[0][0]).get("configuration_hash") if attrs else None
-                known_hash = stored if isinstance(stored, int) else None
             taken = []
             for row in rows:
                 queued = _downlink(row)
-                attempts = int(queued.meta.get("attempts", 0)) + 1
-                meta = {**queued.meta, "sent_hash": known_hash, "attempts": attempts}
-                if "expect_hash_change" not in meta and expects_change is not None:
-                    meta["expect_hash_change"] = expects_change(queued.payload)
+                expect = queued.expect_hash_change
+                if expect is None and expects_change is not None:
+                    expect = expects_change(queued.payload)
+                sent = dataclasses.replace(
+                    queued,
+                    state=SENT,
+                    sent_at=now,
+                    sent_hash=known_hash,
+                    attempts=queued.attempts + 1,
+                    expect_hash_change=expect,
+                )
                 await tx.execute(
-                    "UPDATE downlinks SET state = ?, sent_at = ?, meta = ? WHERE id = ?",
-                    (SENT, now, jsoncol.dump(meta), queued.id),
+                    "UPDATE downlinks SET state = ?, sent_at = ?, sent_hash = ?, attempts = ?, "
+                    "expect_hash_change = ? WHERE id = ?",
+                    (SENT, now, known_hash, sent.attempts, expect, queued.id),
                 )
-                taken.append(
-                    Downlink(queued.id, device, queued.payload, SENT, meta, queued.created_at, now)
-                )
+                taken.append(sent)
         return taken
 
-    async def confirm_downlinks(
-        self, device: str, configuration_hash: int | None, now: float
-    ) -> int:
+    async def confirm_downlinks(self, device: str, reported_hash: int | None, now: float) -> int:
         """Confirm a device's sent downlinks that a new frame shows applied; returns how many.
 
-        With a configuration hash (a /c frame): those expecting a hash change whose sent_hash
-        differs from it, and those expecting none. Without (a /i frame): only those expecting
-        no hash change (request-only downlinks, answered by the upload they asked for).
+        With a reported hash (the device uploaded its configuration): those expecting a hash
+        change whose sent_hash differs from it, and those expecting none. Without (another
+        upload): only those expecting no hash change (requests answered by the upload).
         """
         lock = " FOR UPDATE" if self.db.dialect == "postgresql" else ""
         async with self.db.transaction() as tx:
             rows = await tx.fetchall(
-                f"SELECT id, meta FROM downlinks WHERE device = ? AND state = ? ORDER BY id{lock}",
+                "SELECT id, expect_hash_change, sent_hash FROM downlinks "
+                f"WHERE device = ? AND state = ? ORDER BY id{lock}",
                 (device, SENT),
             )
             done = [
-                int(did) for did, meta in rows if _applied(jsoncol.load(meta), configuration_hash)
+                int(did)
+                for did, expect, sent_hash in rows
+                if _applied(_bool(expect), sent_hash, reported_hash)
             ]
             for did in done:
                 await tx.execute(
@@ -133,33 +167,28 @@ class DownlinkQueries:
                 )
         return len(done)
 
-    async def downlink_states(self) -> dict[str, set[str]]:
+    async def downlink_states(self) -> dict[str, set[DownlinkState]]:
         """Devices with queued or sent-unconfirmed downlinks, and which of the two states."""
         rows = await self.db.fetchall(
             "SELECT DISTINCT device, state FROM downlinks WHERE state IN (?, ?)", (QUEUED, SENT)
         )
-        out: dict[str, set[str]] = {}
+        out: dict[str, set[DownlinkState]] = {}
         for device, state in rows:
-            out.setdefault(device, set()).add(state)
+            out.setdefault(device, set()).add(DownlinkState(state))
         return out
 
     async def fail_downlinks(self, ids: Sequence[int], reason: str, now: float) -> int:
-        """Give up on sent downlinks the device never applied; the reason goes into meta."""
-        done = 0
+        """Give up on sent downlinks the device never applied, saying why; returns how many."""
+        if not ids:
+            return 0
+        marks = ",".join("?" * len(ids))
         async with self.db.transaction() as tx:
-            for did in ids:
-                rows = await tx.fetchall(
-                    "SELECT meta FROM downlinks WHERE id = ? AND state = ?", (did, SENT)
-                )
-                if not rows:
-                    continue
-                meta = {**jsoncol.load(rows[0][0]), "failed": reason, "failed_at": now}
-                await tx.execute(
-                    "UPDATE downlinks SET state = ?, meta = ? WHERE id = ?",
-                    (FAILED, jsoncol.dump(meta), did),
-                )
-                done += 1
-        return done
+            rows = await tx.fetchall(
+                "UPDATE downlinks SET state = ?, failed_reason = ?, failed_at = ? "
+                f"WHERE state = ? AND id IN ({marks}) RETURNING id",
+                [FAILED, reason, now, SENT, *ids],
+            )
+        return len(rows)
 
     async def requeue_downlinks(self, ids: Sequence[int]) -> int:
         """Put sent, unconfirmed downlinks back in the queue (their answer was lost)."""
@@ -168,35 +197,43 @@ class DownlinkQueries:
         marks = ",".join("?" * len(ids))
         async with self.db.transaction() as tx:
             rows = await tx.fetchall(
-                f"SELECT COUNT(*) FROM downlinks WHERE state = ? AND id IN ({marks})",
-                [SENT, *ids],
-            )
-            await tx.execute(
                 "UPDATE downlinks SET state = ?, sent_at = NULL "
-                f"WHERE state = ? AND id IN ({marks})",
+                f"WHERE state = ? AND id IN ({marks}) RETURNING id",
                 [QUEUED, SENT, *ids],
             )
-        return int(rows[0][0])
+        return len(rows)
 
 
-def _applied(meta: Mapping[str, Any], configuration_hash: int | None) -> bool:
-    if not meta.get("expect_hash_change", True):
+def _applied(expect_change: bool | None, sent_hash: int | None, reported: int | None) -> bool:
+    if expect_change is False:
         return True
-    if configuration_hash is None:
+    if reported is None:
         return False
-    sent_hash = meta.get("sent_hash")
-    return sent_hash is None or sent_hash != configuration_hash
+    return sent_hash is None or sent_hash != reported
+
+
+def _bool(value: object) -> bool | None:
+    """SQLite keeps booleans as 0 and 1."""
+    return None if value is None else bool(value)
 
 
 def _downlink(row: Row) -> Downlink:
-    did, device, payload, state, meta, created, sent, confirmed = row
+    (did, device, payload, state, meta, created, sent, confirmed, origin, fields, expect,
+     attempts, sent_hash, failed_reason, failed_at) = row  # fmt: skip
     return Downlink(
         id=int(did),
         device=device,
         payload=bytes(payload),
-        state=state,
+        state=DownlinkState(state),
         meta=jsoncol.load(meta),
         created_at=created,
         sent_at=sent,
         confirmed_at=confirmed,
+        origin=origin,
+        fields=None if fields is None else jsoncol.load(fields),
+        expect_hash_change=_bool(expect),
+        attempts=int(attempts),
+        sent_hash=None if sent_hash is None else int(sent_hash),
+        failed_reason=failed_reason,
+        failed_at=failed_at,
     )

@@ -112,5 +112,12 @@ downlinks = sa.Table(
     sa.Column("created_at", Time, nullable=False),
     sa.Column("sent_at", Time),
     sa.Column("confirmed_at", Time),
+    sa.Column("origin", sa.Text),
+    sa.Column("fields", sa.Text),  # JSON: the settings as the queuer named them
+    sa.Column("expect_hash_change", sa.Boolean),  # NULL: decided when sent
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("sent_hash", sa.BigInteger),
+    sa.Column("failed_reason", sa.Text),
+    sa.Column("failed_at", Time),
     sa.Index("ix_downlinks_device_state", "device", "state"),
 )

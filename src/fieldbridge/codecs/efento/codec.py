@@ -20,6 +20,7 @@ from fieldbridge.model import Decoded, Reading
 
 KIND = "efento"
 KIND_CONFIG_PART = "efento-config-part"  # a split /c upload's part that is not the last
+HASH_ATTRIBUTE = "configuration_hash"  # the device attribute a whole /c sets
 BATTERY_NOT_MEASURED = 10921  # battery_level // 6 when the sensor did not measure
 POWER_SOURCES = {0: "battery", 1: "rechargeable", 2: "external"}
 
@@ -122,6 +123,6 @@ def _configuration(payload: bytes) -> Decoded:
         return Decoded(device=device, kind=KIND_CONFIG_PART, idempotency_key=key, attributes={})
     attributes = {
         "configuration": config_json(config),
-        "configuration_hash": config.configuration_hash,
+        HASH_ATTRIBUTE: config.configuration_hash,
     }
     return Decoded(device=device, kind=KIND, idempotency_key=key, attributes=attributes)

@@ -6,7 +6,7 @@ import base64
 import binascii
 import difflib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor
@@ -23,6 +23,7 @@ from fieldbridge.codecs.efento.proto.config_pb2 import (
     ProtoRule,
 )
 from fieldbridge.codecs.efento.seed_json import CONFIG_LEGACY_NAMES
+from fieldbridge.errors import DecodeError
 
 U32 = 0xFFFFFFFF
 OFF = 0xFFFFFFFF  # the "disabled / always" sentinel of several periods
@@ -400,3 +401,44 @@ def changes_configuration(payload: bytes) -> bool:
     except ProtobufDecodeError:
         return False
     return any(field.name not in REQUEST_FIELDS for field, _ in config.ListFields())
+
+
+def is_config(payload: bytes) -> bool:
+    """Whether a payload parses as a ProtoConfig (a queued downlink could be anything)."""
+    try:
+        ProtoConfig().ParseFromString(payload)
+    except ProtobufDecodeError:
+        return False
+    return True
+
+
+def merge_configs(payloads: Sequence[bytes]) -> bytes:
+    """ProtoConfig payloads as one, later ones winning field by field (a later `rules` list
+    replaces an earlier one; concatenating the bytes would append to it).
+
+    Raises DecodeError when a payload is no ProtoConfig.
+    """
+    merged = ProtoConfig()
+    for payload in payloads:
+        part = ProtoConfig()
+        try:
+            part.ParseFromString(payload)
+        except ProtobufDecodeError as exc:
+            raise DecodeError(f"a downlink payload is not a ProtoConfig: {exc}") from None
+        for field, _ in part.ListFields():
+            merged.ClearField(field.name)  # type: ignore[arg-type]  # a name from the descriptor
+        merged.MergeFrom(part)
+    return merged.SerializeToString(deterministic=True)
+
+
+def answer_payload(
+    downlinks: Sequence[bytes], now: float, *, configuration_request: bool
+) -> bytes | None:
+    """The ProtoConfig of a 2.01: queued downlinks merged with the clock (`now`) and maybe a
+    configuration request; None when there is nothing to say. DecodeError: see merge_configs."""
+    if not downlinks and not configuration_request:
+        return None
+    extra: dict[str, object] = {"current_time": int(now)}
+    if configuration_request:
+        extra["configuration_request"] = True
+    return merge_configs([*downlinks, encode_config(extra)])

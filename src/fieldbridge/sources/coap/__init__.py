@@ -11,10 +11,11 @@ from fieldbridge.sources.coap.settings import EfentoCoapSettings
 
 if TYPE_CHECKING:
     from fieldbridge.ingest import Ingest
+    from fieldbridge.sources.access import StoreAccess
 
 
-def build(settings: EfentoCoapSettings, ingest: Ingest) -> EfentoCoapSource:
-    return EfentoCoapSource(settings, ingest)
+def build(settings: EfentoCoapSettings, ingest: Ingest, access: StoreAccess) -> EfentoCoapSource:
+    return EfentoCoapSource(settings, ingest, access)
 
 
 register_source("efento", SourceType(EfentoCoapSettings, build))

@@ -8,18 +8,16 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from google.protobuf.message import DecodeError as ProtobufDecodeError
-
-from fieldbridge.codecs.efento import changes_configuration, encode_config
-from fieldbridge.codecs.efento.proto.config_pb2 import ProtoConfig
-from fieldbridge.errors import StoreError
-from fieldbridge.model import Downlink
-from fieldbridge.store import Store
+from fieldbridge.codecs import efento
+from fieldbridge.errors import DecodeError, StoreError
+from fieldbridge.model import Downlink, DownlinkState
+from fieldbridge.sources.access import DeviceReader, DownlinkQueue
 
 log = logging.getLogger("fieldbridge.sources.efento")
 
 HASH_TTL = 300.0  # seconds a device's stored configuration hash is trusted before a re-read
 MAX_CACHED = 200_000  # devices whose stored hash is kept in memory
+QUEUED, SENT = DownlinkState.QUEUED, DownlinkState.SENT
 
 
 class Later:
@@ -35,19 +33,6 @@ class _Hash:
     read_at: float
 
 
-def merge_configs(payloads: Sequence[bytes]) -> bytes:
-    """ProtoConfig payloads as one, later ones winning field by field (a later `rules` list
-    replaces an earlier one; concatenating the bytes would append to it)."""
-    merged = ProtoConfig()
-    for payload in payloads:
-        part = ProtoConfig()
-        part.ParseFromString(payload)
-        for field, _ in part.ListFields():
-            merged.ClearField(field.name)  # type: ignore[arg-type]  # a name from the descriptor
-        merged.MergeFrom(part)
-    return merged.SerializeToString(deterministic=True)
-
-
 class DownlinkPlanner:
     """Builds the payload of the answer to a sensor's CON /m or /i, and follows up on /c.
 
@@ -57,19 +42,21 @@ class DownlinkPlanner:
 
     def __init__(
         self,
-        store: Store,
+        downlinks: DownlinkQueue,
+        devices: DeviceReader,
         *,
         where: str,
         poll: float,
         attempts: int,
         config_request: str,
     ) -> None:
-        self._store = store
+        self._downlinks = downlinks
+        self._devices = devices
         self._where = where
         self._poll = poll
         self._attempts = attempts
         self._config_request = config_request
-        self._states: dict[str, set[str]] = {}  # device -> {"queued", "sent"}
+        self._states: dict[str, set[DownlinkState]] = {}  # device -> {QUEUED, SENT}
         self._hashes: dict[str, _Hash] = {}
         self._incomplete: set[str] = set()  # devices whose last split /c lacked parts
         self._task: asyncio.Task[None] | None = None
@@ -85,7 +72,7 @@ class DownlinkPlanner:
 
     async def refresh(self) -> None:
         """Read which devices have queued or sent downlinks now."""
-        self._states = await self._store.downlink_states()
+        self._states = await self._downlinks.downlink_states()
 
     async def _poll_forever(self) -> None:
         failing = False
@@ -110,18 +97,18 @@ class DownlinkPlanner:
         does not need; LATER when it does. Saves a task per frame on the hot path."""
         states = self._states.get(serial)
         if endpoint == "c":
-            if states and "sent" in states:
+            if states and SENT in states:
                 return LATER
             if config_hash is not None:
                 self._remember(serial, config_hash, now)
                 self._incomplete.discard(serial)
             return None
-        if endpoint == "i" and states and "sent" in states:
+        if endpoint == "i" and states and SENT in states:
             return LATER
         if not con:
             return None
         frame_hash = config_hash if endpoint == "m" else None
-        if states and ("queued" in states or ("sent" in states and frame_hash is not None)):
+        if states and (QUEUED in states or (SENT in states and frame_hash is not None)):
             return LATER
         request = self._wants_configuration_cached(serial, frame_hash, now)
         if isinstance(request, Later):
@@ -159,25 +146,23 @@ class DownlinkPlanner:
         taken: list[Downlink] = []
         if states:
             if (
-                "sent" in states
+                SENT in states
                 and frame_hash is not None
                 and await self._resend_unapplied(serial, frame_hash, now)
             ):
-                states.add("queued")
-            if "queued" in states:
-                taken = await self._store.take_downlinks(
-                    serial, now, known_hash=frame_hash, expects_change=changes_configuration
-                )
-                states.discard("queued")
+                states.add(QUEUED)
+            if QUEUED in states:
+                taken = await self._take(serial, frame_hash, now)
+                states.discard(QUEUED)
                 if taken:
-                    states.add("sent")
+                    states.add(SENT)
         request = await self._wants_configuration(serial, frame_hash, now)
         try:
             payload = self._payload(taken, request, now)
-        except ProtobufDecodeError:
+        except DecodeError:
             # A queued payload that is no ProtoConfig would make every answer fail: drop it.
-            bad = [d.id for d in taken if not _parses(d.payload)]
-            await self._store.fail_downlinks(bad, "payload is not a ProtoConfig", now)
+            bad = [d.id for d in taken if not efento.is_config(d.payload)]
+            await self._downlinks.fail_downlinks(bad, "payload is not a ProtoConfig", now)
             log.error(
                 "%s: downlinks %s of %s are not ProtoConfig; failed", self._where, bad, serial
             )
@@ -193,28 +178,32 @@ class DownlinkPlanner:
             )
         return payload
 
+    async def _take(self, serial: str, frame_hash: int | None, now: float) -> list[Downlink]:
+        """Mark the queued downlinks sent with the hash the sensor has now: the frame's, else
+        that of its last stored /c, read afresh (another process may have stored it)."""
+        known = frame_hash
+        if known is None:
+            self._hashes.pop(serial, None)
+            known = await self.stored_hash(serial, now)
+        return await self._downlinks.take_downlinks(
+            serial, now, known_hash=known, expects_change=efento.changes_configuration
+        )
+
     @staticmethod
     def _payload(taken: Sequence[Downlink], request: bool, now: float) -> bytes | None:
         """Downlinks merged with the clock and maybe a configuration request; None if none."""
-        if not taken and not request:
-            return None
-        extra: dict[str, object] = {"current_time": int(now)}
-        if request:
-            extra["configuration_request"] = True
-        return merge_configs([*(d.payload for d in taken), encode_config(extra)])
+        return efento.answer_payload([d.payload for d in taken], now, configuration_request=request)
 
     async def _resend_unapplied(self, serial: str, frame_hash: int, now: float) -> bool:
         """Requeue sent downlinks the frame shows unapplied; True if any was requeued."""
         again: list[int] = []
         give_up: list[int] = []
-        for d in await self._store.pending_downlinks(serial):
-            if d.state != "sent" or not d.meta.get("expect_hash_change", True):
+        for d in await self._downlinks.pending_downlinks(serial):
+            if d.state != SENT or d.expect_hash_change is False or d.sent_hash != frame_hash:
                 continue
-            if d.meta.get("sent_hash") != frame_hash:
-                continue
-            (again if int(d.meta.get("attempts", 1)) < self._attempts else give_up).append(d.id)
+            (again if max(d.attempts, 1) < self._attempts else give_up).append(d.id)
         if give_up:
-            await self._store.fail_downlinks(
+            await self._downlinks.fail_downlinks(
                 give_up, f"configuration hash still {frame_hash} after {self._attempts} sends", now
             )
             log.warning(
@@ -224,7 +213,7 @@ class DownlinkPlanner:
                 give_up,
                 frame_hash,
             )
-        return bool(again) and await self._store.requeue_downlinks(again) > 0
+        return bool(again) and await self._downlinks.requeue_downlinks(again) > 0
 
     async def _wants_configuration(self, serial: str, frame_hash: int | None, now: float) -> bool:
         wanted = self._wants_configuration_cached(serial, frame_hash, now)
@@ -251,8 +240,8 @@ class DownlinkPlanner:
         cached = self._hashes.get(serial)
         if cached is not None and now - cached.read_at < HASH_TTL:
             return cached.value
-        device = await self._store.get_device(serial)
-        value = device.attributes.get("configuration_hash") if device is not None else None
+        device = await self._devices.get_device(serial)
+        value = device.attributes.get(efento.HASH_ATTRIBUTE) if device is not None else None
         self._remember(serial, value if isinstance(value, int) else None, now)
         return self._hashes[serial].value
 
@@ -280,17 +269,9 @@ class DownlinkPlanner:
         states = self._states.get(serial)
         if not states or "sent" not in states:
             return
-        confirmed = await self._store.confirm_downlinks(serial, config_hash, now)
+        confirmed = await self._downlinks.confirm_downlinks(serial, config_hash, now)
         if confirmed:
             log.info("%s: %s confirmed %d downlinks", self._where, serial, confirmed)
-            remaining = await self._store.pending_downlinks(serial)
-            if not any(d.state == "sent" for d in remaining):
-                states.discard("sent")
-
-
-def _parses(payload: bytes) -> bool:
-    try:
-        ProtoConfig().ParseFromString(payload)
-    except ProtobufDecodeError:
-        return False
-    return True
+            remaining = await self._downlinks.pending_downlinks(serial)
+            if not any(d.state == SENT for d in remaining):
+                states.discard(SENT)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import struct
 import time
@@ -16,13 +15,15 @@ import aiocoap
 from aiocoap.numbers.codes import Code
 
 from fieldbridge.codecs import efento
-from fieldbridge.codecs.efento import FrameSummary, summary
+from fieldbridge.codecs.efento import FrameSummary, Incomplete, Part, summary
 from fieldbridge.errors import ConfigError, DecodeError, StoreError
 from fieldbridge.model import Accepted, Outcome
+from fieldbridge.sources.access import StoreAccess
 from fieldbridge.sources.coap.downlinks import DownlinkPlanner, Later
 from fieldbridge.sources.coap.settings import EfentoCoapSettings, parse_listen
-from fieldbridge.sources.coap.splits import ConfigParts, assemble, missing
+from fieldbridge.sources.coap.tokens import TOKEN_ATTRIBUTE, TokenPolicy
 from fieldbridge.sources.coap.transport import CoapServer
+from fieldbridge.sources.coap.uploads import ConfigUploads
 
 if TYPE_CHECKING:
     from fieldbridge.ingest import Ingest
@@ -30,9 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fieldbridge.sources.efento")
 
 NO_RESPONSE = 26  # RFC 7967: suppress 2.xx, 4.xx and 5.xx, i.e. answer nothing to a NON
-TOKEN_TTL = 30.0  # seconds a device's allowed_cloud_token is trusted before a re-read
 LOG_EVERY = 60.0  # seconds between repeats of one refusal or failure in the log
-TOKEN_ATTRIBUTE = "allowed_cloud_token"
 
 
 @dataclass(slots=True)
@@ -59,26 +58,32 @@ class EfentoCoapSource:
     fast: each waits for one ingest commit and, only for devices with downlinks or an unknown
     hash, a store look-up or transaction. A late answer is still piggy-backed; the sensor's
     retransmission in the meantime is ignored, and one after the answer gets it again.
+
+    What a frame is (serial, hash, token, split part) comes from the codec; the token policy,
+    the split-upload assembly and the downlink planner decide; this class answers.
     """
 
-    def __init__(self, settings: EfentoCoapSettings, ingest: Ingest) -> None:
+    def __init__(self, settings: EfentoCoapSettings, ingest: Ingest, access: StoreAccess) -> None:
         self.name = settings.name
         self.settings = settings
         self._ingest = ingest
         self._where = settings.where
         self._routes = settings.routes()
-        self._tokens = [t.get_secret_value().encode() for t in settings.tokens]
-        self._require_token = settings.tokens_required
+        self._tokens = (
+            TokenPolicy([t.get_secret_value() for t in settings.tokens], access.devices)
+            if settings.tokens_required
+            else None
+        )
         self._token_option = settings.token_option
         self.planner = DownlinkPlanner(
-            ingest.store,
+            access.downlinks,
+            access.devices,
             where=self._where,
             poll=settings.downlink_poll,
             attempts=settings.downlink_attempts,
             config_request=settings.config_request,
         )
-        self._parts = ConfigParts(settings.split_timeout)
-        self._allowed: dict[str, tuple[str | None, float]] = {}  # serial -> token, read at
+        self._uploads = ConfigUploads(access.journal, settings.name, settings.split_timeout)
         self._logged: dict[str, float] = {}  # what was logged when, for rate limiting
         self._server: CoapServer | None = None
         self._outstanding = 0
@@ -108,7 +113,7 @@ class EfentoCoapSource:
             self._where,
             self.settings.listen,
             paths,
-            "required" if self._require_token else "not checked",
+            "required" if self._tokens is not None else "not checked",
         )
         return self
 
@@ -137,7 +142,7 @@ class EfentoCoapSource:
             frame = self._frame(pipe, request)
             self._outstanding += 1
             split = frame.endpoint == "c" and frame.summary and frame.summary.split_info
-            if self._require_token or split or not self._ingest.has_room:
+            if self._tokens is not None or split or not self._ingest.has_room:
                 # Store look-ups or back-pressure first: that takes a task.
                 self._spawn(frame, self._store_frame(frame))
                 return
@@ -221,17 +226,15 @@ class EfentoCoapSource:
     async def _store_frame(self, frame: _Frame) -> None:
         """The slow path: token check, split /c reassembly, waiting for room in ingest."""
         try:
-            if self._require_token:
-                refusal = await self._check_token(frame)
+            if self._tokens is not None:
+                refusal = await self._refusal(self._tokens, frame)
                 if refusal is not None:
                     self._answer(frame, Code.UNAUTHORIZED, refusal.encode())
                     return
             whole = True  # for /c: a whole configuration, not a part of a split upload
             s = frame.summary
             if frame.endpoint == "c" and s is not None and s.split_info:
-                frame.payload, frame.summary, whole = await self._config_upload(
-                    s, frame.payload, frame.meta, frame.received_at
-                )
+                whole = await self._config_upload(frame, s)
             try:
                 outcome = await self._ingest.submit(
                     self.name, frame.payload, efento.decode, frame.meta, frame.received_at
@@ -298,110 +301,56 @@ class EfentoCoapSource:
         if not self._outstanding:
             self._drained.set()
 
-    async def _config_upload(
-        self, frame: FrameSummary, payload: bytes, meta: dict[str, Any], now: float
-    ) -> tuple[bytes, FrameSummary, bool]:
-        """A part of a split /c: keep it; on the last part, the whole configuration to store.
+    async def _config_upload(self, frame: _Frame, s: FrameSummary) -> bool:
+        """A part of a split /c: on the last part, make the frame the whole configuration.
 
-        Returns (payload to store, its summary, whether it is a whole configuration).
+        Returns whether the frame is a whole configuration now (else a part, stored alone).
         """
-        split = frame.split_info or 0
-        serial = frame.serial
-        if split < 0:
-            self._parts.add(serial, -split, payload, now)
-            return payload, frame, False
-        if split == 1:
-            return payload, frame, True
-        parts = self._parts.earlier(serial, split, now)
-        if missing(parts, split):
-            parts = {**await self._parts_from_journal(serial, split, now), **parts}
-        whole = assemble(parts, payload, split)
-        if whole is None:
+        step = await self._uploads.take(s, frame.payload, frame.received_at)
+        if isinstance(step, Part):
+            return False
+        if isinstance(step, Incomplete):
             log.warning(
                 "%s: split configuration of %s: parts %s of %d missing; storing the last part "
                 "alone and asking the sensor for its configuration again",
-                self._where, serial, missing(parts, split), split,
+                self._where, s.serial, list(step.missing), s.split_info,
             )  # fmt: skip
-            self.planner.configuration_incomplete(serial)
-            return payload, frame, False
-        self._parts.forget(serial)
-        meta["split_parts"] = split
-        return whole, summary("c", whole), True
-
-    async def _parts_from_journal(self, serial: str, total: int, now: float) -> dict[int, bytes]:
-        """Earlier parts this source stored, for an upload that began before a restart."""
-        try:
-            entries = await self._ingest.store.recent_messages(
-                serial,
-                since=now - self.settings.split_timeout,
-                kind=efento.KIND_CONFIG_PART,
-                source=self.name,
-                limit=4 * total,
-            )
-        except StoreError:
-            return {}
-        found: dict[int, bytes] = {}
-        for entry in entries:  # newest first: the current upload wins over older ones
-            try:
-                index = -(summary("c", entry.payload).split_info or 0)
-            except DecodeError:
-                continue
-            if 1 <= index < total:
-                found.setdefault(index, entry.payload)
-        return found
+            self.planner.configuration_incomplete(s.serial)
+            return False
+        frame.payload, frame.summary = step.payload, step.frame
+        if step.parts > 1:
+            frame.meta["split_parts"] = step.parts
+        return True
 
     # --- cloud tokens -------------------------------------------------------------------------
 
-    async def _check_token(self, frame: _Frame) -> str | None:
+    async def _refusal(self, tokens: TokenPolicy, frame: _Frame) -> str | None:
         """None if the frame may be stored, else why not (the 4.01's diagnostic payload)."""
-        token = self._option_token(frame.pipe.request) if self._token_option else None
-        if self._token_option is None and frame.summary is not None:
-            token = frame.summary.cloud_token
-        serial = frame.summary.serial if frame.summary is not None else "?"
-        endpoint, remote = frame.endpoint, frame.remote
-        if token is not None and await self._token_allowed(serial, token):
-            return None
-        reason = "no cloud token" if token is None else "unknown cloud token"
-        self._log_limited(
-            f"token:{serial}:{reason}", logging.WARNING,
-            "%s: refused /%s from %s (serial %s): %s; add it to %s.tokens or set the device's "
-            "%s attribute", self._where, endpoint, remote, serial, reason, self._where,
-            TOKEN_ATTRIBUTE,
-        )  # fmt: skip
+        s = frame.summary
+        if self._token_option is not None:
+            token = self._option_token(frame.pipe.request, self._token_option)
+        else:
+            token = s.cloud_token if s is not None else None
+        serial = s.serial if s is not None else None
+        reason = await tokens.refusal(serial, token)
+        if reason is not None:
+            self._log_limited(
+                f"token:{serial or '?'}:{reason}", logging.WARNING,
+                "%s: refused /%s from %s (serial %s): %s; add it to %s.tokens or set the "
+                "device's %s attribute", self._where, frame.endpoint, frame.remote,
+                serial or "?", reason, self._where, TOKEN_ATTRIBUTE,
+            )  # fmt: skip
         return reason
 
-    def _option_token(self, request: Any) -> str | None:
-        options = request.opt.get_option(self._token_option)
+    @staticmethod
+    def _option_token(request: Any, option: int) -> str | None:
+        """The token a sensor sends in a CoAP option (cloud_token_coap_option 1..64999)."""
+        options = request.opt.get_option(option)
         if not options:
             return None
         value = options[0].value
         text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
         return text or None
-
-    async def _token_allowed(self, serial: str, token: str) -> bool:
-        given = token.encode()
-        if any(hmac.compare_digest(given, t) for t in self._tokens):
-            return True
-        if serial == "?":
-            return False
-        allowed = await self._registered_token(serial)
-        return allowed is not None and hmac.compare_digest(given, allowed.encode())
-
-    async def _registered_token(self, serial: str) -> str | None:
-        now = time.monotonic()
-        cached = self._allowed.get(serial)
-        if cached is not None and now - cached[1] < TOKEN_TTL:
-            return cached[0]
-        try:
-            device = await self._ingest.store.get_device(serial)
-        except StoreError:
-            return None
-        value = device.attributes.get(TOKEN_ATTRIBUTE) if device is not None else None
-        token = str(value) if value else None
-        if len(self._allowed) > 100_000:
-            self._allowed.clear()
-        self._allowed[serial] = (token, now)
-        return token
 
     def _log_limited(self, key: str, level: int, message: str, *args: object) -> None:
         now = time.monotonic()

@@ -11,12 +11,13 @@ from fieldbridge.sources.mqtt.source import MqttSource
 
 if TYPE_CHECKING:
     from fieldbridge.ingest import Ingest
+    from fieldbridge.sources.access import StoreAccess
 
 __all__ = ["DEFAULT_RUN", "MqttSettings", "MqttSource", "build"]
 
 
-def build(settings: MqttSettings, ingest: Ingest) -> MqttSource:
-    return MqttSource(settings, ingest)
+def build(settings: MqttSettings, ingest: Ingest, access: StoreAccess) -> MqttSource:
+    return MqttSource(settings, ingest)  # PUBACKs need nothing of the store
 
 
 # Without a settings file: generic JSON on sensors/<device>/data and Smart Citizen Kits, on the
