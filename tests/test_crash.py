@@ -13,7 +13,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.processes import FieldbridgeProcess, WebhookReceiver
+from tests.support.processes import FieldbridgeProcess, WebhookReceiver
 
 MESSAGES = 20_000
 CLIENTS = 4

@@ -16,8 +16,9 @@ from pydantic import BaseModel, create_model
 from fieldbridge.config import IngestSettings, Settings, load_settings
 from fieldbridge.plugin import SINK_TYPES, SOURCE_TYPES, load_builtins
 from fieldbridge.sinks.webhook import WebhookSettings
+from tests.support import paths
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "fieldbridge.example.toml"
+EXAMPLE = paths.ROOT / "fieldbridge.example.toml"
 FIELDBRIDGE = str(Path(sys.executable).with_name("fieldbridge"))
 PLUGIN_SECTIONS = ("sources", "sinks")
 HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")

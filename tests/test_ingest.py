@@ -19,7 +19,7 @@ from fieldbridge.model import Accepted, Decoded, Outcome, Rejected
 from fieldbridge.observe import Metrics
 from fieldbridge.store import Store, open_store, parse_store_url
 from fieldbridge.store.migrate import upgrade
-from tests.locks import sqlite_write_locked
+from tests.support.locks import sqlite_write_locked
 
 WAIT = 20.0  # seconds before a stuck await fails the test instead of hanging it
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import httpx
 
-from tests.processes import FIELDBRIDGE, FieldbridgeProcess
+from tests.support import paths
+from tests.support.processes import FIELDBRIDGE, FieldbridgeProcess
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = paths.ROOT / "README.md"
 
 
 def readme_curl(base_url: str) -> list[str]:

@@ -16,7 +16,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.processes import FieldbridgeProcess, WebhookReceiver, run_cli
+from tests.support.processes import FieldbridgeProcess, WebhookReceiver, run_cli
 
 CLIENTS = 4
 STOP_WITHIN = 10.0  # seconds the issue allows from the signal to exit

@@ -1,0 +1,64 @@
+"""`fieldbridge spy` as a subprocess for tests: its output lines arrive on a queue."""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.support.processes import FIELDBRIDGE, _child_env
+
+WAIT = 15.0
+
+
+class Spy:
+    """`fieldbridge spy` in a subprocess; its stdout lines arrive on a queue."""
+
+    def __init__(self, config: Path, *args: str) -> None:
+        self.popen = subprocess.Popen(
+            [FIELDBRIDGE, "--config", str(config), "spy", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_child_env(),
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def line(self, timeout: float = WAIT) -> str:
+        try:
+            return self.lines.get(timeout=timeout)
+        except queue.Empty:
+            self.popen.kill()
+            _, err = self.popen.communicate()
+            raise AssertionError(f"spy printed nothing within {timeout}s; stderr: {err}") from None
+
+    def event(self) -> dict[str, Any]:
+        event: dict[str, Any] = json.loads(self.line())
+        return event
+
+    def finish(self, timeout: float = WAIT) -> tuple[int, list[str], str]:
+        """Exit code, the lines not read yet, and stderr."""
+        code = self.popen.wait(timeout)
+        assert self.popen.stderr is not None
+        err = self.popen.stderr.read()
+        time.sleep(0.1)  # let the reader thread hand over the last lines
+        rest = []
+        while not self.lines.empty():
+            rest.append(self.lines.get())
+        return code, rest, err
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(5)

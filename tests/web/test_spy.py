@@ -1,0 +1,197 @@
+"""fieldbridge spy: live payloads from the running service, filters, slow watchers, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from fieldbridge.codecs.http_json import decode
+from fieldbridge.ingest import Ingest
+from fieldbridge.model import Accepted
+from fieldbridge.store import open_store, parse_store_url
+from fieldbridge.store.migrate import upgrade
+from fieldbridge.web.spy import QUEUE_BOUND, SpyHub, _stream
+from tests.support.processes import FieldbridgeProcess, run_cli
+from tests.support.spy_watch import WAIT, Spy
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[FieldbridgeProcess]:
+    with FieldbridgeProcess(tmp_path / "svc") as process:
+        process.start()
+        yield process
+
+
+def post(process: FieldbridgeProcess, body: object) -> httpx.Response:
+    return httpx.post(process.ingest_url, json=body, timeout=10.0)
+
+
+def test_spy_json_shows_accepted_and_refused_payloads_as_they_are_committed(
+    service: FieldbridgeProcess,
+) -> None:
+    spy = Spy(service.config_path, "--json")
+    try:
+        assert spy.event() == {"type": "hello", "source": None, "topic": None, "queue": QUEUE_BOUND}
+        assert post(
+            service, {"device": "d1", "readings": {"t": {"value": 21.5, "unit": "C"}}}
+        ).is_success
+        assert post(service, {"device": "d1", "readings": {"t": "warm"}}).status_code == 422
+        accepted, refused = spy.event(), spy.event()
+    finally:
+        spy.kill()
+    assert accepted["type"] == "message" and accepted["outcome"] == "accepted"
+    assert (accepted["source"], accepted["topic"], accepted["ids"]) == ("http", None, [1])
+    [message] = accepted["messages"]
+    assert message["device"] == "d1"
+    assert [(r["quantity"], r["value"], r["unit"]) for r in message["readings"]] == [
+        ("t", 21.5, "C")
+    ]
+    assert refused["outcome"] == "rejected"
+    assert refused["reason"] == "readings.t: must be a number, a boolean or null, got string"
+    assert refused["quarantine_id"] == 1
+
+
+def test_spy_text_view_and_ctrl_c(service: FieldbridgeProcess) -> None:
+    spy = Spy(service.config_path)
+    try:
+        assert "watching every source; Ctrl-C stops" in spy.line()
+        post(service, {"device": "kit-7", "readings": {"t": 21.5, "h": 40}})
+        post(service, [{"device": "kit-7", "readings": {"t": 1}}, {"device": "x"}])
+        shown, refused = spy.line(), spy.line()
+        spy.popen.send_signal(signal.SIGINT)
+        code, rest, err = spy.finish()
+    finally:
+        spy.kill()
+    assert " http kit-7 t=21.5 h=40" in shown
+    assert "http refused [1].readings: must be a non-empty object" in refused
+    assert code == 0, err
+    assert "Traceback" not in err
+    assert err.strip() == "stopped"
+    assert rest == []
+
+
+def test_filters_and_the_end_of_the_service_end_the_spy(service: FieldbridgeProcess) -> None:
+    other = Spy(service.config_path, "--json", "--source", "mqtt-kits")
+    topical = Spy(service.config_path, "--json", "--topic", "device/sck/+/readings")
+    mine = Spy(service.config_path, "--json", "--source", "http")
+    try:
+        for spy in (other, topical, mine):
+            assert spy.event()["type"] == "hello"
+        post(service, {"device": "d1", "readings": {"t": 1}})
+        assert mine.event()["source"] == "http"
+        started = time.monotonic()
+        service.terminate()
+        assert service.wait(WAIT) == 0
+        # Open spy streams do not hold the HTTP server's graceful shutdown.
+        assert time.monotonic() - started < 5.0
+        results = [spy.finish() for spy in (other, topical, mine)]
+    finally:
+        for spy in (other, topical, mine):
+            spy.kill()
+    for code, rest, err in results:
+        assert code == 1
+        assert rest == []  # an HTTP payload has no topic, and its source is not mqtt-kits
+        assert "the service closed the stream (it is stopping or restarting)" in err
+
+
+def test_spy_says_when_the_service_is_not_running(tmp_path: Path) -> None:
+    process = FieldbridgeProcess(tmp_path / "off")
+    done = run_cli("spy", config=process.config_path, timeout=20.0)
+    assert done.returncode == 1
+    assert f"fieldbridge is not running at http://127.0.0.1:{process.port}" in done.stderr
+    assert "start it with `fieldbridge run`" in done.stderr
+
+
+def test_spy_needs_the_token_when_http_tokens_are_set(tmp_path: Path) -> None:
+    with FieldbridgeProcess(tmp_path / "auth", http={"tokens": ["s3cret"]}) as process:
+        process.start()
+        refused = httpx.get(f"{process.base_url}/api/v1/spy", timeout=5.0)
+        assert refused.status_code == 401
+        assert refused.json() == {"error": "missing or wrong bearer token (see http.tokens)"}
+        spy = Spy(process.config_path, "--json")  # the CLI sends the first of http.tokens
+        try:
+            assert spy.event()["type"] == "hello"
+        finally:
+            spy.kill()
+
+
+def test_bad_filters_are_refused_with_the_reason(service: FieldbridgeProcess) -> None:
+    answer = httpx.get(f"{service.base_url}/api/v1/spy", params={"topic": "a/#/b"}, timeout=5.0)
+    assert answer.status_code == 400
+    assert answer.json()["error"] == "topic: 'a/#/b': '#' must be a whole level and the last one"
+    answer = httpx.get(f"{service.base_url}/api/v1/spy", params={"device": "x"}, timeout=5.0)
+    assert answer.json()["error"] == "unknown query parameter 'device' (known: source, topic)"
+    done = service.cli("spy", "--topic", "a+/b", timeout=20.0)
+    assert done.returncode == 1
+    assert "the service refused the spy (400): topic: 'a+/b': '+' must be a whole level" in (
+        done.stderr
+    )
+
+
+# --- in process: the hub and the ingest tap ---------------------------------------------------
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'spy.db'}"
+    upgrade(parse_store_url(url))
+    return url
+
+
+def body(n: int) -> bytes:
+    return orjson.dumps({"device": f"dev-{n}", "readings": {"t": n}})
+
+
+async def test_a_slow_watcher_loses_the_oldest_lines_and_is_told_how_many(sqlite_url: str) -> None:
+    extra = 250
+    async with open_store(sqlite_url) as store, Ingest(store) as ingest:
+        hub = SpyHub(ingest)
+        watcher = hub.watch(None, None)
+        outcomes = await asyncio.gather(
+            *(ingest.submit("http", body(n), decode) for n in range(QUEUE_BOUND + extra))
+        )
+        assert all(isinstance(o, Accepted) for o in outcomes)
+        stream = _stream(hub, watcher, b"hello\n")
+        assert await anext(stream) == b"hello\n"
+        assert orjson.loads(await anext(stream)) == {"type": "dropped", "count": extra}
+        kept = [orjson.loads(line) for line in (await anext(stream)).splitlines()]
+        await stream.aclose()
+    devices = [event["messages"][0]["device"] for event in kept]
+    assert devices == [f"dev-{n}" for n in range(extra, QUEUE_BOUND + extra)]
+    assert hub.watchers == 0
+
+
+async def test_the_tap_is_registered_only_while_someone_watches(sqlite_url: str) -> None:
+    async with open_store(sqlite_url) as store, Ingest(store) as ingest:
+        hub = SpyHub(ingest)
+        first, second = hub.watch("http", None), hub.watch(None, "a/#")
+        assert len(ingest.taps) == 1
+        hub.leave(first)
+        assert len(ingest.taps) == 1
+        hub.leave(second)
+        assert ingest.taps == ()
+        hub.close()
+        late = hub.watch(None, None)
+        assert late.closed and hub.watchers == 0 and ingest.taps == ()
+
+
+async def test_a_failing_tap_is_removed_and_ingest_goes_on(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*_: object) -> None:
+        raise RuntimeError("watcher bug")
+
+    async with open_store(sqlite_url) as store, Ingest(store) as ingest:
+        ingest.add_tap(broken)
+        first = await ingest.submit("http", body(1), decode)
+        second = await ingest.submit("http", body(2), decode)
+    assert isinstance(first, Accepted) and isinstance(second, Accepted)
+    assert ingest.taps == ()
+    assert "ingest tap failed; removed" in caplog.text
