@@ -34,7 +34,7 @@ test: system-deps install lint typecheck
 bench: install
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
-# Efento protobuf modules (committed); tests/test_efento_proto.py fails when they are stale.
+# Efento protobuf modules (committed); tests/codecs/efento/test_proto.py fails when they are stale.
 EFENTO_PROTO := src/fieldbridge/codecs/efento/proto
 proto: install
 	$(BIN)/python -m grpc_tools.protoc -Isrc --python_out=src --mypy_out=src \

@@ -178,5 +178,5 @@ def require_compatible(client: paho.Client) -> None:
             f"(fieldbridge/sources/mqtt/client.py) relies on private paho names this version "
             f"changed: {'; '.join(problems)}. Install the tested version: "
             f"pip install '{TESTED}' (the pin in pyproject.toml); moving to another paho means "
-            "checking client.py against it and running tests/test_mqtt_client_parser.py"
+            "checking client.py against it and running tests/sources/mqtt/test_client_parser.py"
         )
