@@ -1,0 +1,24 @@
+"""What a release ships, read from the source tree: its version and its newest schema revision."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from alembic.script import ScriptDirectory
+
+ROOT = Path(__file__).resolve().parents[1]
+MIGRATIONS = ROOT / "src" / "fieldbridge" / "store" / "migrations"
+
+
+def package_version() -> str:
+    """pyproject.toml's version: the one source the installed metadata is built from."""
+    with (ROOT / "pyproject.toml").open("rb") as handle:
+        return str(tomllib.load(handle)["project"]["version"])
+
+
+def schema_head() -> str:
+    """The newest Alembic revision in the source tree (computed: migrations keep being added)."""
+    head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
+    assert head is not None, f"no revisions in {MIGRATIONS}"
+    return head
