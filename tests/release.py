@@ -9,6 +9,8 @@ from alembic.script import ScriptDirectory
 
 ROOT = Path(__file__).resolve().parents[1]
 MIGRATIONS = ROOT / "src" / "fieldbridge" / "store" / "migrations"
+# All a wheel is built from: deploy/Dockerfile's build stage copies just these.
+BUILD_INPUTS = ("pyproject.toml", "README.md", "src")
 
 
 def package_version() -> str:

@@ -27,7 +27,7 @@ from fieldbridge.plugin import SOURCE_TYPES, load_builtins
 from fieldbridge.store import parse_store_url
 from fieldbridge.web.server import WebServer
 from tests.processes import FIELDBRIDGE, FieldbridgeProcess
-from tests.release import ROOT
+from tests.release import BUILD_INPUTS, ROOT
 
 DEPLOY = ROOT / "deploy"
 UNIT = DEPLOY / "fieldbridge.service"
@@ -214,6 +214,18 @@ def test_the_image_is_two_stages_running_as_a_user_with_state_in_a_volume() -> N
     assert env["FIELDBRIDGE_CONFIG"] == "/etc/fieldbridge/fieldbridge.toml"
     assert ("COPY", "deploy/fieldbridge.toml /etc/fieldbridge/fieldbridge.toml") in steps
     assert [args for keyword, args in steps if keyword == "CMD"] == ['["run"]']
+
+
+def test_the_build_stage_copies_what_the_wheel_test_builds_from() -> None:
+    steps = instructions()
+    second_from = [i for i, (keyword, _) in enumerate(steps) if keyword == "FROM"][1]
+    copied = [args.split()[:-1] for keyword, args in steps[:second_from] if keyword == "COPY"]
+    assert sorted(name for sources in copied for name in sources) == sorted(BUILD_INPUTS)
+    ignored = (DEPLOY / "Dockerfile.dockerignore").read_text(encoding="utf-8").splitlines()
+    # The context is the repository root with everything left out but what is re-included.
+    assert ignored[ignored.index("*") + 1 :][: len(BUILD_INPUTS)] == [
+        f"!{name}/" if (ROOT / name).is_dir() else f"!{name}" for name in BUILD_INPUTS
+    ]
 
 
 def test_the_image_exposes_the_ports_it_listens_on(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from alembic.script import ScriptDirectory
 
 from tests.mqtt_broker import Mosquitto
 from tests.processes import FieldbridgeProcess
-from tests.release import MIGRATIONS, ROOT, package_version, schema_head
+from tests.release import BUILD_INPUTS, MIGRATIONS, ROOT, package_version, schema_head
 from tests.smartcitizen_sim import Kit
 
 # The wheel and its venv are built once and shared by this module's tests; with pytest-xdist,
@@ -102,6 +103,15 @@ def build(*command: str, cwd: Path) -> None:
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     work = tmp_path_factory.mktemp("wheel")
+    # Built from a copy of what the Docker build stage copies, so that list is proven enough.
+    source = work / "source"
+    source.mkdir()
+    for name in BUILD_INPUTS:
+        if (ROOT / name).is_dir():
+            ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+            shutil.copytree(ROOT / name, source / name, ignore=ignore)
+        else:
+            shutil.copy2(ROOT / name, source / name)
     dist = work / "dist"
     build(
         sys.executable,
@@ -111,7 +121,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
         "--no-deps",
         "--wheel-dir",
         str(dist),
-        str(ROOT),
+        str(source),
         cwd=work,
     )
     [wheel] = dist.glob("fieldbridge-*.whl")
