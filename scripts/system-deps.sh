@@ -9,6 +9,8 @@ declare -A NEEDED=(
   [coap-client-notls]=libcoap3-bin  # Efento CoAP tests: libcoap's client
   [mosquitto]=mosquitto             # MQTT tests start their own brokers
   [mosquitto_pub]=mosquitto-clients # MQTT tests and bench: the C publisher
+  [systemd-analyze]=systemd         # tests/test_deploy.py: verifies deploy/fieldbridge.service
+  [systemd-sysusers]=systemd        # tests/test_deploy.py: deploy/fieldbridge.sysusers.conf
 )
 
 missing=()

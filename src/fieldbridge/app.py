@@ -9,6 +9,7 @@ import time
 from contextlib import AsyncExitStack
 from typing import Any
 
+from fieldbridge import __version__
 from fieldbridge.config import Settings
 from fieldbridge.errors import StoreError
 from fieldbridge.ingest import Ingest
@@ -19,7 +20,7 @@ from fieldbridge.sinks.engine import SinkRunner
 from fieldbridge.sources.access import StoreAccess
 from fieldbridge.sources.http import HttpIngest
 from fieldbridge.store import Store, open_store, parse_store_url
-from fieldbridge.store.migrate import upgrade
+from fieldbridge.store.migrate import head_revision, upgrade
 from fieldbridge.store.urls import mask_url
 from fieldbridge.web.server import WebServer, build_app
 from fieldbridge.web.spy import SpyEndpoint, SpyHub
@@ -87,9 +88,15 @@ class Service:
             self.ingest.on_commit(runner.wake)
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
-        detail: dict[str, Any] = {"status": "ok", "store": "ok"}
+        schema: dict[str, str | None] = {"revision": None, "head": head_revision()}
+        detail: dict[str, Any] = {
+            "status": "ok",
+            "version": __version__,
+            "store": "ok",
+            "schema": schema,
+        }
         try:
-            await self.store.ping()
+            schema["revision"] = await self.store.schema_revision()
         except StoreError as exc:
             detail.update(status="unavailable", store=str(exc))
         detail["sinks"] = {

@@ -23,6 +23,7 @@ from fieldbridge.store import Pending, open_store, parse_store_url
 from fieldbridge.store.migrate import upgrade
 from fieldbridge.timefmt import iso
 from tests.fakes.webhook import WebhookReceiver
+from tests.support.release import ROOT, package_version, schema_head
 from tests.web.test_http_api import serve
 
 FIELDBRIDGE = str(Path(sys.executable).with_name("fieldbridge"))
@@ -204,7 +205,22 @@ def test_version() -> None:
         [FIELDBRIDGE, "--version"], capture_output=True, text=True, env=child_env(), timeout=60
     )
     assert done.returncode == 0
-    assert done.stdout.startswith("fieldbridge ")
+    assert done.stdout == f"fieldbridge {package_version()} (schema revision {schema_head()})\n"
+
+
+def test_the_docs_show_the_real_top_level_help() -> None:
+    doc = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    shown = doc.split("<code>fieldbridge --help</code></summary>\n\n```text\n")[1]
+    done = subprocess.run(
+        [FIELDBRIDGE, "--help"],
+        capture_output=True,
+        text=True,
+        env=child_env({"COLUMNS": "100"}),  # the width docs/cli.md is rendered at
+        timeout=60,
+        check=True,
+    )
+    real = "\n".join(line.rstrip() for line in done.stdout.splitlines()).strip("\n")
+    assert shown.split("```")[0].rstrip("\n") == real, "regenerate docs/cli.md's --help block"
 
 
 # --- config ---------------------------------------------------------------------------------

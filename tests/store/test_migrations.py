@@ -21,7 +21,7 @@ from alembic.script import ScriptDirectory
 
 from fieldbridge.model import Decoded, DownlinkState, Reading
 from fieldbridge.store import Pending, Store, open_store, parse_store_url
-from fieldbridge.store.migrate import MIGRATIONS, pending_revisions, upgrade
+from fieldbridge.store.migrate import MIGRATIONS, head_revision, pending_revisions, upgrade
 from fieldbridge.store.schema import metadata
 from tests.conftest import PG_ADMIN
 
@@ -94,6 +94,13 @@ def test_upgrade_twice_is_a_no_op(empty_url: str) -> None:
     assert upgrade(url) == []
     assert pending_revisions(url) == []
     assert schema_differences(empty_url) == []
+
+
+async def test_the_store_reports_the_revision_upgrade_reached(empty_url: str) -> None:
+    applied = upgrade(parse_store_url(empty_url))
+    assert applied[-1] == head_revision() == all_revisions()[-1]
+    async with open_store(empty_url) as store:
+        assert await store.schema_revision() == head_revision()
 
 
 def run_sql(url: str, sql: str) -> None:

@@ -69,10 +69,14 @@ def _toml_value(value: object) -> str:
 
 
 def run_cli(
-    *args: str, config: Path | None = None, cwd: Path | None = None, timeout: float = 30.0
+    *args: str,
+    config: Path | None = None,
+    cwd: Path | None = None,
+    timeout: float = 30.0,
+    fieldbridge: str = FIELDBRIDGE,
 ) -> subprocess.CompletedProcess[str]:
     """Run one `fieldbridge` command to completion and capture its output."""
-    command = [FIELDBRIDGE]
+    command = [fieldbridge]
     if config is not None:
         command += ["--config", str(config)]
     return subprocess.run(
@@ -113,9 +117,11 @@ class FieldbridgeProcess:
         http: Mapping[str, Any] | None = None,
         store: Mapping[str, Any] | None = None,
         port: int | None = None,
+        fieldbridge: str = FIELDBRIDGE,
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
+        self.fieldbridge = fieldbridge  # the console script to run: another install's, say
         self.config_path = workdir / f"{name}.toml"
         self.db_path = workdir / f"{name}.db"
         self.log_path = workdir / f"{name}.log"
@@ -180,7 +186,7 @@ class FieldbridgeProcess:
         self._log_file = self.log_path.open("ab")
         self._log_offset = self._log_file.tell()
         self._popen = subprocess.Popen(
-            [FIELDBRIDGE, "--config", str(self.config_path), "run"],
+            [self.fieldbridge, "--config", str(self.config_path), "run"],
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
@@ -272,7 +278,13 @@ class FieldbridgeProcess:
 
     def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
         """Run `fieldbridge --config <this config> ARGS...` beside the service."""
-        return run_cli(*args, config=self.config_path, cwd=self.workdir, timeout=timeout)
+        return run_cli(
+            *args,
+            config=self.config_path,
+            cwd=self.workdir,
+            timeout=timeout,
+            fieldbridge=self.fieldbridge,
+        )
 
     def sinks_status(self) -> list[dict[str, Any]]:
         """`fieldbridge sinks status --json`, parsed."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from fieldbridge.config import load_settings
 from fieldbridge.store import Store
 from tests.fakes.webhook import WebhookReceiver
 from tests.support.locks import sqlite_write_locked
+from tests.support.release import package_version, schema_head
 
 INGEST = "/api/v1/ingest"
 START_TIMEOUT = 20.0  # seconds for migrate + bind; only guards against a hang
@@ -389,7 +391,22 @@ async def test_healthz(tmp_path: Path) -> None:
         response = await fb.client.get("/healthz")
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("application/json")
-        assert response.json() == {"status": "ok", "store": "ok", "sinks": {}}
+        assert response.json() == {
+            "status": "ok",
+            "version": package_version(),
+            "store": "ok",
+            "schema": {"revision": schema_head(), "head": schema_head()},
+            "sinks": {},
+        }
+
+
+async def test_healthz_reports_the_revision_the_store_is_at(tmp_path: Path) -> None:
+    async with serve(tmp_path) as fb:
+        # Another process (an older or newer fieldbridge) moved the schema's revision mark.
+        with sqlite3.connect(fb.db_path) as conn:
+            conn.execute("UPDATE alembic_version SET version_num = 'elsewhere'")
+        schema = (await fb.client.get("/healthz")).json()["schema"]
+        assert schema == {"revision": "elsewhere", "head": schema_head()}
 
 
 async def test_wrong_method_and_unknown_path(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from fieldbridge.cli.sink_cmds import deadletters, sinks
 from fieldbridge.cli.spy_cmd import spy
 from fieldbridge.config import CONFIG_ENV, Settings
 from fieldbridge.store import parse_store_url
-from fieldbridge.store.migrate import pending_revisions, upgrade
+from fieldbridge.store.migrate import head_revision, pending_revisions, upgrade
 from fieldbridge.store.urls import mask_url
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
@@ -49,7 +49,7 @@ app.command("spy")(spy)
 
 def _version(value: bool) -> None:
     if value:
-        console.print(f"fieldbridge {__version__}")
+        console.print(f"fieldbridge {__version__} (schema revision {head_revision()})")
         raise typer.Exit()
 
 
@@ -68,7 +68,10 @@ def root(
     version: Annotated[
         bool,
         typer.Option(
-            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+            "--version",
+            callback=_version,
+            is_eager=True,
+            help="Print the version and the schema revision it ships, then exit.",
         ),
     ] = False,
 ) -> None:

@@ -25,6 +25,11 @@ class Store(JournalQueries, RegistryQueries, SinkStateQueries, DownlinkQueries, 
         """Raise StoreError unless the store answers."""
         await self.db.fetchall("SELECT 1")
 
+    async def schema_revision(self) -> str | None:
+        """The Alembic revision the (migrated) store's schema is at; StoreError if unreachable."""
+        rows = await self.db.fetchall("SELECT version_num FROM alembic_version")
+        return str(rows[0][0]) if rows else None
+
     async def close(self) -> None:
         await self.db.close()
 

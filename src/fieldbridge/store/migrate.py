@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,15 @@ def _transactional_sqlite_ddl(engine: sa.Engine, path: Path, wal_within: float) 
     @sa.event.listens_for(engine, "begin")
     def _begin(conn: sa.Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+@cache
+def head_revision() -> str:
+    """The newest revision this package ships: what `upgrade` brings a store to."""
+    head = ScriptDirectory.from_config(_config()).get_current_head()
+    if head is None:
+        raise StoreError(f"no schema revisions found in {MIGRATIONS}: the package is incomplete")
+    return head
 
 
 def pending_revisions(url: StoreUrl, *, busy_timeout_ms: int = 5000) -> list[str]:

@@ -18,8 +18,9 @@ each time a FastClient is built, so a paho upgrade fails at start, not in the fi
     path (packet dict, MQTTMessage, topic matcher, locks) costs about 16 us a message, more
     than ingest itself. Everything else (CONNACK, SUBACK, PINGRESP, QoS 2, MQTT 5 properties,
     partly received packets, and the first packet of each read: paho's 1-byte read of its type
-    is what refills the buffer) goes through paho unchanged. tests/sources/mqtt/test_client_parser.py
-    checks both paths against stock paho on random packet streams.
+    is what refills the buffer) goes through paho unchanged.
+    tests/sources/mqtt/test_client_parser.py checks both paths against stock paho on random
+    packet streams.
   * `_create_socket` returns a socket connected (and TLS-handshaken) beforehand in a worker
     thread, so every paho state change happens on the event-loop thread.
   * PUBACKs of one commit go to paho's out queue as one packet (`queue_pubacks`): one send()
