@@ -13,7 +13,6 @@ import aiocoap
 import pytest
 from aiocoap.numbers.codes import Code
 
-from fieldbridge.sources.coap import transport
 from fieldbridge.sources.coap.transport import CoapServer, Pipe
 from tests.support.coap_harness import Harness, serve, wait_until
 from tests.support.efento_sim import (
@@ -142,16 +141,15 @@ async def test_non_requests(tmp_path: Path) -> None:
             assert answer.mid != 0x5152 and len(answer.payload) == 4
 
 
-async def test_dedup_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Beyond MAX_REMEMBERED entries the oldest is forgotten: its mid is a new request."""
-    monkeypatch.setattr(transport, "MAX_REMEMBERED", 3)
+async def test_dedup_cache_is_bounded() -> None:
+    """Beyond `max_remembered` entries the oldest is forgotten: its mid is a new request."""
     seen: list[int] = []
 
     def handler(pipe: Pipe) -> None:
         seen.append(pipe.request.mid)
         pipe.add_response(aiocoap.Message(code=Code.CREATED, payload=os.urandom(4)))
 
-    server = await CoapServer.listen("127.0.0.1", 0, handler)
+    server = await CoapServer.listen("127.0.0.1", 0, handler, max_remembered=3)
     try:
         port = server.sockname[1]
         with raw_socket() as sock:

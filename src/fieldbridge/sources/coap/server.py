@@ -20,9 +20,10 @@ from fieldbridge.errors import ConfigError, DecodeError, StoreError
 from fieldbridge.model import Accepted, Outcome
 from fieldbridge.sources.access import StoreAccess
 from fieldbridge.sources.coap.downlinks import DownlinkPlanner, Later
+from fieldbridge.sources.coap.message import Address, Message, new_message
 from fieldbridge.sources.coap.settings import EfentoCoapSettings, parse_listen
 from fieldbridge.sources.coap.tokens import TOKEN_ATTRIBUTE, TokenPolicy
-from fieldbridge.sources.coap.transport import CoapServer
+from fieldbridge.sources.coap.transport import CoapServer, Pipe
 from fieldbridge.sources.coap.uploads import ConfigUploads
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ LOG_EVERY = 60.0  # seconds between repeats of one refusal or failure in the log
 class _Frame:
     """One /m, /i or /c request on its way through ingest to its answer."""
 
-    pipe: Any
+    pipe: Pipe
     endpoint: str
     con: bool
     payload: bytes
@@ -54,10 +55,9 @@ class EfentoCoapSource:
 
     The message layer (transport.py) hands every request to `handle`: routing four fixed
     paths needs no Site tree, and no blockwise assembly (a sensor splits large configurations
-    itself, field 44). CON requests are always answered piggy-backed, so answers should be
-    fast: each waits for one ingest commit and, only for devices with downlinks or an unknown
-    hash, a store look-up or transaction. A late answer is still piggy-backed; the sensor's
-    retransmission in the meantime is ignored, and one after the answer gets it again.
+    itself, field 44). Answers should be fast: each waits for one ingest commit and, only for
+    devices with downlinks or an unknown hash, a store look-up or transaction. One later than
+    `separate_after` goes as a separate response after an empty ACK (transport.py).
 
     What a frame is (serial, hash, token, split part) comes from the codec; the token policy,
     the split-upload assembly and the downlink planner decide; this class answers.
@@ -100,7 +100,9 @@ class EfentoCoapSource:
         except StoreError as exc:
             log.warning("%s: downlink queue not readable yet: %s", self._where, exc)
         try:
-            self._server = await CoapServer.listen(host, port, self.handle)
+            self._server = await CoapServer.listen(
+                host, port, self.handle, separate_after=self.settings.separate_after
+            )
         except OSError as exc:
             raise ConfigError(
                 f"{self._where}.listen {self.settings.listen}: cannot listen on UDP: {exc}"
@@ -130,7 +132,7 @@ class EfentoCoapSource:
 
     # --- requests ---------------------------------------------------------------------------
 
-    def handle(self, pipe: Any) -> None:
+    def handle(self, pipe: Pipe) -> None:
         """Take one request; answer it now or once its frame is committed."""
         request = pipe.request
         frame: _Frame | None = None
@@ -150,7 +152,7 @@ class EfentoCoapSource:
         except Exception:  # a bug must still answer the sensor, and be seen
             log.exception("%s: request failed", self._where)
             if frame is None:
-                pipe.add_response(aiocoap.Message(code=Code.INTERNAL_SERVER_ERROR), is_last=True)
+                pipe.add_response(new_message(Code.INTERNAL_SERVER_ERROR), is_last=True)
             else:
                 self._answer(frame, Code.INTERNAL_SERVER_ERROR, b"")
 
@@ -160,7 +162,7 @@ class EfentoCoapSource:
         frame.pipe.on_interest_end(task.cancel)
         task.add_done_callback(lambda _: self._forget(frame))
 
-    def _answer_at_once(self, request: Any) -> aiocoap.Message | None:
+    def _answer_at_once(self, request: Message) -> Message | None:
         """The answer to anything but a frame to store: /t, wrong paths and methods."""
         endpoint = self._routes.get(tuple(request.opt.uri_path))
         con = request.mtype == aiocoap.CON
@@ -171,14 +173,14 @@ class EfentoCoapSource:
             if code not in (Code.GET, Code.POST):
                 return _reply(con, Code.METHOD_NOT_ALLOWED)
             # Always answered, NON too: the sensor asked for the time and waits for it.
-            return aiocoap.Message(code=Code.CONTENT, payload=struct.pack(">I", int(time.time())))
+            return new_message(Code.CONTENT, struct.pack(">I", int(time.time())))
         if code != Code.POST:
             return _reply(con, Code.METHOD_NOT_ALLOWED)
         if self._closing:
             return _reply(con, Code.SERVICE_UNAVAILABLE, b"shutting down, retry")
         return None
 
-    def _frame(self, pipe: Any, request: Any) -> _Frame:
+    def _frame(self, pipe: Pipe, request: Message) -> _Frame:
         endpoint = self._routes[tuple(request.opt.uri_path)]
         con = request.mtype == aiocoap.CON
         payload: bytes = request.payload
@@ -343,7 +345,7 @@ class EfentoCoapSource:
         return reason
 
     @staticmethod
-    def _option_token(request: Any, option: int) -> str | None:
+    def _option_token(request: Message, option: int) -> str | None:
         """The token a sensor sends in a CoAP option (cloud_token_coap_option 1..64999)."""
         options = request.opt.get_option(option)
         if not options:
@@ -361,7 +363,7 @@ class EfentoCoapSource:
             log.log(level, message, *args)
 
 
-def _remote(address: Any) -> str:
+def _remote(address: Address) -> str:
     """host:port of a sender, cheaply: aiocoap's hostinfo parses the address every time."""
     sockaddr = getattr(address, "sockaddr", None)
     if not sockaddr:
@@ -370,7 +372,5 @@ def _remote(address: Any) -> str:
     return f"[{host}]:{sockaddr[1]}" if ":" in host else f"{host}:{sockaddr[1]}"
 
 
-def _reply(con: bool, code: Code, payload: bytes = b"") -> aiocoap.Message:
-    if con:
-        return aiocoap.Message(code=code, payload=payload)
-    return aiocoap.Message(code=code, payload=payload, no_response=NO_RESPONSE)
+def _reply(con: bool, code: Code, payload: bytes = b"") -> Message:
+    return new_message(code, payload, no_response=None if con else NO_RESPONSE)

@@ -33,6 +33,11 @@ class EfentoCoapSettings(SourceSettings):
     downlink_attempts: int = Field(default=3, ge=1, le=100)
     # Seconds the parts of a split /c upload are kept while waiting for the last one.
     split_timeout: float = Field(default=300.0, gt=0)
+    # Seconds a CON waits for its answer before it gets an empty ACK and, later, the answer
+    # as a separate response (RFC 7252 §5.2.2). Under the sensor's ACK_TIMEOUT (2 s), so it
+    # does not retransmit; 60 is beyond its whole retransmission window (about 45 s), i.e.
+    # answers only ever piggy-backed.
+    separate_after: float = Field(default=1.0, gt=0, le=60)
 
     @field_validator("listen")
     @classmethod

@@ -5,18 +5,27 @@ Hand-written on purpose: with a handler that answers at once, aiocoap's server C
 about 180 µs of CPU per CON request (30,000 requests, 64 in flight, this 2-core machine), this
 layer about 68 µs, both including aiocoap's Message.decode / Message.encode (~13 µs) and the UDP
 system calls. aiocoap still parses and serialises every message; only the exchange
-machinery is ours, and it does only what a server that answers piggy-backed needs:
+machinery is ours, and it does only what this server needs:
 
 - a malformed CON is rejected with RST, a malformed NON ignored (§4.2, §4.3); an empty CON
-  (CoAP ping) gets RST; ACK and RST from clients are dropped (there is nothing to cancel);
-- a CON request is answered in an ACK (same message id and token), however late: there are no
-  separate responses. A sensor that waits longer than its ACK_TIMEOUT retransmits, and the
-  retransmission is answered from the deduplication cache once the answer exists;
+  (CoAP ping) gets RST; an ACK or RST from a client only matters when it answers one of our
+  separate responses, and is dropped otherwise;
+- a CON request answered within `separate_after` seconds gets its answer piggy-backed in the
+  ACK (same message id and token). One still unanswered then gets an empty ACK, so the client
+  stops retransmitting, and its answer later comes as a separate CON response (§5.2.2) with a
+  fresh message id and the request's token, retransmitted with exponential back-off
+  (ACK_TIMEOUT, ACK_RANDOM_FACTOR, MAX_RETRANSMIT, §4.2, §4.8) until the client ACKs or RSTs
+  it. aiocoap does the same after 0.1 s; no source says whether Efento firmware takes
+  separate responses, hence a later default (1 s, still under the sensor's 2 s ACK_TIMEOUT).
+  One timer serves all pending CONs: they fall due in arrival order, so it only ever waits
+  for the oldest one, and an answer in time costs a dict insert and delete, no timer of its own;
 - a NON request gets a NON answer with a fresh message id, unless the answer carries
   No-Response (RFC 7967) for its code class;
 - deduplication (§4.5): a CON with a (remote, message id) seen within EXCHANGE_LIFETIME is
-  ignored while its answer is pending and answered with the same bytes after; a NON duplicate
-  within NON_LIFETIME is ignored. The cache is bounded, oldest first out.
+  ignored while nothing was sent for it, and answered with the same bytes after (the
+  piggy-backed answer, or the empty ACK); a NON duplicate within NON_LIFETIME is ignored. The
+  cache is bounded (`max_remembered`), oldest first out; so are the separate responses
+  waiting for their ACK.
 """
 
 from __future__ import annotations
@@ -25,23 +34,31 @@ import asyncio
 import ipaddress
 import logging
 import os
+import random
 import socket
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
-import aiocoap
-from aiocoap.numbers.codes import Code
+from fieldbridge.sources.coap.message import Message, decode, new_message
 
 log = logging.getLogger("fieldbridge.coap")
 
 EXCHANGE_LIFETIME = 247.0  # s, RFC 7252 §4.8.2: how long a CON's answer is kept for duplicates
 NON_LIFETIME = 145.0  # s, RFC 7252 §4.8.2
-MAX_REMEMBERED = 100_000  # (remote, mid) entries kept at most; the oldest go first
+MAX_REMEMBERED = 100_000  # default bound of (remote, mid) entries kept; the oldest go first
+SEPARATE_AFTER = 1.0  # s, default wait for an answer before the empty ACK
+ACK_TIMEOUT = 2.0  # s, RFC 7252 §4.8: first wait for the ACK of a separate response
+ACK_RANDOM_FACTOR = 1.5  # the first wait is ACK_TIMEOUT .. ACK_TIMEOUT * this
+MAX_RETRANSMIT = 4  # retransmissions of a separate response before giving up
+LOG_EVERY = 60.0  # s between log lines about separate responses given up
 
 CON, NON, ACK, RST = 0, 1, 2, 3
+INTERNAL_SERVER_ERROR = 0xA0  # 5.00
 
+SockAddr = tuple[Any, ...]
 Handler = Callable[["Pipe"], None]
 
 
@@ -50,7 +67,7 @@ class Remote:
 
     __slots__ = ("sockaddr",)
 
-    def __init__(self, sockaddr: Any) -> None:
+    def __init__(self, sockaddr: SockAddr) -> None:
         self.sockaddr = sockaddr
 
     @property
@@ -63,19 +80,48 @@ class Remote:
         return f"<Remote {self.hostinfo}>"
 
 
+@dataclass(slots=True)
+class Seen:
+    """One (remote, message id) in the deduplication cache."""
+
+    expires: float  # time.monotonic() after which it is forgotten
+    answer: bytes | None = None  # CON only: what was sent for it, to send again for duplicates
+
+
+@dataclass(slots=True, eq=False)
+class Separate:
+    """A separate CON response waiting for the client's ACK or RST."""
+
+    wire: bytes
+    addr: SockAddr
+    timeout: float  # s until the next retransmission; doubles each time
+    retransmits: int = 0
+    timer: asyncio.TimerHandle | None = None
+
+
 class Pipe:
     """One request and the way to its single answer (what the source used of aiocoap's pipe)."""
 
-    __slots__ = ("_ends", "_entry", "_server", "answered", "request")
+    __slots__ = (
+        "_ends", "_server", "addr", "answered", "con", "due", "entry", "mid", "request",
+        "separate",
+    )  # fmt: skip
 
-    def __init__(self, request: aiocoap.Message, server: CoapServer, entry: list[Any]) -> None:
+    def __init__(
+        self, request: Message, server: CoapServer, entry: Seen, addr: SockAddr, mid: int
+    ) -> None:
         self.request = request
-        self._server = server
-        self._entry = entry  # the deduplication entry: [expires, answer bytes or None]
-        self._ends: list[Callable[[], object]] = []
+        self.addr = addr
+        self.mid = mid
+        self.con = request.mtype == CON
+        self.entry = entry
+        self.due = 0.0  # CON: when the empty ACK goes out if still unanswered
+        self.separate = False  # CON: the empty ACK went out; the answer goes as a CON
         self.answered = False
+        self._server = server
+        self._ends: list[Callable[[], object]] = []
 
-    def add_response(self, message: aiocoap.Message, is_last: bool = True) -> None:
+    def add_response(self, message: Message, is_last: bool = True) -> None:
         """Send the answer; only one is sent (there are no observations here)."""
         if self.answered:
             return
@@ -95,19 +141,44 @@ class Pipe:
 class CoapServer(asyncio.DatagramProtocol):
     """The UDP endpoint: datagrams in, requests to `handler`, answers out."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        separate_after: float = SEPARATE_AFTER,
+        max_remembered: int = MAX_REMEMBERED,
+    ) -> None:
+        if separate_after <= 0 or max_remembered < 1:
+            raise ValueError("separate_after must be > 0 s and max_remembered >= 1")
         self._handler = handler
+        self._separate_after = separate_after
+        self._max_remembered = max_remembered
         self._transport: asyncio.DatagramTransport | None = None
         self._closed: asyncio.Future[None] | None = None
-        # (sockaddr, mid) -> [expires (monotonic), answer bytes (CON, once answered) or None]
-        self._seen: dict[tuple[Any, int], list[Any]] = {}
-        self._expiry: deque[tuple[float, tuple[Any, int]]] = deque()
+        self._seen: dict[tuple[SockAddr, int], Seen] = {}
+        self._expiry: deque[tuple[float, tuple[SockAddr, int]]] = deque()
         self._pending: set[Pipe] = set()
+        # CON requests with nothing sent yet, oldest first (insertion order is due order).
+        self._unacked: dict[Pipe, None] = {}
+        self._sweep: asyncio.TimerHandle | None = None
+        # (remote, our message id) -> separate response waiting for its ACK, oldest first.
+        self._separate: dict[tuple[SockAddr, int], Separate] = {}
         self._mid = int.from_bytes(os.urandom(2), "big")
+        self._given_up = 0  # separate responses given up since the last log line
+        self._logged_at = -LOG_EVERY
 
     @classmethod
-    async def listen(cls, host: str, port: int, handler: Handler) -> CoapServer:
+    async def listen(
+        cls,
+        host: str,
+        port: int,
+        handler: Handler,
+        *,
+        separate_after: float = SEPARATE_AFTER,
+        max_remembered: int = MAX_REMEMBERED,
+    ) -> CoapServer:
         """Bind host:port (IPv6 wildcards take IPv4 too); raises OSError."""
+        server = cls(handler, separate_after=separate_after, max_remembered=max_remembered)
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
         if not infos:
@@ -121,13 +192,17 @@ class CoapServer(asyncio.DatagramProtocol):
         except OSError:
             sock.close()
             raise
-        server = cls(handler)
         await loop.create_datagram_endpoint(lambda: server, sock=sock)
         return server
 
     @property
     def sockname(self) -> Any:
         return self._transport.get_extra_info("sockname") if self._transport else None
+
+    @property
+    def awaiting_ack(self) -> int:
+        """Separate responses sent and not yet acknowledged (nor given up)."""
+        return len(self._separate)
 
     # --- asyncio protocol ----------------------------------------------------------------
 
@@ -138,6 +213,14 @@ class CoapServer(asyncio.DatagramProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._closed is not None and not self._closed.done():
             self._closed.set_result(None)
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        self._unacked.clear()
+        for separate in self._separate.values():
+            if separate.timer is not None:
+                separate.timer.cancel()
+        self._separate.clear()
         for pipe in list(self._pending):
             pipe.end_interest()
         self._pending.clear()
@@ -145,12 +228,14 @@ class CoapServer(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         log.debug("UDP error: %s", exc)  # e.g. ICMP port unreachable for an earlier answer
 
-    def datagram_received(self, data: bytes, addr: Any) -> None:
+    def datagram_received(self, data: bytes, addr: SockAddr) -> None:
         if len(data) < 4 or data[0] >> 6 != 1:
             return  # too short to answer, or another version: silently ignored (§3)
         mtype = (data[0] >> 4) & 3
         if mtype >= ACK:
-            return  # ACK or RST: this server sends no CON, so there is nothing to match
+            if self._separate:  # the client's ACK or RST of a separate response ends it
+                self._settle((addr, int.from_bytes(data[2:4], "big")))
+            return
         code = data[1]
         if code == 0 or code >> 5 or data[0] & 15 > 8:
             # An empty CON (ping), a response, a reserved class or a bad token length: RST
@@ -158,78 +243,170 @@ class CoapServer(asyncio.DatagramProtocol):
             if mtype == CON:
                 self._reset(data, addr)
             return
-        key = (addr, int.from_bytes(data[2:4], "big"))
+        mid = int.from_bytes(data[2:4], "big")
+        key = (addr, mid)
         now = time.monotonic()
         entry = self._seen.get(key)
-        if entry is not None and entry[0] > now:
-            if mtype == CON and entry[1] is not None and self._transport is not None:
-                self._transport.sendto(entry[1], addr)  # the answer, again
-            return  # a duplicate: pending, or a NON
+        if entry is not None and entry.expires > now:
+            if mtype == CON and entry.answer is not None and self._transport is not None:
+                self._transport.sendto(entry.answer, addr)  # the answer (or empty ACK), again
+            return  # a duplicate: nothing sent for it yet, or a NON
         try:
-            request = aiocoap.Message.decode(data, Remote(addr))
+            request = decode(data, Remote(addr))
         except Exception:  # aiocoap raises several kinds for broken options
             if mtype == CON:
                 self._reset(data, addr)
             return
         self._expire(now)
-        entry = [now + (EXCHANGE_LIFETIME if mtype == CON else NON_LIFETIME), None]
+        entry = Seen(now + (EXCHANGE_LIFETIME if mtype == CON else NON_LIFETIME))
         self._seen[key] = entry
-        self._expiry.append((entry[0], key))
-        pipe = Pipe(request, self, entry)
+        self._expiry.append((entry.expires, key))
+        pipe = Pipe(request, self, entry, addr, mid)
         self._pending.add(pipe)
         try:
             self._handler(pipe)
         except Exception:  # a bug: the sensor still gets an answer, and the log says why
-            log.exception("CoAP request from %s failed", pipe.request.remote)
-            pipe.add_response(aiocoap.Message(code=Code.INTERNAL_SERVER_ERROR))
+            log.exception("CoAP request from %s failed", request.remote)
+            pipe.add_response(new_message(INTERNAL_SERVER_ERROR))
+        if pipe.con and not pipe.answered:
+            # The answer waits (a commit): an empty ACK goes out if it is not there in time.
+            pipe.due = now + self._separate_after
+            self._unacked[pipe] = None
+            if self._sweep is None:
+                self._sweep = asyncio.get_running_loop().call_later(
+                    self._separate_after, self._send_empty_acks
+                )
 
     # --- sending ----------------------------------------------------------------------------
 
-    def respond(self, pipe: Pipe, message: aiocoap.Message) -> None:
-        """Send `message` as the answer to `pipe.request`, piggy-backed for a CON."""
+    def respond(self, pipe: Pipe, message: Message) -> None:
+        """Send `message` as the answer to `pipe.request`: piggy-backed in the ACK of a CON, as
+        a separate CON after an empty ACK, or as a NON."""
         self._pending.discard(pipe)
-        request = pipe.request
-        addr = request.remote.sockaddr
-        con = request.mtype == aiocoap.CON
+        con = pipe.con
+        if con and not pipe.separate:
+            self._unacked.pop(pipe, None)
         no_response = message.opt.no_response
         if no_response is not None:
             message.opt.no_response = None  # a server-side instruction, not for the wire
-            if no_response & (1 << (message.code.class_ - 1)):
-                if con:  # the CON still needs its ACK: an empty one
-                    wire = b"\x60\x00" + request.mid.to_bytes(2, "big")
-                    self._send(pipe, wire, addr)
+            if no_response & (1 << ((message.code >> 5) - 1)):
+                if con and not pipe.separate:  # the CON still needs its ACK: an empty one
+                    self._send_empty_ack(pipe)
                 return
-        message.token = request.token
-        if con:
-            message.mtype = aiocoap.ACK
-            message.mid = request.mid
+        message.token = pipe.request.token
+        if not con:
+            message.mtype = NON
+            message.mid = self._next_mid()
+            self._sendto(message.encode(), pipe.addr)
+        elif not pipe.separate:
+            message.mtype = ACK
+            message.mid = pipe.mid
+            wire = message.encode()
+            pipe.entry.answer = wire  # retransmissions of the request get the same bytes
+            self._sendto(wire, pipe.addr)
         else:
-            message.mtype = aiocoap.NON
-            self._mid = (self._mid + 1) & 0xFFFF
-            message.mid = self._mid
-        self._send(pipe, message.encode(), addr)
+            self._send_separate(message, pipe.addr)
 
-    def _send(self, pipe: Pipe, wire: bytes, addr: Any) -> None:
-        if pipe.request.mtype == aiocoap.CON:
-            pipe._entry[1] = wire  # retransmissions of the request get the same bytes
+    def _send_empty_acks(self) -> None:
+        """The timer: an empty ACK for each CON due and unanswered; re-armed for the next."""
+        self._sweep = None
+        unacked = self._unacked
+        now = time.monotonic()
+        while unacked:
+            pipe = next(iter(unacked))
+            if pipe.due > now:
+                self._sweep = asyncio.get_running_loop().call_later(
+                    pipe.due - now, self._send_empty_acks
+                )
+                return
+            del unacked[pipe]
+            pipe.separate = True
+            self._send_empty_ack(pipe)
+            log.debug("CoAP: empty ACK to %s mid %d; the answer follows", pipe.addr, pipe.mid)
+
+    def _send_empty_ack(self, pipe: Pipe) -> None:
+        wire = b"\x60\x00" + pipe.mid.to_bytes(2, "big")
+        pipe.entry.answer = wire
+        self._sendto(wire, pipe.addr)
+
+    def _send_separate(self, message: Message, addr: SockAddr) -> None:
+        """Send a separate CON response and retransmit it until it is ACKed or RST (§4.2)."""
+        if self._transport is None or self._transport.is_closing():
+            return  # closed: the sensor sends its data again later
+        mid = self._next_mid()
+        while (addr, mid) in self._separate:  # still waiting under this id: take another
+            mid = self._next_mid()
+        message.mtype = CON
+        message.mid = mid
+        if len(self._separate) >= self._max_remembered:  # the oldest one is given up
+            oldest_key = next(iter(self._separate))
+            self._give_up(oldest_key, self._separate[oldest_key])
+        timeout = ACK_TIMEOUT * random.uniform(1.0, ACK_RANDOM_FACTOR)
+        separate = Separate(message.encode(), addr, timeout)
+        key = (addr, mid)
+        self._separate[key] = separate
+        self._sendto(separate.wire, addr)
+        separate.timer = asyncio.get_running_loop().call_later(timeout, self._retransmit, key)
+
+    def _retransmit(self, key: tuple[SockAddr, int]) -> None:
+        separate = self._separate.get(key)
+        if separate is None:
+            return
+        if separate.retransmits >= MAX_RETRANSMIT:
+            self._give_up(key, separate)
+            return
+        separate.retransmits += 1
+        separate.timeout *= 2
+        self._sendto(separate.wire, separate.addr)
+        separate.timer = asyncio.get_running_loop().call_later(
+            separate.timeout, self._retransmit, key
+        )
+
+    def _settle(self, key: tuple[SockAddr, int]) -> None:
+        """The client ACKed or RST a separate response: stop retransmitting it."""
+        separate = self._separate.pop(key, None)
+        if separate is not None and separate.timer is not None:
+            separate.timer.cancel()
+
+    def _give_up(self, key: tuple[SockAddr, int], separate: Separate) -> None:
+        del self._separate[key]
+        if separate.timer is not None:
+            separate.timer.cancel()
+        self._given_up += 1
+        now = time.monotonic()
+        if now - self._logged_at >= LOG_EVERY:
+            log.warning(
+                "CoAP: %d separate response(s) never acknowledged (the last to %s after %d "
+                "retransmissions); the sensor sends its data again later",
+                self._given_up, Remote(separate.addr).hostinfo, separate.retransmits,
+            )  # fmt: skip
+            self._given_up = 0
+            self._logged_at = now
+
+    def _next_mid(self) -> int:
+        self._mid = (self._mid + 1) & 0xFFFF
+        return self._mid
+
+    def _sendto(self, wire: bytes, addr: SockAddr) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.sendto(wire, addr)
 
-    def _reset(self, data: bytes, addr: Any) -> None:
+    def _reset(self, data: bytes, addr: SockAddr) -> None:
         if self._transport is not None:
             self._transport.sendto(b"\x70\x00" + data[2:4], addr)
 
     def _expire(self, now: float) -> None:
-        """Forget expired (remote, mid) entries, and the oldest beyond MAX_REMEMBERED."""
-        expiry, seen = self._expiry, self._seen
-        while expiry and (expiry[0][0] <= now or len(expiry) >= MAX_REMEMBERED):
+        """Forget expired (remote, mid) entries, and the oldest beyond `max_remembered`."""
+        expiry, seen, bound = self._expiry, self._seen, self._max_remembered
+        while expiry and (expiry[0][0] <= now or len(expiry) >= bound):
             expires, key = expiry.popleft()
             entry = seen.get(key)
-            if entry is not None and entry[0] == expires:
+            if entry is not None and entry.expires == expires:
                 del seen[key]
 
     async def close(self) -> None:
-        """Close the socket; requests still unanswered see their interest end."""
+        """Close the socket; requests still unanswered see their interest end, and separate
+        responses not yet acknowledged are no longer retransmitted."""
         if self._transport is None:
             return
         self._transport.close()
