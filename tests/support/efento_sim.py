@@ -164,6 +164,9 @@ class Sensor:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self._mid = int.from_bytes(os.urandom(2), "big")
+        self._sent_at = 0.0
+        # Seconds from the last exchange's first send to its empty ACK; None: none came.
+        self.empty_ack_after: float | None = None
 
     def close(self) -> None:
         self.sock.close()
@@ -193,6 +196,8 @@ class Sensor:
         mid = self.next_mid()
         token = os.urandom(4)
         message = encode(CON, code, mid, token, path, payload, options)
+        self._sent_at = time.monotonic()
+        self.empty_ack_after = None
         for _ in range(retransmits + 1):
             self.sock.sendto(message, self.address)
             answer = self._wait(mid, token, timeout)
@@ -209,10 +214,12 @@ class Sensor:
             except (TimeoutError, ConnectionRefusedError):
                 continue
             answer = decode(data)
+            if answer.mtype == ACK and answer.code == 0:  # an empty ACK has no token
+                if answer.mid == mid and self.empty_ack_after is None:
+                    self.empty_ack_after = time.monotonic() - self._sent_at
+                continue  # the separate response follows
             if answer.token != token:
                 continue  # a late answer to an earlier exchange
-            if answer.mtype == ACK and answer.code == 0:
-                continue  # empty ACK: the separate response follows
             if answer.mtype == CON:  # a separate response must be acknowledged
                 self.sock.sendto(encode(ACK, 0, answer.mid, b"", ""), self.address)
             return answer

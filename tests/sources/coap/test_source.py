@@ -4,14 +4,18 @@ simulated sensor send CON and NON frames; answers and what the store holds are c
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import statistics
 import struct
 import time
 from pathlib import Path
 
+import pytest
 from aiocoap.numbers.codes import Code
 
 from fieldbridge.codecs.efento.proto.config_pb2 import ProtoConfig
+from fieldbridge.sources.coap.transport import ACK_TIMEOUT
 from tests.support.coap_harness import (
     Harness,
     answers_in,
@@ -20,7 +24,7 @@ from tests.support.coap_harness import (
     serve,
     wait_until,
 )
-from tests.support.efento_sim import ACK, Sensor, configuration, measurements, serial_bytes
+from tests.support.efento_sim import ACK, CON, Sensor, configuration, measurements, serial_bytes
 from tests.support.locks import sqlite_write_locked
 
 T0 = 1_700_000_000
@@ -307,4 +311,63 @@ async def test_store_failure_gives_500_then_the_retry_is_stored_once(tmp_path: P
         assert retried.code == Code.CREATED
         again = await h.post("m", measurements(SERIAL, T0, retry=1))  # a later retry, too
         assert again.code == Code.CREATED
+        assert await readings_count(h, SERIAL_HEX) == 10
+
+
+async def test_a_store_stalled_5s_gets_empty_ack_then_separate_201(tmp_path: Path) -> None:
+    """Another process holds the SQLite write lock for 5 s (within busy_timeout_ms): the sensor
+    gets an empty ACK before its ACK timeout, then its 2.01 as a CON that it ACKs, and the
+    frame is stored once."""
+    db = tmp_path / "s.db"
+    async with serve(db, busy_timeout_ms=20_000) as h:
+        # The store's writer connects on first use; it must be open before the lock is taken.
+        assert (await h.post("m", measurements(serial_bytes(0x0909), T0))).code == Code.CREATED
+        with Sensor(h.port) as sensor:
+            frame = measurements(SERIAL, T0)
+            with sqlite_write_locked(db):
+                stalled = time.monotonic()
+                exchange = asyncio.create_task(
+                    asyncio.to_thread(sensor.exchange, "m", frame, timeout=30.0)
+                )
+
+                async def empty_acked() -> bool:
+                    return sensor.empty_ack_after is not None
+
+                await wait_until(empty_acked, "the sensor has its empty ACK")
+                waited = sensor.empty_ack_after or 0.0
+                assert 1.0 <= waited < ACK_TIMEOUT, f"empty ACK after {waited:.2f} s"
+                # A window in which nothing may happen: the store stalls for 5 s in all.
+                await asyncio.sleep(5.0 - (time.monotonic() - stalled))
+                assert not exchange.done()
+            answer = await exchange
+        assert answer is not None  # the simulator ACKed it: it was a CON
+        assert (answer.mtype, answer.code_text) == (CON, "2.01")
+        assert await journal_count(h) == 2
+        assert await readings_count(h, SERIAL_HEX) == 10
+
+
+async def test_coap_client_takes_a_separate_response(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """libcoap's coap-client gets the empty ACK, then the 2.01 as a CON, and ACKs it."""
+    caplog.set_level(logging.DEBUG, logger="fieldbridge.coap")
+    db = tmp_path / "s.db"
+    frame = tmp_path / "m.bin"
+    frame.write_bytes(measurements(SERIAL, T0))
+    async with serve(db, busy_timeout_ms=20_000, separate_after=0.3) as h:
+        assert (await h.post("m", measurements(serial_bytes(0x0909), T0))).code == Code.CREATED
+        with sqlite_write_locked(db):
+            client = asyncio.create_task(coap_client("-m", "post", "-f", str(frame), h.uri("m")))
+
+            async def empty_acked() -> bool:
+                return any("empty ACK" in r.getMessage() for r in caplog.records)
+
+            await wait_until(empty_acked, "the server sent its empty ACK")
+        log, payload = await client
+        assert answers_in(log) == ["2.01"]
+        separate = re.search(r"t:CON c:2\.01 i:([0-9a-f]+)", log)
+        assert separate is not None, log
+        assert "t:ACK c:0.00 i:" + separate.group(1) in log  # coap-client ACKed it
+        assert log.index("t:ACK c:0.00") < separate.start()  # the empty ACK came first
+        assert config_of(payload).current_time > 0
         assert await readings_count(h, SERIAL_HEX) == 10

@@ -1,5 +1,5 @@
 """The CoAP message layer (sources/coap/transport.py) over raw UDP: pings, duplicates,
-malformed datagrams, NON requests, and the bounded deduplication cache."""
+malformed datagrams, NON requests, the bounded deduplication cache, and separate responses."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import asyncio
 import os
 import socket
 import struct
+import time
 from pathlib import Path
 
 import aiocoap
-import pytest
 from aiocoap.numbers.codes import Code
 
-from fieldbridge.sources.coap.transport import CoapServer, Pipe
+from fieldbridge.sources.coap.message import new_message
+from fieldbridge.sources.coap.transport import ACK_TIMEOUT, MAX_RETRANSMIT, CoapServer, Pipe
 from tests.support.coap_harness import Harness, serve, wait_until
 from tests.support.efento_sim import (
     ACK,
@@ -22,11 +23,13 @@ from tests.support.efento_sim import (
     NON,
     POST,
     RST,
+    Answer,
     decode,
     encode,
     measurements,
     serial_bytes,
 )
+from tests.support.locks import sqlite_write_locked
 
 T0 = 1_700_000_000
 SERIAL = serial_bytes(0x0707)
@@ -177,3 +180,155 @@ async def test_ipv6_wildcard_takes_ipv4_too() -> None:
                 assert data is not None and decode(data).payload == b"ok"
     finally:
         await server.close()
+
+
+def empty_ack(mid: int) -> bytes:
+    return bytes([0x60, 0x00]) + struct.pack(">H", mid)
+
+
+async def until_settled(server: CoapServer) -> None:
+    async def settled() -> bool:
+        return server.awaiting_ack == 0
+
+    await wait_until(settled, "no separate response waits for its ACK")
+
+
+async def test_late_answer_gets_empty_ack_then_separate_con_until_acked() -> None:
+    """A CON answered after `separate_after`: an empty ACK, then the answer as a CON with a
+    new message id and the request's token, sent again until the client ACKs it."""
+    pipes: list[Pipe] = []
+
+    def handler(pipe: Pipe) -> None:
+        if pipe.request.token == b"fast":
+            pipe.add_response(new_message(Code.CONTENT, b"at once"))
+        else:
+            pipes.append(pipe)  # answered later by the test
+
+    server = await CoapServer.listen("127.0.0.1", 0, handler, separate_after=0.3, ack_timeout=0.3)
+    try:
+        to = ("127.0.0.1", server.sockname[1])
+        with raw_socket() as sock:
+            sent = time.monotonic()
+            sock.sendto(encode(CON, POST, 0x0101, b"slow", "m", b"frame"), to)
+            sock.sendto(encode(CON, GET, 0x0102, b"fast", "t"), to)
+            fast = await receive(sock)
+            assert fast is not None  # answered in time: piggy-backed, as ever
+            assert decode(fast) == Answer(ACK, 0x45, 0x0102, b"fast", b"at once")
+            assert await receive(sock) == empty_ack(0x0101)
+            waited = time.monotonic() - sent
+            assert 0.3 <= waited < ACK_TIMEOUT, f"empty ACK after {waited:.2f} s"
+            pipes[0].add_response(new_message(Code.CREATED, b"stored"))
+            first = await receive(sock)
+            assert first is not None
+            answer = decode(first)
+            assert (answer.mtype, answer.code, answer.token, answer.payload) == (
+                CON,
+                0x41,
+                b"slow",
+                b"stored",
+            )
+            assert await receive(sock) == first  # not ACKed: the same CON again
+            sock.sendto(encode(ACK, 0, answer.mid, b"", ""), to)
+            await until_settled(server)
+            # A window in which nothing may come: the next retransmission was due within
+            # 0.6-0.9 s, and the piggy-backed request must get no empty ACK late.
+            assert await receive(sock, 1.2) is None
+    finally:
+        await server.close()
+    assert len(pipes) == 1
+
+
+async def test_separate_response_is_given_up_after_max_retransmit() -> None:
+    pipes: list[Pipe] = []
+    server = await CoapServer.listen(
+        "127.0.0.1", 0, pipes.append, separate_after=0.1, ack_timeout=0.05
+    )
+    try:
+        to = ("127.0.0.1", server.sockname[1])
+        with raw_socket() as sock:
+            sock.sendto(encode(CON, POST, 0x0201, b"lost", "m"), to)
+            assert await receive(sock) == empty_ack(0x0201)
+            pipes[0].add_response(new_message(Code.INTERNAL_SERVER_ERROR, b"retry"))
+            copies = []
+            while (data := await receive(sock, 1.5)) is not None:
+                copies.append(data)
+            # Waits 0.05-0.075 s, doubling: the last copy leaves within 1.2 s of the first,
+            # so 1.5 s of silence means the server gave up.
+            assert len(copies) == 1 + MAX_RETRANSMIT
+            assert len(set(copies)) == 1 and decode(copies[0]).code == 0xA0
+            assert server.awaiting_ack == 0
+    finally:
+        await server.close()
+
+
+async def test_rst_stops_a_separate_response() -> None:
+    pipes: list[Pipe] = []
+    server = await CoapServer.listen(
+        "127.0.0.1", 0, pipes.append, separate_after=0.1, ack_timeout=0.3
+    )
+    try:
+        to = ("127.0.0.1", server.sockname[1])
+        with raw_socket() as sock:
+            sock.sendto(encode(CON, POST, 0x0301, b"gone", "m"), to)
+            assert await receive(sock) == empty_ack(0x0301)
+            pipes[0].add_response(new_message(Code.CREATED))
+            data = await receive(sock)
+            assert data is not None and decode(data).mtype == CON
+            sock.sendto(encode(RST, 0, decode(data).mid, b"", ""), to)  # no longer wanted
+            await until_settled(server)
+            # A window in which nothing may come: the first retransmission was due within
+            # 0.3-0.45 s.
+            assert await receive(sock, 1.0) is None
+    finally:
+        await server.close()
+
+
+async def test_request_retransmitted_after_the_empty_ack_gets_it_again() -> None:
+    pipes: list[Pipe] = []
+    server = await CoapServer.listen(
+        "127.0.0.1", 0, pipes.append, separate_after=0.1, ack_timeout=0.3
+    )
+    try:
+        to = ("127.0.0.1", server.sockname[1])
+        request = encode(CON, POST, 0x0401, b"dup", "m", b"frame")
+        with raw_socket() as sock:
+            sock.sendto(request, to)
+            assert await receive(sock) == empty_ack(0x0401)
+            sock.sendto(request, to)  # the sensor missed the empty ACK
+            assert await receive(sock) == empty_ack(0x0401)
+            pipes[0].add_response(new_message(Code.CREATED))
+            data = await receive(sock)
+            assert data is not None and decode(data).mtype == CON
+            sock.sendto(encode(ACK, 0, decode(data).mid, b"", ""), to)
+            sock.sendto(request, to)  # after the answer, too: the exchange ended in an ACK
+            assert await receive(sock) == empty_ack(0x0401)
+            await until_settled(server)
+    finally:
+        await server.close()
+    assert len(pipes) == 1  # handled once
+
+
+async def test_request_retransmitted_during_a_store_stall_is_stored_once(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    async with serve(db, busy_timeout_ms=20_000, separate_after=0.3) as h:
+        to = ("127.0.0.1", h.port)
+        with raw_socket() as sock:
+            warm = encode(CON, POST, 0x0500, b"warm", "m", measurements(serial_bytes(9), T0))
+            sock.sendto(warm, to)  # opens the store's writer before the lock is taken
+            assert await receive(sock) is not None
+            request = encode(CON, POST, 0x0501, b"stal", "m", measurements(SERIAL, T0))
+            with sqlite_write_locked(db):
+                sock.sendto(request, to)
+                assert await receive(sock) == empty_ack(0x0501)
+                sock.sendto(request, to)  # the sensor retransmits anyway
+                assert await receive(sock) == empty_ack(0x0501)
+            data = await receive(sock, 10.0)
+            assert data is not None
+            answer = decode(data)
+            assert (answer.mtype, answer.code, answer.token) == (CON, 0x41, b"stal")
+            sock.sendto(encode(ACK, 0, answer.mid, b"", ""), to)
+            sock.sendto(request, to)  # a late retransmission: the empty ACK, no new frame
+            assert await receive(sock) == empty_ack(0x0501)
+        assert await journal_count(h) == 2
+        rows = await h.store.db.fetchall("SELECT COUNT(*) FROM readings")
+        assert rows[0][0] == 20

@@ -50,7 +50,7 @@ EXCHANGE_LIFETIME = 247.0  # s, RFC 7252 §4.8.2: how long a CON's answer is kep
 NON_LIFETIME = 145.0  # s, RFC 7252 §4.8.2
 MAX_REMEMBERED = 100_000  # default bound of (remote, mid) entries kept; the oldest go first
 SEPARATE_AFTER = 1.0  # s, default wait for an answer before the empty ACK
-ACK_TIMEOUT = 2.0  # s, RFC 7252 §4.8: first wait for the ACK of a separate response
+ACK_TIMEOUT = 2.0  # s, RFC 7252 §4.8: default first wait for the ACK of a separate response
 ACK_RANDOM_FACTOR = 1.5  # the first wait is ACK_TIMEOUT .. ACK_TIMEOUT * this
 MAX_RETRANSMIT = 4  # retransmissions of a separate response before giving up
 LOG_EVERY = 60.0  # s between log lines about separate responses given up
@@ -147,11 +147,13 @@ class CoapServer(asyncio.DatagramProtocol):
         *,
         separate_after: float = SEPARATE_AFTER,
         max_remembered: int = MAX_REMEMBERED,
+        ack_timeout: float = ACK_TIMEOUT,
     ) -> None:
-        if separate_after <= 0 or max_remembered < 1:
-            raise ValueError("separate_after must be > 0 s and max_remembered >= 1")
+        if separate_after <= 0 or ack_timeout <= 0 or max_remembered < 1:
+            raise ValueError("separate_after and ack_timeout must be > 0 s, max_remembered >= 1")
         self._handler = handler
         self._separate_after = separate_after
+        self._ack_timeout = ack_timeout
         self._max_remembered = max_remembered
         self._transport: asyncio.DatagramTransport | None = None
         self._closed: asyncio.Future[None] | None = None
@@ -176,9 +178,15 @@ class CoapServer(asyncio.DatagramProtocol):
         *,
         separate_after: float = SEPARATE_AFTER,
         max_remembered: int = MAX_REMEMBERED,
+        ack_timeout: float = ACK_TIMEOUT,
     ) -> CoapServer:
         """Bind host:port (IPv6 wildcards take IPv4 too); raises OSError."""
-        server = cls(handler, separate_after=separate_after, max_remembered=max_remembered)
+        server = cls(
+            handler,
+            separate_after=separate_after,
+            max_remembered=max_remembered,
+            ack_timeout=ack_timeout,
+        )
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
         if not infos:
@@ -341,7 +349,7 @@ class CoapServer(asyncio.DatagramProtocol):
         if len(self._separate) >= self._max_remembered:  # the oldest one is given up
             oldest_key = next(iter(self._separate))
             self._give_up(oldest_key, self._separate[oldest_key])
-        timeout = ACK_TIMEOUT * random.uniform(1.0, ACK_RANDOM_FACTOR)
+        timeout = self._ack_timeout * random.uniform(1.0, ACK_RANDOM_FACTOR)
         separate = Separate(message.encode(), addr, timeout)
         key = (addr, mid)
         self._separate[key] = separate
