@@ -276,8 +276,8 @@ async def test_incomplete_split_configuration_is_asked_for_again(tmp_path: Path)
 
 
 async def test_answers_are_fast_enough_to_stay_piggy_backed(tmp_path: Path) -> None:
-    """aiocoap sends an empty ACK and a separate response after 0.1 s; sensors may not take
-    that, so answers must come sooner. A loose bound: this machine is shared."""
+    """Answers leave within one commit, so they stay piggy-backed (an empty ACK and a separate
+    response only follow after separate_after, 1 s). A loose bound: this machine is shared."""
     async with serve(tmp_path / "s.db") as h:
         with Sensor(h.port) as sensor:
             await h.post("c", configuration(SERIAL, 7))

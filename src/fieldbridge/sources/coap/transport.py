@@ -108,12 +108,12 @@ class Pipe:
     )  # fmt: skip
 
     def __init__(
-        self, request: Message, server: CoapServer, entry: Seen, addr: SockAddr, mid: int
+        self, request: Message, server: CoapServer, entry: Seen, addr: SockAddr, mid: int, con: bool
     ) -> None:
         self.request = request
         self.addr = addr
         self.mid = mid
-        self.con = request.mtype == CON
+        self.con = con
         self.entry = entry
         self.due = 0.0  # CON: when the empty ACK goes out if still unanswered
         self.separate = False  # CON: the empty ACK went out; the answer goes as a CON
@@ -269,7 +269,7 @@ class CoapServer(asyncio.DatagramProtocol):
         entry = Seen(now + (EXCHANGE_LIFETIME if mtype == CON else NON_LIFETIME))
         self._seen[key] = entry
         self._expiry.append((entry.expires, key))
-        pipe = Pipe(request, self, entry, addr, mid)
+        pipe = Pipe(request, self, entry, addr, mid, mtype == CON)
         self._pending.add(pipe)
         try:
             self._handler(pipe)
