@@ -96,7 +96,7 @@ class Run:
     sent: int = 0
     answered: int = 0
     lost: int = 0
-    separate: int = 0  # answers that missed aiocoap's 0.1 s and came as separate responses
+    separate: int = 0  # empty ACKs: answers that came as separate responses (late)
     cpu: float = 0.0  # CPU seconds the server used meanwhile
     codes: Counter[str] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
