@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import os
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import hypothesis  # noqa: F401  imported while only one thread runs (see below)
 import psycopg
@@ -16,6 +21,46 @@ from fieldbridge.store.migrate import upgrade
 # Hypothesis' pytest plugin imports hypothesis lazily, at the end of a run that used none of it,
 # when test threads may be alive; CPython 3.11's ast module (pytest rewrites hypothesis' modules)
 # then fails with "AST constructor recursion depth mismatch". The import above avoids that.
+
+T = TypeVar("T")
+WAIT = 20.0  # seconds a wait gives its condition; only guards against a hang
+
+
+def wait_until(check: Callable[[], T], what: str, timeout: float = WAIT, step: float = 0.05) -> T:
+    """Poll `check` until it returns something true, and return that; fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout:g} s for {what}")
+        time.sleep(step)
+    return result
+
+
+async def eventually(
+    check: Callable[[], T | Awaitable[T]],
+    what: str,
+    timeout: float = WAIT,  # noqa: ASYNC109  a deadline for the condition, not for one call
+    step: float = 0.02,
+) -> T:
+    """`wait_until` for a test on the event loop; `check` may be a coroutine function."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result  # type: ignore[return-value]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout:g} s for {what}")
+        await asyncio.sleep(step)
+
+
+@pytest.fixture(autouse=True)
+def _no_fieldbridge_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings come from what a test writes, never from the runner's FIELDBRIDGE_* variables."""
+    for key in [k for k in os.environ if k.startswith("FIELDBRIDGE_")]:
+        monkeypatch.delenv(key)
+
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 TABLES = "journal, readings, devices, sink_state, dead_letters, quarantine, downlinks"

@@ -19,6 +19,7 @@ from fieldbridge.model import Accepted, Decoded, Outcome, Rejected
 from fieldbridge.observe import Metrics
 from fieldbridge.store import Store, open_store, parse_store_url
 from fieldbridge.store.migrate import upgrade
+from tests.conftest import eventually
 from tests.support.locks import sqlite_write_locked
 
 WAIT = 20.0  # seconds before a stuck await fails the test instead of hanging it
@@ -48,13 +49,6 @@ def sqlite_locked(url: str) -> contextlib.AbstractContextManager[None]:
     path = parse_store_url(url).sqlite_path
     assert path is not None
     return sqlite_write_locked(path)
-
-
-async def eventually(check: Any, what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.01)
 
 
 @contextlib.asynccontextmanager

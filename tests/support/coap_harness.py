@@ -8,8 +8,7 @@ import json
 import shutil
 import subprocess
 import tempfile
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,14 +28,6 @@ from tests.support.efento_sim import free_udp_port
 SEEDS = paths.FIXTURES / "efento" / "seed_frames.json"
 COAP_CLIENT = shutil.which("coap-client-notls") or "coap-client-notls"
 CLIENT_TIMEOUT = 15.0  # seconds a coap-client run may take
-WAIT = 10.0  # seconds wait_until waits
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.02)
 
 
 def seed_frames() -> dict[str, bytes]:

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -19,17 +19,10 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from fieldbridge.sources.mqtt.broker import find_mosquitto
+from tests.conftest import wait_until
 from tests.support.processes import free_port
 
 START_TIMEOUT = 10.0
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str, step: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout:g} s for {what}")
-        time.sleep(step)
 
 
 def listening(port: int) -> bool:
@@ -215,7 +208,7 @@ class Publisher:
             return {f"m{n}" for n, info in enumerate(self._sent) if acknowledged(info)}
 
     def wait_all_acked(self, timeout: float = 20.0) -> None:
-        wait_until(lambda: len(self.acked()) == self.sent, timeout, "the broker's PUBACKs")
+        wait_until(lambda: len(self.acked()) == self.sent, "the broker's PUBACKs", timeout=timeout)
 
     def close(self) -> None:
         self.stop()
@@ -248,8 +241,8 @@ class Watcher:
     def wait_for(self, topic: str, payload: bytes, timeout: float = 10.0) -> None:
         wait_until(
             lambda: bool(self.payloads(topic)) and self.payloads(topic)[-1] == payload,
-            timeout,
             f"{payload!r} on {topic}",
+            timeout=timeout,
         )
 
     def close(self) -> None:
@@ -270,6 +263,6 @@ def retained(port: int, topic: str, timeout: float = 3.0) -> bytes | None:
     """The retained message on `topic` now, as a new subscriber gets it."""
     with watching(port, topic) as watcher:
         with contextlib.suppress(TimeoutError):
-            wait_until(lambda: bool(watcher.payloads(topic)), timeout, "a retained message")
+            wait_until(lambda: bool(watcher.payloads(topic)), "a retained message", timeout=timeout)
         found = [p for t, p, r in watcher.seen if t == topic and r]
     return found[-1] if found else None

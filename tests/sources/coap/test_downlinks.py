@@ -13,7 +13,8 @@ from fieldbridge.codecs.efento import encode_config
 from fieldbridge.codecs.efento.proto.config_pb2 import ProtoConfig
 from fieldbridge.model import Decoded
 from fieldbridge.store import Pending
-from tests.support.coap_harness import seed_frames, serve, wait_until
+from tests.conftest import eventually
+from tests.support.coap_harness import seed_frames, serve
 from tests.support.efento_sim import Sensor, configuration, measurements, serial_bytes
 
 T0 = 1_700_000_000
@@ -118,7 +119,7 @@ async def test_device_info_request_rides_on_i_and_is_confirmed_by_the_upload(
             async def confirmed() -> bool:
                 return await h.store.pending_downlinks("282C024156AF") == []
 
-            await wait_until(confirmed, "the /i upload confirms the request")
+            await eventually(confirmed, "the /i upload confirms the request")
         # The other sensor's request is untouched.
         assert [d.state for d in await h.store.pending_downlinks(DEVICE)] == ["queued"]
 

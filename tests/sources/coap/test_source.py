@@ -16,13 +16,13 @@ from aiocoap.numbers.codes import Code
 
 from fieldbridge.codecs.efento.proto.config_pb2 import ProtoConfig
 from fieldbridge.sources.coap.transport import ACK_TIMEOUT
+from tests.conftest import eventually
 from tests.support.coap_harness import (
     Harness,
     answers_in,
     coap_client,
     seed_frames,
     serve,
-    wait_until,
 )
 from tests.support.efento_sim import ACK, CON, Sensor, configuration, measurements, serial_bytes
 from tests.support.locks import sqlite_write_locked
@@ -109,7 +109,7 @@ async def test_non_frames_are_stored_and_get_no_answer(tmp_path: Path) -> None:
         async def stored() -> bool:
             return await journal_count(h) == 2
 
-        await wait_until(stored, "both NON frames are committed")
+        await eventually(stored, "both NON frames are committed")
         assert await readings_count(h, SERIAL_HEX) == 10
         device = await h.store.get_device(SERIAL_HEX)
         assert device is not None and device.attributes["configuration_hash"] == 5
@@ -141,7 +141,7 @@ async def test_garbage_gets_400_and_is_quarantined(tmp_path: Path) -> None:
         async def both() -> bool:
             return len(await h.store.list_quarantine()) == 2
 
-        await wait_until(both, "both bad payloads are quarantined")
+        await eventually(both, "both bad payloads are quarantined")
         kept = await h.store.list_quarantine()
         assert {q.payload for q in kept} == {b"\xff\xfe garbage", b"\x0a\xff\xff"}
         assert {q.meta["endpoint"] for q in kept} == {"m", "i"}
@@ -171,7 +171,7 @@ async def test_coap_client_con_and_non(tmp_path: Path) -> None:
         async def both() -> bool:
             return await journal_count(h) == 2
 
-        await wait_until(both, "the NON /i is committed")
+        await eventually(both, "the NON /i is committed")
         log, _ = await coap_client("-m", "post", "-e", "not a frame", h.uri("m"))
         assert answers_in(log) == ["4.00"]
         assert await readings_count(h, "282C024156AF") == 25
@@ -333,7 +333,7 @@ async def test_a_store_stalled_5s_gets_empty_ack_then_separate_201(tmp_path: Pat
                 async def empty_acked() -> bool:
                     return sensor.empty_ack_after is not None
 
-                await wait_until(empty_acked, "the sensor has its empty ACK")
+                await eventually(empty_acked, "the sensor has its empty ACK")
                 waited = sensor.empty_ack_after or 0.0
                 assert 1.0 <= waited < ACK_TIMEOUT, f"empty ACK after {waited:.2f} s"
                 # A window in which nothing may happen: the store stalls for 5 s in all.
@@ -362,7 +362,7 @@ async def test_coap_client_takes_a_separate_response(
             async def empty_acked() -> bool:
                 return any("empty ACK" in r.getMessage() for r in caplog.records)
 
-            await wait_until(empty_acked, "the server sent its empty ACK")
+            await eventually(empty_acked, "the server sent its empty ACK")
         log, payload = await client
         assert answers_in(log) == ["2.01"]
         separate = re.search(r"t:CON c:2\.01 i:([0-9a-f]+)", log)

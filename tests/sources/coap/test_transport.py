@@ -15,7 +15,8 @@ from aiocoap.numbers.codes import Code
 
 from fieldbridge.sources.coap.message import new_message
 from fieldbridge.sources.coap.transport import ACK_TIMEOUT, MAX_RETRANSMIT, CoapServer, Pipe
-from tests.support.coap_harness import Harness, serve, wait_until
+from tests.conftest import eventually
+from tests.support.coap_harness import Harness, serve
 from tests.support.efento_sim import (
     ACK,
     CON,
@@ -132,7 +133,7 @@ async def test_non_requests(tmp_path: Path) -> None:
             async def stored() -> bool:
                 return await journal_count(h) == 1
 
-            await wait_until(stored, "the NON frame is committed")
+            await eventually(stored, "the NON frame is committed")
             await asyncio.sleep(0.2)
             assert await journal_count(h) == 1
             # /t answers a NON too: a NON answer with the token and a new message id.
@@ -190,7 +191,7 @@ async def until_settled(server: CoapServer) -> None:
     async def settled() -> bool:
         return server.awaiting_ack == 0
 
-    await wait_until(settled, "no separate response waits for its ACK")
+    await eventually(settled, "no separate response waits for its ACK")
 
 
 async def drain(sock: socket.socket) -> list[bytes]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from fieldbridge.ingest import Ingest
 from fieldbridge.sources.mqtt import MqttSettings, MqttSource
 from fieldbridge.store import Store, open_store, parse_store_url
 from fieldbridge.store.migrate import upgrade
+from tests.conftest import eventually
 from tests.support.locks import sqlite_write_locked
 from tests.support.mqtt_broker import Mosquitto, Publisher, client
 from tests.support.mqtt_tap import PUBACK, PUBCOMP, MqttTap
@@ -52,13 +53,6 @@ def settings(url: str, **values: Any) -> MqttSettings:
     return MqttSettings.model_validate({**defaults, **values})
 
 
-async def until(check: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, f"waited {within:g} s for {what}"
-        await asyncio.sleep(0.02)
-
-
 def count(db: Path, sql: str) -> int:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
@@ -76,17 +70,19 @@ async def test_full_ingest_stops_reading_and_loses_nothing(
         Ingest(store, batch_size=10, queue_bound=bound) as ingest,
         MqttSource(settings(broker.url), ingest) as source,
     ):
-        await until(lambda: source.connected, 10, "the connection")
+        await eventually(lambda: source.connected, "the connection", timeout=10)
         publisher = Publisher(broker.port, TOPIC)
         try:
             with sqlite_write_locked(db):  # commits wait for the lock: ingest fills up
                 publisher.burst(2000)
                 await asyncio.to_thread(publisher.wait_all_acked)
-                await until(lambda: not source.reading, 5, "reading to stop")
+                await eventually(lambda: not source.reading, "reading to stop", timeout=5)
                 await asyncio.sleep(0.5)
                 assert not source.reading
                 assert source.in_flight == bound  # not one message more taken off the socket
-            await until(lambda: count(db, "SELECT count(*) FROM journal") == 2000, 30, "all")
+            await eventually(
+                lambda: count(db, "SELECT count(*) FROM journal") == 2000, "all", timeout=30
+            )
             assert source.reading
         finally:
             publisher.close()
@@ -102,14 +98,14 @@ async def test_quarantined_payload_is_acknowledged(
             Ingest(store) as ingest,
             MqttSource(settings(tap.url), ingest) as source,
         ):
-            await until(lambda: source.connected, 10, "the connection")
+            await eventually(lambda: source.connected, "the connection", timeout=10)
             sender = client(broker.port, "bad-device")
             try:
                 sender.publish(f"{TOPIC}/7", b"\xff not json", qos=1).wait_for_publish(5)
             finally:
                 sender.disconnect()
                 sender.loop_stop()
-            await until(lambda: tap.to_broker[PUBACK] == 1, 10, "the PUBACK")
+            await eventually(lambda: tap.to_broker[PUBACK] == 1, "the PUBACK", timeout=10)
     assert count(db, "SELECT count(*) FROM quarantine") == 1
     conn = sqlite3.connect(db)
     try:
@@ -127,12 +123,14 @@ async def test_stop_answers_what_it_took(tmp_path: Path, broker: Mosquitto, stor
     async with Ingest(store, batch_size=50) as ingest:
         source = MqttSource(settings(broker.url, client_id=name), ingest)
         async with source:
-            await until(lambda: source.connected, 10, "the connection")
+            await eventually(lambda: source.connected, "the connection", timeout=10)
             publisher = Publisher(broker.port, TOPIC)
             try:
                 publisher.burst(500)
                 await asyncio.to_thread(publisher.wait_all_acked)
-                await until(lambda: source.in_flight > 0 or _stored(db) > 0, 10, "work")
+                await eventually(
+                    lambda: source.in_flight > 0 or _stored(db) > 0, "work", timeout=10
+                )
             finally:
                 publisher.close()
         assert source.in_flight == 0
@@ -141,13 +139,13 @@ async def test_stop_answers_what_it_took(tmp_path: Path, broker: Mosquitto, stor
     async with Ingest(store) as ingest:
         source = MqttSource(settings(broker.url, client_id=name), ingest)
         async with source:
-            await until(lambda: _stored(db) == 500, 20, "the rest after reconnecting")
+            await eventually(lambda: _stored(db) == 500, "the rest after reconnecting", timeout=20)
     assert taken <= 500
     assert count(db, "SELECT count(DISTINCT idem_key) FROM journal") == 500
 
 
 async def stored_count(db: Path, want: int) -> None:
-    await until(lambda: _stored(db) == want, 30, f"{want} stored messages")
+    await eventually(lambda: _stored(db) == want, f"{want} stored messages", timeout=30)
 
 
 def _stored(db: Path) -> int:
@@ -169,7 +167,9 @@ async def test_mqtt5_and_qos2_store_everything_once(
         # QoS 1 is answered with PUBACK, QoS 2 with PUBREC and, after commit, PUBCOMP; the
         # tap's relay thread may still be counting the last answers when the source has left.
         answer = PUBACK if qos == 1 else PUBCOMP
-        await until(lambda: tap.to_broker[answer] >= 200, 20, "every answer through the tap")
+        await eventually(
+            lambda: tap.to_broker[answer] >= 200, "every answer through the tap", timeout=20
+        )
     assert count(db, "SELECT count(DISTINCT idem_key) FROM journal") == 200
 
 
@@ -178,7 +178,7 @@ async def one_round(
 ) -> None:
     """Connect a source, publish `numbers` at `qos`, wait until they are stored, stop."""
     async with Ingest(store) as ingest, MqttSource(source_settings, ingest) as source:
-        await until(lambda: source.connected, 10, "the connection")
+        await eventually(lambda: source.connected, "the connection", timeout=10)
         publisher = Publisher(port, TOPIC, qos=qos)
         try:
             for n in numbers:
@@ -187,4 +187,4 @@ async def one_round(
         finally:
             publisher.close()
         await stored_count(db, numbers.stop)
-        await until(lambda: source.in_flight == 0, 10, "the answers")
+        await eventually(lambda: source.in_flight == 0, "the answers", timeout=10)

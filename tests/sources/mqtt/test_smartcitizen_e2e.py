@@ -10,13 +10,14 @@ import json
 import secrets
 import string
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.conftest import wait_until
 from tests.support.processes import FieldbridgeProcess
 from tests.support.smartcitizen_sim import Kit
 from tests.support.spy_watch import Spy
@@ -27,16 +28,6 @@ WAIT = 20.0
 
 def token() -> str:
     return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(6))
-
-
-def eventually(check: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + WAIT
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -61,7 +52,7 @@ def service(tmp_path: Path, kit_token: str) -> Iterator[tuple[FieldbridgeProcess
     with FieldbridgeProcess(tmp_path / "svc", sources={"mqtt": [source]}) as process:
         process.start()
         # The source logs its SUBACK; publishing before it would find no subscriber.
-        eventually(lambda: "; subscribed to" in process.output(), "the source is subscribed")
+        wait_until(lambda: "; subscribed to" in process.output(), "the source is subscribed")
         yield process, stranger
 
 
@@ -95,7 +86,7 @@ def test_a_kit_shows_up_in_devices_and_readings(
             )
             return rows if len(rows) >= expected else None
 
-        readings = eventually(stored, f"{expected} readings are stored")
+        readings = wait_until(stored, f"{expected} readings are stored")
         seen = [spy.event(), spy.event()]
     finally:
         spy.kill()

@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 
 from fieldbridge.sources.mqtt import DEFAULT_RUN
+from tests.conftest import wait_until
 from tests.support import paths
 from tests.support.locks import sqlite_write_locked
-from tests.support.mqtt_broker import Mosquitto, Publisher, retained, wait_until, watching
+from tests.support.mqtt_broker import Mosquitto, Publisher, retained, watching
 from tests.support.mqtt_tap import MqttTap
 from tests.support.processes import FieldbridgeProcess, free_port
 
@@ -58,7 +59,9 @@ def subscriptions(process: FieldbridgeProcess) -> int:
 
 
 def wait_subscribed(process: FieldbridgeProcess, times: int = 1, timeout: float = 15.0) -> None:
-    wait_until(lambda: subscriptions(process) >= times, timeout, "the source's subscription")
+    wait_until(
+        lambda: subscriptions(process) >= times, "the source's subscription", timeout=timeout
+    )
 
 
 def stored(process: FieldbridgeProcess) -> dict[str, int]:
@@ -68,7 +71,7 @@ def stored(process: FieldbridgeProcess) -> dict[str, int]:
 
 
 def assert_stored_once(process: FieldbridgeProcess, acked: set[str], timeout: float) -> None:
-    wait_until(lambda: acked <= set(stored(process)), timeout, "every acknowledged message")
+    wait_until(lambda: acked <= set(stored(process)), "every acknowledged message", timeout=timeout)
     rows = stored(process)
     assert all(n == 1 for n in rows.values()), {k: n for k, n in rows.items() if n > 1}
     # One reading per message: a redelivery made no second reading either.
@@ -105,7 +108,7 @@ def test_puback_only_after_commit_and_redelivery(
         with sqlite_write_locked(fb.db_path):
             publisher.burst(20)
             publisher.wait_all_acked()
-            wait_until(lambda: tap.publishes() >= 20, 10, "the broker to deliver the burst")
+            wait_until(lambda: tap.publishes() >= 20, "the broker to deliver the burst", timeout=10)
             time.sleep(1.5)  # commits fail while the lock is held; reconnects redeliver
             assert tap.pubacks() == 0, "a PUBACK left before the message was committed"
             assert stored(fb) == {}
@@ -168,7 +171,7 @@ def test_shared_subscription_splits_the_load(
         publisher.burst(600)
         publisher.wait_all_acked()
         acked = publisher.acked()
-        wait_until(lambda: len(stored(a)) + len(stored(b)) >= len(acked), 20, "both stores")
+        wait_until(lambda: len(stored(a)) + len(stored(b)) >= len(acked), "both stores", timeout=20)
         in_a, in_b = set(stored(a)), set(stored(b))
         assert in_a | in_b == acked
         assert not in_a & in_b
@@ -239,7 +242,7 @@ def test_tls_client_certificate_and_password(tmp_path: Path) -> None:
         wrong_ca = {**settings, "ca_file": str(other["ca.pem"])}
         with service(tmp_path / "ca", f"mqtts://127.0.0.1:{tls_port}", **wrong_ca) as fb:
             fb.start()
-            wait_until(lambda: "TLS certificate" in fb.output(), 10, "the TLS error")
+            wait_until(lambda: "TLS certificate" in fb.output(), "the TLS error", timeout=10)
             assert "check ca_file" in fb.output()
 
 
@@ -256,7 +259,7 @@ def test_wrong_credentials_are_named_and_retried(tmp_path: Path) -> None:
         wrong = {"username": "fieldbridge", "password": "wrong"}
         with service(tmp_path / "fb", tap.url, **wrong) as fb:
             fb.start()
-            wait_until(lambda: tap.connections >= 4, 10, "repeated connection attempts")
+            wait_until(lambda: tap.connections >= 4, "repeated connection attempts", timeout=10)
             refusals = [x for x in fb.output().splitlines() if "refused the connection" in x]
             assert len(refusals) >= 4  # every attempt, but only the first one above DEBUG
             assert [x for x in refusals if " DEBUG " not in x] == refusals[:1]
@@ -330,6 +333,6 @@ def test_readme_mqtt_step_with_the_default_run_source(tmp_path: Path, broker: Mo
         command = [*shlex.split(line), "-p", str(broker.port)]
         subprocess.run(command, check=True, timeout=10)
         device = command[command.index("-t") + 1].split("/")[1]
-        wait_until(lambda: bool(fb.query("SELECT 1 FROM readings")), 10, "the reading")
+        wait_until(lambda: bool(fb.query("SELECT 1 FROM readings")), "the reading", timeout=10)
         readings = json.loads(fb.cli("readings", "list", "--device", device, "--json").stdout)
         assert [(r["quantity"], r["value"]) for r in readings] == [("level", 1.82)]
