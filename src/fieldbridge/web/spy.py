@@ -11,15 +11,15 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import orjson
-from paho.mqtt.client import topic_matches_sub
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from fieldbridge.ingest import Ingest
 from fieldbridge.model import Accepted, Incoming, Outcome
-from fieldbridge.sources.mqtt.settings import check_filter
+from fieldbridge.reading_json import reading_json
 from fieldbridge.store import Pending
 from fieldbridge.timefmt import iso
+from fieldbridge.topics import check_filter, matches
 
 log = logging.getLogger("fieldbridge.spy")
 
@@ -45,7 +45,7 @@ class Watcher:
             return False
         if self.topic is None:
             return True
-        return isinstance(topic, str) and topic_matches_sub(self.topic, topic)
+        return isinstance(topic, str) and matches(self.topic, topic)
 
     def push(self, line: bytes) -> None:
         if len(self.lines) == self.lines.maxlen:
@@ -127,16 +127,7 @@ def render(item: Incoming, pending: Pending, outcome: Outcome) -> bytes:
                 "device": d.device,
                 "kind": d.kind,
                 "attributes": dict(d.attributes) if d.attributes else None,
-                "readings": [
-                    {
-                        "quantity": r.quantity,
-                        "value": r.value,
-                        "unit": r.unit,
-                        "channel": r.channel,
-                        "measured_at": iso(r.measured_at),
-                    }
-                    for r in d.readings
-                ],
+                "readings": [reading_json(r) for r in d.readings],
             }
             for d in pending.decoded or ()
         ]
