@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -20,6 +19,7 @@ from fieldbridge.reading_json import reading_json
 from fieldbridge.store import Pending
 from fieldbridge.timefmt import iso
 from fieldbridge.topics import check_filter, matches
+from fieldbridge.web.auth import BearerTokens
 
 log = logging.getLogger("fieldbridge.spy")
 
@@ -144,15 +144,12 @@ class SpyEndpoint:
 
     def __init__(self, hub: SpyHub, tokens: Sequence[str] = ()) -> None:
         self._hub = hub
-        self._tokens = [t.encode() for t in tokens]
+        self._auth = BearerTokens(tokens)
 
     async def handle(self, request: Request) -> Response:
-        if self._tokens and not _authorized(request, self._tokens):
-            return JSONResponse(
-                {"error": "missing or wrong bearer token (see http.tokens)"},
-                status_code=401,
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+        refusal = self._auth.refusal(request)
+        if refusal is not None:
+            return refusal
         params = request.query_params
         unknown = sorted(set(params) - {"source", "topic"})
         if unknown:
@@ -197,13 +194,6 @@ async def _stream(hub: SpyHub, watcher: Watcher, hello: bytes) -> AsyncIterator[
             yield b"".join(lines)
     finally:
         hub.leave(watcher)
-
-
-def _authorized(request: Request, tokens: Sequence[bytes]) -> bool:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and any(
-        hmac.compare_digest(token.encode(), t) for t in tokens
-    )
 
 
 def _bad(message: str) -> Response:
