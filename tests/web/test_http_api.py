@@ -16,9 +16,13 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
+from starlette.routing import Route
 
 from fieldbridge.app import Service
 from fieldbridge.config import load_settings
+from fieldbridge.ingest import Ingest
+from fieldbridge.sources.http import HttpSource, HttpSourceSettings
 from fieldbridge.store import Store
 from tests.fakes.webhook import WebhookReceiver
 from tests.support.locks import sqlite_write_locked
@@ -412,6 +416,29 @@ async def test_http_sources_each_on_their_own_path(tmp_path: Path) -> None:
             ("farm", "/api/v1/ingest"),
             ("farm", "/api/v1/ingest"),
         ]
+
+
+async def test_source_answers_only_while_entered(store: Store) -> None:
+    """Outside its `async with` the source takes nothing (503, retry), as every source."""
+    async with Ingest(store, flush_ms=1.0) as ingest:
+        source = HttpSource(HttpSourceSettings(name="http"), ingest)
+        (route,) = source.http_routes
+        app = Starlette(routes=[Route(route.path, route.endpoint, methods=list(route.methods))])
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://fb") as client:
+            body = {"device": "d", "readings": {"t": 1}}
+            early = await client.post(INGEST, json=body)
+            assert early.status_code == 503
+            assert early.headers["retry-after"] == "1"
+            async with source:
+                assert (await client.post(INGEST, json=body)).json() == {
+                    "ids": [1],
+                    "duplicates": 0,
+                }
+            late = await client.post(INGEST, json=body)
+            assert late.status_code == 503
+            assert "starting or stopping" in late.json()["error"]
+    assert await store.head_id() == 1
 
 
 # --- other routes ---------------------------------------------------------------------------
