@@ -535,7 +535,10 @@ def test_the_docs_example_is_valid_settings(
     config = tmp_path / "fieldbridge.toml"
     config.write_text(example)
     loaded = load_settings(config)
-    assert [(t, s.name) for t, s in loaded.source_settings] == [("efento", "efento")]
+    assert [(t, s.name) for t, s in loaded.source_settings] == [
+        ("http", "http"),  # a file without [[sources.http]] takes HTTP ingest, as always
+        ("efento", "efento"),
+    ]
     ((kind, sink),) = loaded.sink_settings
     assert kind == "thingworx" and isinstance(sink, ThingWorxSettings)
     assert (sink.thing, sink.route.kinds) == ("EfentoGateway", ["efento"])
