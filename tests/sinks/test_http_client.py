@@ -1,4 +1,4 @@
-"""The httpx client the HTTP sinks share: headers, deadline, and the pluggable transport."""
+"""The httpx client the HTTP sinks share: headers, deadline, TLS check, pluggable transport."""
 
 from __future__ import annotations
 
