@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -19,6 +20,7 @@ from fieldbridge.config import (
 )
 from fieldbridge.errors import ConfigError
 from fieldbridge.sinks.webhook import WebhookSettings
+from fieldbridge.sources.http import HttpSourceSettings
 
 MASK = "**********"
 
@@ -87,11 +89,16 @@ def test_defaults_without_any_file() -> None:
     assert settings.ingest == IngestSettings(batch_size=500, flush_ms=5.0, queue_bound=10_000)
     assert settings.log == LogSettings()
     assert settings.sink_settings == []
-    # The default run takes MQTT (generic JSON and Smart Citizen Kits) with an embedded broker.
+    # The default run takes MQTT with an embedded broker, besides HTTP.
     sources = [
         (t, s.name, getattr(s, "embedded_broker", None)) for t, s in settings.source_settings
     ]
-    assert sources == [("mqtt", "mqtt", "auto"), ("mqtt", "smartcitizen", "auto")]
+    # HTTP ingest on POST /api/v1/ingest, and MQTT (generic JSON and Smart Citizen Kits)
+    assert sources == [
+        ("http", "http", None),
+        ("mqtt", "mqtt", "auto"),
+        ("mqtt", "smartcitizen", "auto"),
+    ]
 
 
 def test_file_values_are_typed(tmp_path: Path) -> None:
@@ -314,3 +321,94 @@ def test_public_dict_has_every_section() -> None:
     assert public["sinks"] == {}
     assert [s["name"] for s in public["sources"]["mqtt"]] == ["mqtt", "smartcitizen"]
     json.dumps(public)  # JSON-ready
+
+
+def http_sources(settings: Settings) -> list[HttpSourceSettings]:
+    found = [s for t, s in settings.source_settings if t == "http"]
+    assert all(isinstance(s, HttpSourceSettings) for s in found)
+    return cast(list[HttpSourceSettings], found)
+
+
+def test_http_short_form_is_one_http_source(tmp_path: Path) -> None:
+    """[http]'s ingest, source_name and max_body_bytes keep working: they stand for one
+    [[sources.http]] on POST /api/v1/ingest."""
+    short = load_settings(
+        write(tmp_path, '[http]\nsource_name = "farm-http"\nmax_body_bytes = 4096\n')
+    )
+    assert http_sources(short) == [
+        HttpSourceSettings(name="farm-http", path="/api/v1/ingest", max_body_bytes=4096)
+    ]
+    plain = load_settings(write(tmp_path, '[store]\nurl = "sqlite:///x.db"\n'))
+    assert http_sources(plain) == [HttpSourceSettings(name="http")]
+    off = load_settings(write(tmp_path, "[http]\ningest = false\n"))
+    assert http_sources(off) == []
+    server_off = load_settings(write(tmp_path, "[http]\nenabled = false\n"))
+    assert http_sources(server_off) == []
+
+
+def test_http_sources_as_registered_entries(tmp_path: Path) -> None:
+    text = (
+        '[[sources.http]]\nname = "partners"\npath = "/api/v1/partners"\n'
+        'max_body_bytes = 2048\n[[sources.http]]\nname = "http"\n'
+    )
+    settings = load_settings(write(tmp_path, text))
+    assert http_sources(settings) == [
+        HttpSourceSettings(name="partners", path="/api/v1/partners", max_body_bytes=2048),
+        HttpSourceSettings(name="http", path="/api/v1/ingest", max_body_bytes=1_048_576),
+    ]
+    assert settings.public_dict()["sources"]["http"][0] == {
+        "name": "partners",
+        "path": "/api/v1/partners",
+        "max_body_bytes": 2048,
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            '[http]\nsource_name = "a"\ningest = true\n[[sources.http]]\nname = "b"\n',
+            [
+                "http.source_name: the short form of one [[sources.http]]",
+                "set `name` in [[sources.http]] instead",
+                "http.ingest: the short form",
+            ],
+            id="both-forms",
+        ),
+        pytest.param(
+            '[http]\nenabled = false\n[[sources.http]]\nname = "b"\n',
+            ["sources.http.b: served by the HTTP server, which is off (http.enabled = false)"],
+            id="server-off",
+        ),
+        pytest.param(
+            '[[sources.http]]\nname = "a"\n[[sources.http]]\nname = "b"\n',
+            ["sources.http.b: path /api/v1/ingest is served by sources.http.a already"],
+            id="same-path",
+        ),
+        pytest.param(
+            '[[sources.http]]\nname = "a"\npath = "/healthz"\n',
+            ["sources.http[0].path", "one of the HTTP server's own endpoints"],
+            id="server-path",
+        ),
+        pytest.param(
+            '[[sources.http]]\nname = "a"\npath = "ingest"\n',
+            ["sources.http[0].path", "pattern"],
+            id="relative-path",
+        ),
+        pytest.param(
+            '[http]\nsource_name = "has space"\n',
+            ["http.source_name", "pattern"],
+            id="short-form-bad-name",
+        ),
+        pytest.param(
+            '[http]\nsource_name = "mqtt"\n[[sources.mqtt]]\nname = "mqtt"\ntopics = ["a"]\n',
+            ["sources: name 'mqtt' is used twice"],
+            id="short-form-name-taken",
+        ),
+    ],
+)
+def test_bad_http_sources_are_named(tmp_path: Path, text: str, expected: list[str]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text))
+    for part in expected:
+        assert part in str(caught.value), f"{part!r} not in {caught.value}"

@@ -9,6 +9,8 @@ import time
 from contextlib import AsyncExitStack
 from typing import Any
 
+from starlette.routing import Route
+
 from fieldbridge import __version__
 from fieldbridge.config import Settings
 from fieldbridge.errors import StoreError
@@ -18,10 +20,11 @@ from fieldbridge.plugin import SINK_TYPES, SOURCE_TYPES
 from fieldbridge.runtime import tune_gc
 from fieldbridge.sinks.engine import SinkRunner
 from fieldbridge.sources.access import StoreAccess
-from fieldbridge.sources.http import HttpIngest
+from fieldbridge.sources.base import ServesHttp
 from fieldbridge.store import Store, open_store, parse_store_url
 from fieldbridge.store.migrate import head_revision, upgrade
 from fieldbridge.store.urls import mask_url
+from fieldbridge.web.auth import BearerTokens
 from fieldbridge.web.server import WebServer, build_app
 from fieldbridge.web.spy import SpyEndpoint, SpyHub
 
@@ -140,9 +143,15 @@ class Service:
         if not http.enabled:
             log.info("fieldbridge running (store %s, HTTP off)", mask_url(self.settings.store.url))
             return
-        endpoint = HttpIngest(http, self.ingest).handle if http.ingest else None
+        auth = BearerTokens(http.tokens)
+        routes = [
+            Route(route.path, auth.guard(route.endpoint), methods=list(route.methods))
+            for source in self.sources
+            if isinstance(source, ServesHttp)
+            for route in source.http_routes
+        ]
         spy = SpyHub(self.ingest)
-        app = build_app(endpoint, self.health, self.metrics, SpyEndpoint(spy, http.tokens).handle)
+        app = build_app(routes, self.health, self.metrics, SpyEndpoint(spy, http.tokens).handle)
         server = await stack.enter_async_context(WebServer(app, http.listen))
         stack.callback(spy.close)  # runs first at shutdown: open spy streams end, uvicorn drains
         self.http_port = server.port

@@ -59,13 +59,34 @@ class StoreSettings(Section):
         return url
 
 
+# [http] keys that are the short form of one [[sources.http]] (how HTTP ingest was configured
+# before it was a registered source); unset unless given, so both forms cannot be mixed.
+HTTP_SHORT_FORM = {
+    "ingest": "remove it (the [[sources.http]] entries are the HTTP sources)",
+    "source_name": "set `name` in [[sources.http]] instead",
+    "max_body_bytes": "set `max_body_bytes` in [[sources.http]] instead",
+}
+
+
 class HttpSettings(Section):
+    """The HTTP server: /healthz, /metrics, the spy, and the endpoints of HTTP sources."""
+
     enabled: bool = True
     listen: str = Field(default="127.0.0.1:8080", pattern=r"^.+:\d{1,5}$")
-    ingest: bool = True
-    source_name: str = "http"
-    max_body_bytes: int = Field(default=1_048_576, ge=1)
-    tokens: list[str] = Field(default_factory=list)  # bearer tokens; empty = no auth on ingest
+    ingest: bool | None = None  # unset: true
+    source_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")  # unset: "http"
+    max_body_bytes: int | None = Field(default=None, ge=1)  # unset: 1048576
+    tokens: list[str] = Field(default_factory=list)  # bearer tokens; empty = no auth
+
+    def short_form_source(self) -> dict[str, Any] | None:
+        """The [[sources.http]] entry this section stands for when the settings have none:
+        one HTTP source on POST /api/v1/ingest, unless the server or `ingest` is off."""
+        if not self.enabled or self.ingest is False:
+            return None
+        entry: dict[str, Any] = {"name": self.source_name or "http"}
+        if self.max_body_bytes is not None:
+            entry["max_body_bytes"] = self.max_body_bytes
+        return entry
 
 
 class IngestSettings(Section):
@@ -125,19 +146,47 @@ class Settings(BaseSettings):
     def _validate_plugins(self) -> Settings:
         load_builtins()
         problems: list[str] = []
-        self._sources = _typed_entries("sources", self.sources, SOURCE_TYPES, problems)
+        sources = self._with_http_short_form(problems)
+        self._sources = _typed_entries("sources", sources, SOURCE_TYPES, problems)
         self._sinks = _typed_entries("sinks", self.sinks, SINK_TYPES, problems)
-        builtin = [self.http_source] if self.http_source else []
-        _check_unique("sources", builtin + [s.name for _, s in self._sources], problems)
+        _check_unique("sources", [s.name for _, s in self._sources], problems)
         _check_unique("sinks", [s.name for _, s in self._sinks], problems)
+        self._check_http_paths(problems)
         if problems:
             raise ValueError("\n".join(problems))
         return self
 
-    @property
-    def http_source(self) -> str | None:
-        """The name of the built-in HTTP ingest source, or None when it is off."""
-        return self.http.source_name if self.http.enabled and self.http.ingest else None
+    def _with_http_short_form(self, problems: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """[[sources.*]] as given, plus the HTTP source [http]'s short form stands for."""
+        if "http" in self.sources:
+            for key, instead in HTTP_SHORT_FORM.items():
+                if getattr(self.http, key) is not None:
+                    problems.append(
+                        f"http.{key}: the short form of one [[sources.http]], which is given "
+                        f"as well; {instead}"
+                    )
+            return self.sources
+        entry = self.http.short_form_source()
+        if entry is None:
+            return self.sources
+        return {"http": [entry], **{k: v for k, v in self.sources.items() if k != "http"}}
+
+    def _check_http_paths(self, problems: list[str]) -> None:
+        served: dict[str, str] = {}
+        for type_name, source in self._sources:
+            for path in source.http_paths():
+                where = f"sources.{type_name}.{source.name}"
+                if not self.http.enabled:
+                    problems.append(
+                        f"{where}: served by the HTTP server, which is off (http.enabled = "
+                        "false); turn it on or remove this source"
+                    )
+                elif path in served:
+                    problems.append(
+                        f"{where}: path {path} is served by {served[path]} already; give it "
+                        "another path"
+                    )
+                served.setdefault(path, where)
 
     @property
     def source_settings(self) -> list[tuple[str, SourceSettings]]:

@@ -126,6 +126,13 @@ class QuarantineEntry:
     reason: str
 
 
+class DeadLetterState(StrEnum):
+    """Whether a dead letter waits for an operator or is to be sent again."""
+
+    DEAD = "dead"
+    RETRY = "retry"  # `fieldbridge sinks deadletters retry`: the sink sends it again
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A message a sink's destination refused for good."""
@@ -137,7 +144,21 @@ class DeadLetter:
     status: int | None
     body: str
     created_at: float
-    state: str  # "dead" or "retry"
+    state: DeadLetterState
+
+
+class SinkRunState(StrEnum):
+    """What a sink is doing, as health, `fieldbridge sinks status` and the store show it."""
+
+    STARTING = "starting"
+    DISABLED = "disabled"
+    IDLE = "idle"  # delivered everything it takes
+    RUNNING = "running"  # sending a batch
+    PAUSED = "paused"
+    BACKOFF = "backoff"  # waiting to retry a destination that failed
+    ERROR = "error"  # an unexpected error; the sink restarts
+    STORE_ERROR = "store-error"
+    STOPPED = "stopped"
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +168,7 @@ class SinkState:
     name: str
     cursor: int
     paused: bool
-    state: str
+    state: SinkRunState
     last_error: str | None
     replay_from: int | None
     updated_at: float

@@ -21,6 +21,7 @@ BUILTIN_MODULES = (
     "fieldbridge.sources.mqtt",
     "fieldbridge.sinks.thingworx",
     "fieldbridge.sources.coap",
+    "fieldbridge.sources.http",
 )
 
 
@@ -34,6 +35,10 @@ class PluginSettings(BaseModel):
 
 class SourceSettings(PluginSettings):
     """Settings every source has."""
+
+    def http_paths(self) -> tuple[str, ...]:
+        """Paths this source serves on fieldbridge's HTTP server ([http]); most serve none."""
+        return ()
 
 
 class RouteSettings(BaseModel):

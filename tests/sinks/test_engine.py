@@ -20,7 +20,6 @@ from fieldbridge.ingest import Ingest
 from fieldbridge.model import Accepted, Decoded, Reading
 from fieldbridge.observe import Metrics
 from fieldbridge.plugin import RouteSettings
-from fieldbridge.sinks import engine
 from fieldbridge.sinks.engine import SinkRunner
 from fieldbridge.sinks.webhook import WebhookDestination, WebhookSettings
 from fieldbridge.store import Pending, Store, open_store, parse_store_url
@@ -38,13 +37,6 @@ from tests.fakes.webhook import (
 
 T0 = 1_700_000_000.0
 SINK = "hook"
-
-
-@pytest.fixture(autouse=True)
-def quick_engine(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Tuning constants only: shorter first back-off and idle poll keep each test to a second or two.
-    monkeypatch.setattr(engine, "BACKOFF_BASE", 0.05)
-    monkeypatch.setattr(engine, "IDLE_POLL", 0.1)
 
 
 @pytest.fixture
@@ -84,12 +76,28 @@ async def put_n(store: Store, n: int, start: int = 0) -> list[int]:
     return await put(store, [message(start + i) for i in range(n)])
 
 
+def quick_runner(
+    store: Store, sink: WebhookSettings, metrics: Metrics | None = None, lag_every: float = 5.0
+) -> SinkRunner:
+    # A shorter first back-off and idle poll than the defaults keep each test to a second or two.
+    return SinkRunner(
+        "webhook",
+        sink,
+        WebhookDestination(sink),
+        store,
+        metrics,
+        backoff_base=0.05,
+        idle_poll=0.1,
+        lag_every=lag_every,
+    )
+
+
 @contextlib.asynccontextmanager
 async def running(
-    store: Store, sink: WebhookSettings, metrics: Metrics | None = None
+    store: Store, sink: WebhookSettings, metrics: Metrics | None = None, lag_every: float = 5.0
 ) -> AsyncIterator[SinkRunner]:
     """A real SinkRunner task for the duration of the block; stopping it must be clean."""
-    runner = SinkRunner("webhook", sink, WebhookDestination(sink), store, metrics)
+    runner = quick_runner(store, sink, metrics, lag_every)
     task = asyncio.create_task(runner.run(), name=f"sink-{sink.name}")
     try:
         yield runner
@@ -203,7 +211,7 @@ async def test_a_long_outage_never_kills_the_sink(tmp_path: Path, hook: WebhookR
     async with open_store(url) as store:
         await put_n(store, 3)
         sink = settings(hook.url, max_backoff=0.001)
-        runner = SinkRunner("webhook", sink, WebhookDestination(sink), store)
+        runner = quick_runner(store, sink)
         task = asyncio.create_task(runner.run())
         try:
             await hook.wait_for(lambda: hook.counts[FAILED] >= 1100 or task.done(), within=30)
@@ -559,10 +567,7 @@ async def test_interval_spaces_batches(store: Store, hook: WebhookReceiver) -> N
     assert hook.received_ids == [1, 2, 3, 4, 5, 6]
 
 
-async def test_metrics_count_sent_failed_and_dead(
-    store: Store, hook: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(engine, "LAG_EVERY", 0.0)  # measure lag on every pass
+async def test_metrics_count_sent_failed_and_dead(store: Store, hook: WebhookReceiver) -> None:
     metrics = Metrics()
 
     def sample(name: str) -> float | None:
@@ -570,7 +575,8 @@ async def test_metrics_count_sent_failed_and_dead(
 
     hook.fail(500)
     await put_n(store, 8)
-    async with running(store, settings(hook.url, batch_size=8), metrics) as runner:
+    # lag_every=0: measure the lag on every pass
+    async with running(store, settings(hook.url, batch_size=8), metrics, 0.0) as runner:
         await hook.wait_for(lambda: hook.counts[FAILED] >= 2)
         await until(_lag_reported(metrics, 8.0))
         assert (sample("fieldbridge_sink_lag_seconds") or 0.0) > 0

@@ -24,7 +24,6 @@ from fieldbridge.config import load_settings
 from fieldbridge.ingest import Ingest
 from fieldbridge.model import Accepted, Downlink
 from fieldbridge.plugin import RouteSettings
-from fieldbridge.sinks import engine
 from fieldbridge.sinks.engine import SinkRunner
 from fieldbridge.sinks.thingworx import ThingWorxDestination, ThingWorxSettings
 from fieldbridge.sinks.thingworx_calls import remote_configuration
@@ -72,13 +71,6 @@ def frame(endpoint: str) -> bytes:
     return bytes.fromhex(SEED[endpoint]["hex"])
 
 
-@pytest.fixture(autouse=True)
-def quick_engine(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Tuning constants only: a short first back-off and idle poll keep each test to a second.
-    monkeypatch.setattr(engine, "BACKOFF_BASE", 0.05)
-    monkeypatch.setattr(engine, "IDLE_POLL", 0.1)
-
-
 @pytest.fixture
 async def twx() -> AsyncIterator[ThingWorxServer]:
     async with ThingWorxServer(APP_KEY, {THING: Thing(SERVICES)}) as server:
@@ -114,7 +106,10 @@ async def ingest(store: Store, frames: Sequence[tuple[str, bytes]], **meta: Any)
 
 @contextlib.asynccontextmanager
 async def running(store: Store, sink: ThingWorxSettings) -> AsyncIterator[SinkRunner]:
-    runner = SinkRunner("thingworx", sink, ThingWorxDestination(sink), store)
+    # A short first back-off and idle poll keep each test to a second.
+    runner = SinkRunner(
+        "thingworx", sink, ThingWorxDestination(sink), store, backoff_base=0.05, idle_poll=0.1
+    )
     task = asyncio.create_task(runner.run(), name=f"sink-{sink.name}")
     try:
         yield runner
@@ -540,7 +535,10 @@ def test_the_docs_example_is_valid_settings(
     config = tmp_path / "fieldbridge.toml"
     config.write_text(example)
     loaded = load_settings(config)
-    assert [(t, s.name) for t, s in loaded.source_settings] == [("efento", "efento")]
+    assert [(t, s.name) for t, s in loaded.source_settings] == [
+        ("http", "http"),  # a file without [[sources.http]] takes HTTP ingest, as always
+        ("efento", "efento"),
+    ]
     ((kind, sink),) = loaded.sink_settings
     assert kind == "thingworx" and isinstance(sink, ThingWorxSettings)
     assert (sink.thing, sink.route.kinds) == ("EfentoGateway", ["efento"])

@@ -16,9 +16,13 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
+from starlette.routing import Route
 
 from fieldbridge.app import Service
 from fieldbridge.config import load_settings
+from fieldbridge.ingest import Ingest
+from fieldbridge.sources.http import HttpSource, HttpSourceSettings
 from fieldbridge.store import Store
 from tests.fakes.webhook import WebhookReceiver
 from tests.support.locks import sqlite_write_locked
@@ -47,10 +51,10 @@ def toml_value(value: object) -> str:
 def toml_text(config: Mapping[str, Any]) -> str:
     lines: list[str] = []
     for section, body in config.items():
-        if section == "sinks":
+        if section in ("sources", "sinks"):
             for type_name, entries in body.items():
                 for entry in entries:
-                    lines.append(f"[[sinks.{type_name}]]")
+                    lines.append(f"[[{section}.{type_name}]]")
                     lines += [f"{k} = {toml_value(v)}" for k, v in entry.items()]
             continue
         lines.append(f"[{section}]")
@@ -86,6 +90,7 @@ async def serve(
     *,
     store: Mapping[str, Any] | None = None,
     http: Mapping[str, Any] | None = None,
+    sources: Mapping[str, Any] | None = None,
     sinks: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[Running]:
     """Run fieldbridge's Service on a fresh SQLite file and a free port until the block ends."""
@@ -95,6 +100,8 @@ async def serve(
         "http": {"listen": "127.0.0.1:0", **(http or {})},
         "ingest": {"flush_ms": 1.0},
     }
+    if sources:
+        config["sources"] = sources
     if sinks:
         config["sinks"] = sinks
     path = tmp_path / "fieldbridge.toml"
@@ -381,6 +388,57 @@ async def test_store_failure_is_503_then_recovers(tmp_path: Path) -> None:
         assert retried.json() == {"ids": [2], "duplicates": 0}
         assert [r.reading.value for r in await fb.store.list_readings("d")] == [1.0, 2.0]
         assert await fb.store.list_quarantine() == []
+
+
+async def test_http_sources_each_on_their_own_path(tmp_path: Path) -> None:
+    """[[sources.http]] entries: each its own path, name and limit, all behind http.tokens."""
+    partners = {"name": "partners", "path": "/api/v1/partners", "max_body_bytes": 100}
+    async with serve(
+        tmp_path, http={"tokens": ["t0k"]}, sources={"http": [partners, {"name": "farm"}]}
+    ) as fb:
+        auth = {"Authorization": "Bearer t0k"}
+        body = {"device": "d", "readings": {"t": 1}}
+        assert (await fb.client.post("/api/v1/partners", json=body)).status_code == 401
+        assert (await fb.post(body)).status_code == 401
+        taken = await fb.client.post("/api/v1/partners", json=body, headers=auth)
+        assert taken.json() == {"ids": [1], "duplicates": 0}
+        assert (await fb.post(body, headers=auth)).json() == {"ids": [2], "duplicates": 0}
+        big = {"device": "d", "readings": {"t": 1}, "kind": "x" * 100}
+        over = await fb.client.post("/api/v1/partners", json=big, headers=auth)
+        assert over.status_code == 413
+        assert over.json()["error"] == (
+            "body larger than 100 bytes (max_body_bytes of HTTP source 'partners')"
+        )
+        assert (await fb.post(big, headers=auth)).status_code == 200  # farm's limit is 1 MiB
+        entries = await fb.store.read_journal(0, 10)
+        assert [(e.source, e.meta["path"]) for e in entries] == [
+            ("partners", "/api/v1/partners"),
+            ("farm", "/api/v1/ingest"),
+            ("farm", "/api/v1/ingest"),
+        ]
+
+
+async def test_source_answers_only_while_entered(store: Store) -> None:
+    """Outside its `async with` the source takes nothing (503, retry), as every source."""
+    async with Ingest(store, flush_ms=1.0) as ingest:
+        source = HttpSource(HttpSourceSettings(name="http"), ingest)
+        (route,) = source.http_routes
+        app = Starlette(routes=[Route(route.path, route.endpoint, methods=list(route.methods))])
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://fb") as client:
+            body = {"device": "d", "readings": {"t": 1}}
+            early = await client.post(INGEST, json=body)
+            assert early.status_code == 503
+            assert early.headers["retry-after"] == "1"
+            async with source:
+                assert (await client.post(INGEST, json=body)).json() == {
+                    "ids": [1],
+                    "duplicates": 0,
+                }
+            late = await client.post(INGEST, json=body)
+            assert late.status_code == 503
+            assert "starting or stopping" in late.json()["error"]
+    assert await store.head_id() == 1
 
 
 # --- other routes ---------------------------------------------------------------------------

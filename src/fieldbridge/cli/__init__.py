@@ -106,8 +106,6 @@ def config_check(ctx: typer.Context, json_out: JsonFlag = False) -> None:
     """Validate the settings; exit 2 naming every bad key."""
     settings = settings_of(ctx)
     sources = [f"{t}:{s.name}" for t, s in settings.source_settings]
-    if settings.http_source:
-        sources.insert(0, f"http:{settings.http_source}")
     sink_names = [f"{t}:{s.name}" for t, s in settings.sink_settings]
     if json_out:
         print_json({"ok": True, "sources": sources, "sinks": sink_names})

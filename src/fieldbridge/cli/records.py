@@ -6,6 +6,7 @@ import base64
 from typing import Any
 
 from fieldbridge.model import DeadLetter, Device, QuarantineEntry, StoredReading
+from fieldbridge.reading_json import reading_json
 from fieldbridge.timefmt import iso
 
 
@@ -23,17 +24,8 @@ def device_json(d: Device) -> dict[str, Any]:
     }
 
 
-def reading_json(r: StoredReading) -> dict[str, Any]:
-    return {
-        "device": r.device,
-        "measured_at": iso(r.reading.measured_at),
-        "quantity": r.reading.quantity,
-        "channel": r.reading.channel,
-        "value": r.reading.value,
-        "unit": r.reading.unit,
-        "extra": dict(r.reading.extra) if r.reading.extra else None,
-        "message_id": r.message_id,
-    }
+def stored_reading_json(r: StoredReading) -> dict[str, Any]:
+    return {"device": r.device, **reading_json(r.reading), "message_id": r.message_id}
 
 
 def quarantine_json(q: QuarantineEntry) -> dict[str, Any]:

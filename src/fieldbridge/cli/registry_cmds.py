@@ -8,7 +8,7 @@ import typer
 
 from fieldbridge.cli.context import with_store
 from fieldbridge.cli.output import fail, print_json, print_table
-from fieldbridge.cli.records import device_json, quarantine_json, reading_json
+from fieldbridge.cli.records import device_json, quarantine_json, stored_reading_json
 from fieldbridge.model import Device
 from fieldbridge.store import Store
 from fieldbridge.timefmt import iso, parse_iso
@@ -166,7 +166,7 @@ def readings_list(
         except ValueError:
             fail(f"--since {since!r} is not ISO 8601 (e.g. 2026-11-23T08:00:00Z)", code=2)
     found = with_store(ctx, lambda s: s.list_readings(device, since=start, limit=limit))
-    rows = [reading_json(r) for r in found]
+    rows = [stored_reading_json(r) for r in found]
     if json_out:
         print_json(rows)
         return

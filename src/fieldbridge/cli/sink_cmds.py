@@ -15,6 +15,7 @@ from fieldbridge.cli.context import run_async, settings_of, with_store
 from fieldbridge.cli.output import console, errors, fail, print_json, print_table
 from fieldbridge.cli.records import dead_letter_json
 from fieldbridge.config import Settings
+from fieldbridge.model import DeadLetterState, SinkRunState
 from fieldbridge.store import Store
 from fieldbridge.timefmt import parse_iso
 
@@ -38,7 +39,13 @@ async def _status(settings: Settings, store: Store) -> list[dict[str, Any]]:
     for type_name, s in settings.sink_settings:
         state = await store.sink_state(s.name)
         lag, oldest = await store.lag(state.cursor)
-        shown = "disabled" if not s.enabled else "paused" if state.paused else state.state
+        shown = (
+            SinkRunState.DISABLED
+            if not s.enabled
+            else SinkRunState.PAUSED
+            if state.paused
+            else state.state
+        )
         out.append(
             {
                 "name": s.name,
@@ -252,7 +259,9 @@ def deadletters_retry(
 ) -> None:
     """Ask the running sinks to send these messages once more."""
     _selection(sink, ids, everything)
-    count = with_store(ctx, lambda s: s.mark_dead_letters(state="retry", sink=sink, ids=ids or []))
+    count = with_store(
+        ctx, lambda s: s.mark_dead_letters(state=DeadLetterState.RETRY, sink=sink, ids=ids or [])
+    )
     if json_out:
         print_json({"retrying": count})
     else:

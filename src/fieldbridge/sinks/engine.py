@@ -15,7 +15,7 @@ from fieldbridge.errors import (
     RetryableDeliveryError,
     StoreError,
 )
-from fieldbridge.model import JournalEntry
+from fieldbridge.model import DeadLetterState, JournalEntry, SinkRunState
 from fieldbridge.observe import Metrics
 from fieldbridge.plugin import SinkSettings
 from fieldbridge.sinks.base import Destination, route_matches
@@ -23,9 +23,6 @@ from fieldbridge.store import Store
 
 log = logging.getLogger("fieldbridge.sinks")
 
-BACKOFF_BASE = 0.5  # seconds; the first retry waits up to twice this
-IDLE_POLL = 1.0  # seconds between looks at the journal when nothing woke the sink
-LAG_EVERY = 5.0  # seconds between lag measurements
 CONTROL_POLL = 2.0  # seconds between looks for pause or replay during a long back-off
 
 
@@ -47,16 +44,26 @@ class SinkRunner:
         destination: Destination,
         store: Store,
         metrics: Metrics | None = None,
+        *,
+        backoff_base: float = 0.5,
+        idle_poll: float = 1.0,
+        lag_every: float = 5.0,
     ) -> None:
+        """`backoff_base`: seconds, the first retry waits up to twice this; `idle_poll`: seconds
+        between looks at the journal when nothing woke the sink; `lag_every`: seconds between
+        lag measurements."""
         self.type_name = type_name
         self.settings = settings
         self.name = settings.name
-        self.state = "starting" if settings.enabled else "disabled"
+        self.state = SinkRunState.STARTING if settings.enabled else SinkRunState.DISABLED
         self.last_error: str | None = None
         self._destination = destination
         self._store = store
         destination.bind(store)
         self._metrics = metrics
+        self._backoff_base = backoff_base
+        self._idle_poll = idle_poll
+        self._lag_every = lag_every
         self._wake = asyncio.Event()
         self._stopping = False
         self._cursor = 0
@@ -83,10 +90,10 @@ class SinkRunner:
             except Exception as exc:  # a bug must not end delivery for good: start over
                 log.exception("sink %s: unexpected error; restarting the sink", self.name)
                 with contextlib.suppress(StoreError):
-                    await self._set_state("error", f"{type(exc).__name__}: {exc}")
+                    await self._set_state(SinkRunState.ERROR, f"{type(exc).__name__}: {exc}")
                 with contextlib.suppress(_Stop):
                     await self._pause_for(5.0)
-        self.state = "stopped"
+        self.state = SinkRunState.STOPPED
 
     async def _run_open(self) -> None:
         """Deliver with the destination open, riding out store failures and control requests."""
@@ -96,7 +103,7 @@ class SinkRunner:
             except _Interrupted:
                 continue
             except StoreError as exc:
-                await self._set_state("store-error", str(exc), save=False)
+                await self._set_state(SinkRunState.STORE_ERROR, str(exc), save=False)
                 log.warning("sink %s: store unavailable, retrying: %s", self.name, exc)
                 await self._pause_for(2.0)
 
@@ -112,7 +119,7 @@ class SinkRunner:
                     log.info("sink %s: replaying from message %d", self.name, replay + 1)
                     self._cursor = replay
             if stored.paused:
-                await self._set_state("paused", None)
+                await self._set_state(SinkRunState.PAUSED, None)
                 await self._idle()
                 continue
             await self._retry_dead_letters()
@@ -123,15 +130,16 @@ class SinkRunner:
                 self._cursor, self.settings.batch_size, with_payload=self._destination.wants_payload
             )
             if not entries:
-                await self._set_state("idle", None)
+                await self._set_state(SinkRunState.IDLE, None)
                 await self._measure_lag(force=False)
                 await self._idle()
                 continue
-            if self.state != "running":  # health says what the sink is doing while it sends
-                await self._set_state("running", None)
+            # Health says what the sink is doing while it sends.
+            if self.state != SinkRunState.RUNNING:
+                await self._set_state(SinkRunState.RUNNING, None)
             await self._deliver(entries)
             self._cursor = entries[-1].id
-            await self._set_state("running", None, cursor=self._cursor)
+            await self._set_state(SinkRunState.RUNNING, None, cursor=self._cursor)
             await self._measure_lag(force=False)
 
     async def _deliver(self, entries: Sequence[JournalEntry]) -> None:
@@ -199,8 +207,8 @@ class SinkRunner:
         else:
             # Full jitter; the exponent is bounded because 2**1024 overflows a float, and an
             # outage of a couple of days at the default cap reaches that many attempts.
-            delay = random.uniform(0, min(cap, BACKOFF_BASE * 2 ** min(attempt, 62)))
-        if attempt == 1 or self.state != "backoff":
+            delay = random.uniform(0, min(cap, self._backoff_base * 2 ** min(attempt, 62)))
+        if attempt == 1 or self.state != SinkRunState.BACKOFF:
             log.warning(
                 "sink %s: %s; retrying with back-off (attempt %d, next in %.1fs)",
                 self.name,
@@ -208,7 +216,7 @@ class SinkRunner:
                 attempt,
                 delay,
             )
-        await self._set_state("backoff", str(exc))
+        await self._set_state(SinkRunState.BACKOFF, str(exc))
         await self._measure_lag(force=False)
         deadline = time.monotonic() + delay
         while (left := deadline - time.monotonic()) > 0:
@@ -231,7 +239,7 @@ class SinkRunner:
 
     async def _retry_dead_letters(self) -> None:
         letters = await self._store.list_dead_letters(
-            sink=self.name, state="retry", limit=self.settings.batch_size
+            sink=self.name, state=DeadLetterState.RETRY, limit=self.settings.batch_size
         )
         if not letters:
             return
@@ -263,11 +271,16 @@ class SinkRunner:
         self._dead_letters = await self._store.count_dead_letters(self.name)
 
     async def _set_state(
-        self, state: str, error: str | None, *, cursor: int | None = None, save: bool = True
+        self,
+        state: SinkRunState,
+        error: str | None,
+        *,
+        cursor: int | None = None,
+        save: bool = True,
     ) -> None:
         changed = state != self.state or error != self.last_error
         self.state = state
-        if error is not None or state in ("idle", "running"):
+        if error is not None or state in (SinkRunState.IDLE, SinkRunState.RUNNING):
             self.last_error = error
         if save and (changed or cursor is not None):
             await self._store.save_progress(
@@ -276,7 +289,7 @@ class SinkRunner:
 
     async def _measure_lag(self, *, force: bool) -> None:
         now = time.monotonic()
-        if self._metrics is None or (not force and now - self._last_lag < LAG_EVERY):
+        if self._metrics is None or (not force and now - self._last_lag < self._lag_every):
             return
         self._last_lag = now
         count, oldest = await self._store.lag(self._cursor)
@@ -288,7 +301,7 @@ class SinkRunner:
     async def _idle(self) -> None:
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), IDLE_POLL)
+            await asyncio.wait_for(self._wake.wait(), self._idle_poll)
         if self._stopping:
             raise _Stop
 

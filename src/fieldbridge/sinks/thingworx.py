@@ -13,7 +13,6 @@ from urllib.parse import quote
 import httpx
 from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
 
-from fieldbridge import __version__
 from fieldbridge.codecs import efento
 from fieldbridge.errors import (
     DecodeError,
@@ -22,8 +21,9 @@ from fieldbridge.errors import (
     StoreError,
 )
 from fieldbridge.model import JournalEntry
-from fieldbridge.plugin import RouteSettings, SinkSettings, SinkType, register_sink
+from fieldbridge.plugin import RouteSettings, SinkType, register_sink
 from fieldbridge.sinks.base import Destination
+from fieldbridge.sinks.http_client import HttpSinkSettings, sink_client
 from fieldbridge.sinks.http_errors import check_response, transport_failure
 from fieldbridge.sinks.thingworx_calls import (
     MEASUREMENT,
@@ -37,7 +37,7 @@ log = logging.getLogger("fieldbridge.sinks.thingworx")
 ORIGIN = "thingworx"  # the origin of the downlinks this sink queues
 
 
-class ThingWorxSettings(SinkSettings):
+class ThingWorxSettings(HttpSinkSettings):
     """[[sinks.thingworx]]"""
 
     url: AnyHttpUrl  # the server's base URL; /Thingworx/Things/... is appended
@@ -46,8 +46,6 @@ class ThingWorxSettings(SinkSettings):
     measurement_service: str = Field(default="SendMeasurement", min_length=1)
     configuration_service: str = Field(default="CheckConfig", min_length=1)
     device_info_service: str = Field(default="SendInfoDevice", min_length=1)
-    timeout: float = Field(default=10.0, gt=0)
-    verify_tls: bool = True
     # Only Efento frames can be rendered for the Efento services.
     route: RouteSettings = Field(default_factory=lambda: RouteSettings(kinds=[efento.KIND]))
 
@@ -98,12 +96,18 @@ class _Downlink:
 
 
 class ThingWorxDestination(Destination):
-    """One service call per frame, in journal order; a failure stops the batch there."""
+    """One service call per frame, in journal order; a failure stops the batch there.
+
+    `transport` replaces httpx's network transport (see sink_client).
+    """
 
     wants_payload = True
 
-    def __init__(self, settings: ThingWorxSettings) -> None:
+    def __init__(
+        self, settings: ThingWorxSettings, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         self.settings = settings
+        self._transport = transport
         self._base = str(settings.url).rstrip("/")
         self._services = {
             "m": settings.measurement_service,
@@ -124,15 +128,8 @@ class ThingWorxDestination(Destination):
         self._store = store
 
     async def __aenter__(self) -> ThingWorxDestination:
-        self._client = httpx.AsyncClient(
-            headers={
-                "appKey": self.settings.app_key.get_secret_value(),
-                "Accept": "application/json",
-                "User-Agent": f"fieldbridge/{__version__}",
-            },
-            timeout=self.settings.timeout,
-            verify=self.settings.verify_tls,
-        )
+        headers = {"appKey": self.settings.app_key.get_secret_value(), "Accept": "application/json"}
+        self._client = sink_client(self.settings, headers, transport=self._transport)
         self._delivered.clear()
         return self
 

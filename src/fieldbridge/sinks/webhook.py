@@ -11,24 +11,23 @@ import httpx
 import orjson
 from pydantic import AnyHttpUrl, Field, SecretStr
 
-from fieldbridge import __version__
 from fieldbridge.model import JournalEntry
-from fieldbridge.plugin import SinkSettings, SinkType, register_sink
+from fieldbridge.plugin import SinkType, register_sink
+from fieldbridge.reading_json import reading_json
 from fieldbridge.sinks.base import Destination
+from fieldbridge.sinks.http_client import HttpSinkSettings, sink_client
 from fieldbridge.sinks.http_errors import check_response, transport_failure
 from fieldbridge.timefmt import iso
 
 SCHEMA = "fieldbridge.webhook/1"
 
 
-class WebhookSettings(SinkSettings):
+class WebhookSettings(HttpSinkSettings):
     """[[sinks.webhook]]"""
 
     url: AnyHttpUrl
     headers: dict[str, SecretStr] = Field(default_factory=dict)
-    timeout: float = Field(default=10.0, gt=0)
     include_payload: bool = False
-    verify_tls: bool = True
 
 
 def render_batch(sink: str, entries: Sequence[JournalEntry], include_payload: bool) -> bytes:
@@ -42,17 +41,7 @@ def render_batch(sink: str, entries: Sequence[JournalEntry], include_payload: bo
             "device": e.device,
             "kind": e.kind,
             "meta": dict(e.meta),
-            "readings": [
-                {
-                    "quantity": r.quantity,
-                    "value": r.value,
-                    "unit": r.unit,
-                    "channel": r.channel,
-                    "measured_at": iso(r.measured_at),
-                    "extra": dict(r.extra) if r.extra else None,
-                }
-                for r in e.readings
-            ],
+            "readings": [reading_json(r) for r in e.readings],
         }
         if include_payload:
             message["payload_b64"] = base64.b64encode(e.payload).decode()
@@ -71,17 +60,19 @@ def idempotency_key(sink: str, entries: Sequence[JournalEntry]) -> str:
 
 
 class WebhookDestination(Destination):
-    def __init__(self, settings: WebhookSettings) -> None:
+    """One POST per batch; `transport` replaces httpx's network transport (see sink_client)."""
+
+    def __init__(
+        self, settings: WebhookSettings, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         self.settings = settings
         self.wants_payload = settings.include_payload
+        self._transport = transport
         self._client: httpx.AsyncClient | None = None
 
     async def __aenter__(self) -> WebhookDestination:
         headers = {k: v.get_secret_value() for k, v in self.settings.headers.items()}
-        headers.setdefault("User-Agent", f"fieldbridge/{__version__}")
-        self._client = httpx.AsyncClient(
-            headers=headers, timeout=self.settings.timeout, verify=self.settings.verify_tls
-        )
+        self._client = sink_client(self.settings, headers, transport=self._transport)
         return self
 
     async def __aexit__(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from fieldbridge.model import DeadLetter, SinkState
+from fieldbridge.model import DeadLetter, DeadLetterState, SinkRunState, SinkState
 from fieldbridge.store.db import Database, Row
 
 STATE_COLUMNS = "name, cursor, paused, state, last_error, replay_from, updated_at"
@@ -22,14 +22,14 @@ class SinkStateQueries:
         )
         if rows:
             return _state(rows[0])
-        return SinkState(name, 0, False, "idle", None, None, 0.0)
+        return SinkState(name, 0, False, SinkRunState.IDLE, None, None, 0.0)
 
     async def sink_states(self) -> list[SinkState]:
         rows = await self.db.fetchall(f"SELECT {STATE_COLUMNS} FROM sink_state ORDER BY name")
         return [_state(r) for r in rows]
 
     async def save_progress(
-        self, name: str, *, cursor: int | None, state: str, last_error: str | None
+        self, name: str, *, cursor: int | None, state: SinkRunState, last_error: str | None
     ) -> None:
         """Record a sink's confirmed cursor (None keeps it), its state and last error."""
         async with self.db.transaction() as tx:
@@ -88,15 +88,15 @@ class SinkStateQueries:
         async with self.db.transaction() as tx:
             await tx.execute(
                 "INSERT INTO dead_letters (sink, message_id, attempts, status, body, created_at, "
-                "updated_at, state) VALUES (?, ?, 1, ?, ?, ?, ?, 'dead') "
+                "updated_at, state) VALUES (?, ?, 1, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (sink, message_id) DO UPDATE SET "
                 "attempts = dead_letters.attempts + 1, status = excluded.status, "
-                "body = excluded.body, updated_at = excluded.updated_at, state = 'dead'",
-                (sink, message_id, status, body[:65536], now, now),
+                "body = excluded.body, updated_at = excluded.updated_at, state = excluded.state",
+                (sink, message_id, status, body[:65536], now, now, DeadLetterState.DEAD),
             )
 
     async def list_dead_letters(
-        self, *, sink: str | None = None, state: str | None = None, limit: int = 1000
+        self, *, sink: str | None = None, state: DeadLetterState | None = None, limit: int = 1000
     ) -> list[DeadLetter]:
         clauses, params = _filters(sink=sink, state=state)
         rows = await self.db.fetchall(
@@ -110,9 +110,9 @@ class SinkStateQueries:
         return int(rows[0][0])
 
     async def mark_dead_letters(
-        self, *, state: str, sink: str | None = None, ids: Sequence[int] = ()
+        self, *, state: DeadLetterState, sink: str | None = None, ids: Sequence[int] = ()
     ) -> int:
-        """Set the state ('retry' or 'dead') of the chosen dead letters; return how many."""
+        """Set the state of the chosen dead letters; return how many."""
         clauses, params = _filters(sink=sink, ids=ids)
         async with self.db.transaction() as tx:
             rows = await tx.fetchall(f"SELECT COUNT(*) FROM dead_letters {clauses}", params)
@@ -144,7 +144,7 @@ class SinkStateQueries:
 def _filters(
     *,
     sink: str | None = None,
-    state: str | None = None,
+    state: DeadLetterState | None = None,
     ids: Sequence[int] = (),
     message_ids: Sequence[int] | None = None,
 ) -> tuple[str, list[object]]:
@@ -173,7 +173,7 @@ def _state(row: Row) -> SinkState:
         name,
         int(cursor),
         bool(paused),
-        state,
+        SinkRunState(state),
         last_error,
         int(replay_from) if replay_from is not None else None,
         float(updated_at),
@@ -183,5 +183,12 @@ def _state(row: Row) -> SinkState:
 def _dead(row: Row) -> DeadLetter:
     dead_id, sink, message_id, attempts, status, body, created_at, state = row
     return DeadLetter(
-        dead_id, sink, int(message_id), int(attempts), status, body, created_at, state
+        dead_id,
+        sink,
+        int(message_id),
+        int(attempts),
+        status,
+        body,
+        created_at,
+        DeadLetterState(state),
     )

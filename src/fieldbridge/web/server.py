@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import errno
 import socket
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -14,7 +14,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from fieldbridge.errors import ConfigError
 from fieldbridge.observe import Metrics
@@ -24,8 +24,13 @@ HealthCheck = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
 
 
 def build_app(
-    ingest: Endpoint | None, health: HealthCheck, metrics: Metrics, spy: Endpoint | None = None
+    routes: Sequence[BaseRoute],
+    health: HealthCheck,
+    metrics: Metrics,
+    spy: Endpoint | None = None,
 ) -> Starlette:
+    """The server's own endpoints, plus `routes` (those of the sources it is transport for)."""
+
     async def healthz(request: Request) -> Response:
         ok, detail = await health()
         return JSONResponse(detail, status_code=200 if ok else 503)
@@ -33,15 +38,14 @@ def build_app(
     async def prometheus(request: Request) -> Response:
         return Response(metrics.exposition(), media_type="text/plain; version=0.0.4")
 
-    routes = [
+    served: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
+        *routes,
     ]
-    if ingest is not None:
-        routes.append(Route("/api/v1/ingest", ingest, methods=["POST"]))
     if spy is not None:
-        routes.append(Route("/api/v1/spy", spy, methods=["GET"]))
-    return Starlette(routes=routes)
+        served.append(Route("/api/v1/spy", spy, methods=["GET"]))
+    return Starlette(routes=served)
 
 
 class _Server(uvicorn.Server):

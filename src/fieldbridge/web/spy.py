@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import orjson
-from paho.mqtt.client import topic_matches_sub
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from fieldbridge.ingest import Ingest
 from fieldbridge.model import Accepted, Incoming, Outcome
-from fieldbridge.sources.mqtt.settings import check_filter
+from fieldbridge.reading_json import reading_json
 from fieldbridge.store import Pending
 from fieldbridge.timefmt import iso
+from fieldbridge.topics import check_filter, matches
+from fieldbridge.web.auth import BearerTokens
 
 log = logging.getLogger("fieldbridge.spy")
 
@@ -45,7 +45,7 @@ class Watcher:
             return False
         if self.topic is None:
             return True
-        return isinstance(topic, str) and topic_matches_sub(self.topic, topic)
+        return isinstance(topic, str) and matches(self.topic, topic)
 
     def push(self, line: bytes) -> None:
         if len(self.lines) == self.lines.maxlen:
@@ -127,16 +127,7 @@ def render(item: Incoming, pending: Pending, outcome: Outcome) -> bytes:
                 "device": d.device,
                 "kind": d.kind,
                 "attributes": dict(d.attributes) if d.attributes else None,
-                "readings": [
-                    {
-                        "quantity": r.quantity,
-                        "value": r.value,
-                        "unit": r.unit,
-                        "channel": r.channel,
-                        "measured_at": iso(r.measured_at),
-                    }
-                    for r in d.readings
-                ],
+                "readings": [reading_json(r) for r in d.readings],
             }
             for d in pending.decoded or ()
         ]
@@ -153,15 +144,12 @@ class SpyEndpoint:
 
     def __init__(self, hub: SpyHub, tokens: Sequence[str] = ()) -> None:
         self._hub = hub
-        self._tokens = [t.encode() for t in tokens]
+        self._auth = BearerTokens(tokens)
 
     async def handle(self, request: Request) -> Response:
-        if self._tokens and not _authorized(request, self._tokens):
-            return JSONResponse(
-                {"error": "missing or wrong bearer token (see http.tokens)"},
-                status_code=401,
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+        refusal = self._auth.refusal(request)
+        if refusal is not None:
+            return refusal
         params = request.query_params
         unknown = sorted(set(params) - {"source", "topic"})
         if unknown:
@@ -206,13 +194,6 @@ async def _stream(hub: SpyHub, watcher: Watcher, hello: bytes) -> AsyncIterator[
             yield b"".join(lines)
     finally:
         hub.leave(watcher)
-
-
-def _authorized(request: Request, tokens: Sequence[bytes]) -> bool:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and any(
-        hmac.compare_digest(token.encode(), t) for t in tokens
-    )
 
 
 def _bad(message: str) -> Response:

@@ -28,8 +28,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def load(tmp_path: Path, entry: str) -> MqttSettings:
     path = tmp_path / "fieldbridge.toml"
     path.write_text(f"[[sources.mqtt]]\n{entry}\n")
-    [(type_name, settings)] = load_settings(path).source_settings
-    assert type_name == "mqtt" and isinstance(settings, MqttSettings)
+    [settings] = [s for t, s in load_settings(path).source_settings if t == "mqtt"]
+    assert isinstance(settings, MqttSettings)
     return settings
 
 
@@ -161,13 +161,15 @@ def test_default_run_without_a_settings_file() -> None:
 
 def test_environment_can_drop_the_default_run_sources(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FIELDBRIDGE_SOURCES", '{"mqtt": []}')
-    assert load_settings().source_settings == []
+    # HTTP ingest stays: no [[sources.http]] given, so [http]'s short form runs one.
+    assert [(t, s.name) for t, s in load_settings().source_settings] == [("http", "http")]
 
 
 def test_a_settings_file_has_only_its_own_sources(tmp_path: Path) -> None:
     path = tmp_path / "fieldbridge.toml"
     path.write_text("[ingest]\nbatch_size = 7\n")
-    assert load_settings(path).source_settings == []
+    # No default-run MQTT sources; only the HTTP source a file without [[sources.http]] runs.
+    assert [(t, s.name) for t, s in load_settings(path).source_settings] == [("http", "http")]
 
 
 def test_embedded_broker_configuration(tmp_path: Path) -> None:

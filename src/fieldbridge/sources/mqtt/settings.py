@@ -14,6 +14,7 @@ from fieldbridge.codecs import build_codec
 from fieldbridge.errors import ConfigError
 from fieldbridge.model import Codec
 from fieldbridge.plugin import SourceSettings
+from fieldbridge.topics import check_filter
 
 SCHEMES = {"mqtt": (False, 1883), "mqtts": (True, 8883)}
 NEVER_EXPIRES = 0xFFFFFFFF  # MQTT 5's session expiry value for "never"
@@ -138,28 +139,6 @@ def parse_url(url: str) -> Endpoint:
         raise ValueError(f"{url!r}: the host is missing")
     tls, default_port = SCHEMES[parts.scheme]
     return Endpoint(parts.hostname, port or default_port, tls)
-
-
-def check_filter(topic: str) -> None:
-    """Raise ValueError unless `topic` is a valid MQTT topic filter (incl. $share/ and $queue/)."""
-    if not topic or "\x00" in topic:
-        raise ValueError("a topic filter must be non-empty text without NUL")
-    body = topic
-    if topic.startswith("$share/"):
-        _, group, *rest = topic.split("/", 2)
-        if not group or not rest or not rest[0] or any(c in group for c in "+#"):
-            raise ValueError(f"{topic!r}: a shared subscription is $share/<group>/<filter>")
-        body = rest[0]
-    elif topic.startswith("$queue/"):
-        body = topic.removeprefix("$queue/")
-        if not body:
-            raise ValueError(f"{topic!r}: $queue/ needs a filter after it")
-    levels = body.split("/")
-    for index, level in enumerate(levels):
-        if "#" in level and (level != "#" or index != len(levels) - 1):
-            raise ValueError(f"{topic!r}: '#' must be a whole level and the last one")
-        if "+" in level and level != "+":
-            raise ValueError(f"{topic!r}: '+' must be a whole level")
 
 
 def expand(template: str, name: str, key: str) -> str:

@@ -1,39 +1,68 @@
-"""HTTP source: POST /api/v1/ingest, answered only after the payload is committed."""
+"""HTTP source: POST <path> on the HTTP server, answered only after the payload is committed."""
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from fieldbridge.codecs import http_json
-from fieldbridge.config import HttpSettings
 from fieldbridge.errors import StoreError
 from fieldbridge.ingest import Ingest
 from fieldbridge.model import Accepted
+from fieldbridge.sources.base import HttpRoute
+from fieldbridge.sources.http.settings import HttpSourceSettings
 
 JSON_TYPES = ("application/json",)
 
 
-class HttpIngest:
-    """The Starlette endpoint of the HTTP source."""
+class HttpSource:
+    """One POST endpoint on fieldbridge's HTTP server ([http]), which is its transport: the
+    server mounts `http_routes` and checks http.tokens before a request gets here."""
 
-    def __init__(self, settings: HttpSettings, ingest: Ingest) -> None:
-        self.name = settings.source_name
+    def __init__(self, settings: HttpSourceSettings, ingest: Ingest) -> None:
+        self.name = settings.name
         self._settings = settings
         self._ingest = ingest
-        self._tokens = [t.encode() for t in settings.tokens]
+        self.http_routes = (HttpRoute(settings.path, ("POST",), self.handle),)
+        self._accepting = False
+        self._in_flight = 0
+        self._drained = asyncio.Event()
+        self._drained.set()
+
+    async def __aenter__(self) -> HttpSource:
+        self._accepting = True
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._accepting = False
+        await self._drained.wait()
 
     async def handle(self, request: Request) -> Response:
+        if not self._accepting:
+            return _error(
+                503,
+                f"source {self.name!r} is not accepting (fieldbridge is starting or stopping); "
+                "retry later",
+                headers={"Retry-After": "1"},
+            )
+        self._in_flight += 1
+        self._drained.clear()
+        try:
+            return await self._take(request)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._drained.set()
+
+    async def _take(self, request: Request) -> Response:
         refusal = self._check_headers(request)
         if refusal is not None:
             return refusal
         body = await _read_limited(request, self._settings.max_body_bytes)
         if body is None:
-            return _error(
-                413, f"body larger than http.max_body_bytes ({self._settings.max_body_bytes} bytes)"
-            )
+            return self._too_large()
         meta = {
             "remote": request.client.host if request.client else None,
             "path": request.url.path,
@@ -53,26 +82,19 @@ class HttpIngest:
         )
 
     def _check_headers(self, request: Request) -> Response | None:
-        if self._tokens:
-            given = request.headers.get("authorization", "")
-            scheme, _, token = given.partition(" ")
-            if scheme.lower() != "bearer" or not any(
-                hmac.compare_digest(token.encode(), t) for t in self._tokens
-            ):
-                return _error(
-                    401,
-                    "missing or wrong bearer token (see http.tokens)",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in JSON_TYPES and not content_type.endswith("+json"):
             return _error(415, f"Content-Type must be application/json, got {content_type!r}")
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self._settings.max_body_bytes:
-            return _error(
-                413, f"body larger than http.max_body_bytes ({self._settings.max_body_bytes} bytes)"
-            )
+            return self._too_large()
         return None
+
+    def _too_large(self) -> Response:
+        limit = self._settings.max_body_bytes
+        return _error(
+            413, f"body larger than {limit} bytes (max_body_bytes of HTTP source {self.name!r})"
+        )
 
 
 async def _read_limited(request: Request, limit: int) -> bytes | None:
