@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import cast
 
@@ -61,12 +60,8 @@ enabled = false
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Settings come only from what each test sets, never from the runner's environment."""
-    for key in list(os.environ):
-        if key.startswith("FIELDBRIDGE_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
+def in_tmp_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # no fieldbridge.toml of the checkout is found
 
 
 def write(tmp_path: Path, text: str, name: str = "fieldbridge.toml") -> Path:

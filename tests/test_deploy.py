@@ -38,13 +38,6 @@ INSTALLED = "/opt/fieldbridge/bin/fieldbridge"  # where the unit expects the con
 TOOL_TIMEOUT = 60.0
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.startswith("FIELDBRIDGE_"):
-            monkeypatch.delenv(key)
-
-
 def tool(name: str, provider: str) -> str:
     found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     if found is None:

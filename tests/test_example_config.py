@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -10,13 +9,13 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-import pytest
 from pydantic import BaseModel, create_model
 
 from fieldbridge.config import IngestSettings, Settings, load_settings
 from fieldbridge.plugin import SINK_TYPES, SOURCE_TYPES, load_builtins
 from fieldbridge.sinks.webhook import WebhookSettings
 from tests.support import paths
+from tests.support.processes import child_env
 
 EXAMPLE = paths.ROOT / "fieldbridge.example.toml"
 FIELDBRIDGE = str(Path(sys.executable).with_name("fieldbridge"))
@@ -25,13 +24,6 @@ HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
 COMMENTED_KEY = re.compile(r"^\s*#+\s*([A-Za-z_][A-Za-z0-9_]*)\s*=")
 
 Commented = dict[str, set[str]]  # table path ("log", "sinks.webhook.route") -> commented keys
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.startswith("FIELDBRIDGE_"):
-            monkeypatch.delenv(key)
 
 
 def example() -> dict[str, Any]:
@@ -214,12 +206,11 @@ def test_a_setting_without_example_line_is_named() -> None:
 
 
 def test_cli_config_check_accepts_example() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FIELDBRIDGE_")}
     done = subprocess.run(
         [FIELDBRIDGE, "--config", str(EXAMPLE), "config", "check"],
         capture_output=True,
         text=True,
-        env=env,
+        env=child_env(),
         timeout=60,
         check=False,
     )

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from fieldbridge.store import Pending, open_store, parse_store_url
 from fieldbridge.store.migrate import upgrade
 from fieldbridge.timefmt import iso
 from tests.fakes.webhook import WebhookReceiver
+from tests.support.processes import child_env
 from tests.support.release import ROOT, package_version, schema_head
 from tests.web.test_http_api import serve
 
@@ -38,22 +38,6 @@ url = "http://127.0.0.1:9/hook"
 name = "audit"
 url = "http://127.0.0.1:9/audit"
 """
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The in-process service and the seeding read no FIELDBRIDGE_* of the test runner."""
-    for key in list(os.environ):
-        if key.startswith("FIELDBRIDGE_"):
-            monkeypatch.delenv(key)
-
-
-def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    # Settings come from the file (and `extra`), never from the test runner's environment.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FIELDBRIDGE_")}
-    env["COLUMNS"] = "200"  # rich wraps error messages at 80 columns when not on a terminal
-    env.update(extra or {})
-    return env
 
 
 @dataclass

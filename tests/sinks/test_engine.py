@@ -7,7 +7,6 @@ import base64
 import contextlib
 import itertools
 import math
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from fieldbridge.sinks.engine import SinkRunner
 from fieldbridge.sinks.webhook import WebhookDestination, WebhookSettings
 from fieldbridge.store import Pending, Store, open_store, parse_store_url
 from fieldbridge.store.migrate import upgrade
+from tests.conftest import eventually
 from tests.fakes.webhook import (
     ACCEPTED,
     DUPLICATE,
@@ -107,27 +107,18 @@ async def running(
     assert runner.state == "stopped"
 
 
-async def until(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
-    """Poll an async condition (a store query) until it holds; fail after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(0.02)
-
-
 async def cursor_is(store: Store, value: int, within: float = 10.0) -> None:
     async def check() -> bool:
         return (await store.sink_state(SINK)).cursor == value
 
-    await until(check, within)
+    await eventually(check, f"the cursor at {value}", timeout=within)
 
 
 async def state_is(store: Store, state: str, name: str = SINK) -> None:
     async def check() -> bool:
         return (await store.sink_state(name)).state == state
 
-    await until(check)
+    await eventually(check, f"sink {name} {state}")
 
 
 def gaps(times: list[float]) -> list[float]:
@@ -477,7 +468,7 @@ async def test_replay_sends_again_from_the_requested_cursor(
         runner.wake()
         await hook.wait_for(lambda: len(hook.received) == 16)
         await cursor_is(store, 10)
-        await until(lambda: _no_replay_pending(store))
+        await eventually(lambda: _no_replay_pending(store), "the replay to be taken")
     assert hook.received_ids == list(range(1, 11)) + list(range(5, 11))
     assert hook.requests[-1].idempotency_key == "hook:5-10"
 
@@ -494,7 +485,7 @@ async def test_a_replay_that_delivers_a_dead_letter_clears_it(
         await store.request_replay(SINK, 2)
         runner.wake()
         await hook.wait_for(lambda: 3 in hook.received_ids)
-        await until(lambda: _no_dead_letters(store))
+        await eventually(lambda: _no_dead_letters(store), "no dead letters")
         await cursor_is(store, 5)
     assert hook.received_ids == [1, 2, 4, 5, 3, 4, 5]
 
@@ -539,7 +530,7 @@ async def test_dead_letter_retry_resends_and_clears_it(store: Store, hook: Webho
             letters = await store.list_dead_letters(sink=SINK)
             return [(d.attempts, d.state) for d in letters] == [(2, "dead")]
 
-        await until(tried_again)
+        await eventually(tried_again, "a second try")
         hook.cure(3)
         assert await store.mark_dead_letters(state="retry", sink=SINK) == 1
         runner.wake()
@@ -547,7 +538,7 @@ async def test_dead_letter_retry_resends_and_clears_it(store: Store, hook: Webho
         async def cleared() -> bool:
             return await store.count_dead_letters(SINK) == 0
 
-        await until(cleared)
+        await eventually(cleared, "the error to clear")
         await hook.wait_for(lambda: 3 in hook.received_ids)
         assert (await store.sink_state(SINK)).cursor == 5
 
@@ -578,7 +569,7 @@ async def test_metrics_count_sent_failed_and_dead(store: Store, hook: WebhookRec
     # lag_every=0: measure the lag on every pass
     async with running(store, settings(hook.url, batch_size=8), metrics, 0.0) as runner:
         await hook.wait_for(lambda: hook.counts[FAILED] >= 2)
-        await until(_lag_reported(metrics, 8.0))
+        await eventually(_lag_reported(metrics, 8.0), "a lag of 8")
         assert (sample("fieldbridge_sink_lag_seconds") or 0.0) > 0
         hook.recover()
         hook.poison(4)
@@ -586,7 +577,7 @@ async def test_metrics_count_sent_failed_and_dead(store: Store, hook: WebhookRec
         await put_n(store, 2, start=8)
         runner.wake()
         await cursor_is(store, 10)
-        await until(_lag_reported(metrics, 0.0))
+        await eventually(_lag_reported(metrics, 0.0), "a lag of 0")
 
     assert sample("fieldbridge_sink_sent_messages_total") == 9.0
     assert sample("fieldbridge_sink_dead_lettered_messages_total") == 1.0

@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import shutil
 import socket
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from fieldbridge.sinks.engine import SinkRunner
 from fieldbridge.sinks.thingworx import ThingWorxDestination, ThingWorxSettings
 from fieldbridge.sinks.thingworx_calls import remote_configuration
 from fieldbridge.store import Store
+from tests.conftest import eventually
 from tests.fakes.thingworx import (
     CONFIGURATION,
     DEVICE_INFO,
@@ -119,19 +118,11 @@ async def running(store: Store, sink: ThingWorxSettings) -> AsyncIterator[SinkRu
     assert runner.state == "stopped"
 
 
-async def until(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(0.02)
-
-
 async def cursor_is(store: Store, value: int) -> None:
     async def check() -> bool:
         return (await store.sink_state(SINK)).cursor == value
 
-    await until(check)
+    await eventually(check, f"the cursor at {value}")
 
 
 async def queued_downlinks(store: Store) -> list[Downlink]:
@@ -476,7 +467,7 @@ async def test_end_to_end_coap_client_to_thingworx_and_its_configuration_back_to
             rows = proc.query("SELECT COUNT(*) FROM downlinks WHERE device = ?", (SEED_M,))
             return bool(rows[0][0])
 
-        await until(queued)
+        await eventually(queued, "a queued downlink")
         pending = json.loads((await asyncio.to_thread(
             proc.cli, "efento", "pending", SEED_M, "--json"
         )).stdout)  # fmt: skip
@@ -525,11 +516,7 @@ def test_settings_defaults_and_refusals() -> None:
         assert words in str(errors[0]["msg"]), errors
 
 
-def test_the_docs_example_is_valid_settings(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    for key in [k for k in os.environ if k.startswith("FIELDBRIDGE_")]:
-        monkeypatch.delenv(key)  # the settings come from the page alone
+def test_the_docs_example_is_valid_settings(tmp_path: Path) -> None:
     page = (paths.DOCS / "integrations" / "thingworx.md").read_text()
     example = page.split("```toml\n", 1)[1].split("```", 1)[0]
     config = tmp_path / "fieldbridge.toml"

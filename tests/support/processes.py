@@ -84,17 +84,18 @@ def run_cli(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=_child_env(),
+        env=child_env(),
         cwd=cwd,
         check=False,
     )
 
 
-def _child_env() -> dict[str, str]:
-    # Settings must come from the file alone, never from the test runner's environment.
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a fieldbridge child: settings from its file (and `extra`) alone."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FIELDBRIDGE_")}
     env["PYTHONUNBUFFERED"] = "1"
     env["COLUMNS"] = "200"  # rich wraps error messages at 80 columns when not on a terminal
+    env.update(extra or {})
     return env
 
 
@@ -190,7 +191,7 @@ class FieldbridgeProcess:
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
-            env=_child_env(),
+            env=child_env(),
             cwd=self.workdir,
         )
 

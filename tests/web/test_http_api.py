@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sqlite3
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -30,14 +29,6 @@ from tests.support.release import package_version, schema_head
 
 INGEST = "/api/v1/ingest"
 START_TIMEOUT = 20.0  # seconds for migrate + bind; only guards against a hang
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Settings come from the test's file alone, never from the runner's environment."""
-    for key in list(os.environ):
-        if key.startswith("FIELDBRIDGE_"):
-            monkeypatch.delenv(key)
 
 
 def toml_value(value: object) -> str:

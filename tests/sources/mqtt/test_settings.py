@@ -3,7 +3,6 @@ and the default run without a settings file."""
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 
@@ -18,11 +17,8 @@ from fieldbridge.sources.mqtt.settings import Endpoint, parse_url
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for key in list(os.environ):
-        if key.startswith("FIELDBRIDGE_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
+def in_tmp_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # no fieldbridge.toml of the checkout is found
 
 
 def load(tmp_path: Path, entry: str) -> MqttSettings:
