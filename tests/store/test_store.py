@@ -566,7 +566,7 @@ async def test_sink_state_cursor_pause_and_replay(store: Store) -> None:
     state = await store.sink_state("hook")
     assert (state.cursor, state.state, state.last_error) == (42, "backoff", "HTTP 503")
 
-    await store.save_progress("new", cursor=None, state="failing", last_error="refused")
+    await store.save_progress("new", cursor=None, state="error", last_error="refused")
     assert (await store.sink_state("new")).cursor == 0
 
     await store.set_paused("hook", True)

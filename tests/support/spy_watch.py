@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.support.processes import FIELDBRIDGE, _child_env
+from tests.support.processes import FIELDBRIDGE, child_env
 
 WAIT = 15.0
 
@@ -25,7 +25,7 @@ class Spy:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=_child_env(),
+            env=child_env(),
         )
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()

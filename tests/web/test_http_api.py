@@ -451,9 +451,14 @@ async def test_healthz(tmp_path: Path) -> None:
 
 async def test_healthz_reports_the_revision_the_store_is_at(tmp_path: Path) -> None:
     async with serve(tmp_path) as fb:
-        # Another process (an older or newer fieldbridge) moved the schema's revision mark.
-        with sqlite3.connect(fb.db_path) as conn:
-            conn.execute("UPDATE alembic_version SET version_num = 'elsewhere'")
+        # Another process (an older or newer fieldbridge) moved the schema's revision mark;
+        # off the event loop, so a transaction the service has open can finish meanwhile.
+        def move_mark() -> None:
+            with sqlite3.connect(fb.db_path, timeout=20.0) as conn:
+                conn.execute("UPDATE alembic_version SET version_num = 'elsewhere'")
+            conn.close()
+
+        await asyncio.to_thread(move_mark)
         schema = (await fb.client.get("/healthz")).json()["schema"]
         assert schema == {"revision": "elsewhere", "head": schema_head()}
 
