@@ -28,8 +28,10 @@ lint: install
 typecheck: install
 	$(BIN)/mypy --strict src
 
+# Two workers for the two cores; tests sharing a costly module fixture (the wheel) stay together.
+PYTEST_WORKERS ?= 2
 test: system-deps install lint typecheck
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 bench: install
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
