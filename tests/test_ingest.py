@@ -118,7 +118,7 @@ async def test_a_full_batch_flushes_before_flush_ms(sqlite_url: str) -> None:
         running(store, batch_size=3, flush_ms=600_000, metrics=metrics) as ingest,
     ):
         first = [asyncio.create_task(ingest.submit("http", body(f"d{n}"), decode)) for n in (1, 2)]
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # a window in which nothing may happen
         assert not any(t.done() for t in first)  # two of three: waiting for the batch to fill
         third = await asyncio.wait_for(ingest.submit("http", body("d3"), decode), WAIT)
         done = await asyncio.wait_for(asyncio.gather(*first), WAIT)
@@ -254,7 +254,7 @@ async def test_a_full_queue_makes_sources_wait(sqlite_url: str) -> None:
             await eventually(lambda: len(decoded) == 4, "the first batch is decoded")
             assert not ingest.has_room
             fifth = asyncio.create_task(ingest.submit("http", body("d4"), counting))
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # a window in which nothing may happen
             # Had the fifth entered the queue, ingest would have decoded it within 1 ms.
             assert len(decoded) == 4
             assert not fifth.done() and not any(t.done() for t in first)

@@ -16,6 +16,7 @@ import httpx
 import orjson
 import pytest
 
+from tests.conftest import eventually
 from tests.support.processes import FieldbridgeProcess, WebhookReceiver, run_cli
 
 CLIENTS = 4
@@ -73,7 +74,9 @@ async def test_signal_under_load_stops_cleanly(tmp_path: Path, sig: signal.Signa
         await asyncio.to_thread(proc.start)
         clients = [asyncio.create_task(post_until(k, proc, outcomes, done)) for k in range(4)]
         try:
-            await asyncio.sleep(LOAD_BEFORE_SIGNAL)
+            await asyncio.sleep(
+                LOAD_BEFORE_SIGNAL
+            )  # load runs meanwhile: pacing, not waiting for a condition
             acked_before = len(outcomes.acked)
             proc.send(sig)
             signalled = time.monotonic()
@@ -85,7 +88,7 @@ async def test_signal_under_load_stops_cleanly(tmp_path: Path, sig: signal.Signa
                 )
             stopped_after = time.monotonic() - signalled
             # Keep posting a moment against the stopped service: those must all be refused.
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # a window of posts against the stopped service
         finally:
             done.set()
             await asyncio.gather(*clients)
@@ -138,7 +141,7 @@ async def test_sigterm_while_a_sink_send_hangs(tmp_path: Path) -> None:
         async with httpx.AsyncClient() as http:
             posted = await http.post(proc.ingest_url, json={"device": "d", "readings": {"t": 1}})
         assert posted.status_code == 200
-        await asyncio.sleep(0.5)  # let the sink start its send
+        await eventually(lambda: receiver.held >= 1, "the sink's send to reach the receiver")
         proc.terminate()
         assert await asyncio.to_thread(proc.wait, STOP_WITHIN) == 0, proc.log_tail()
         cursor = proc.query("SELECT COALESCE(MAX(cursor), 0) FROM sink_state")[0][0]

@@ -136,7 +136,7 @@ async def test_delivers_in_id_order_and_moves_cursor_only_after_acceptance(
         await hook.wait_for(lambda: hook.held == 1)
         # The receiver has the first batch but has not answered: the cursor must not move.
         assert hook.received_ids == list(range(1, 11))
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # a window in which nothing may happen
         assert (await store.sink_state(SINK)).cursor == 0
         hook.release_replies()
         await cursor_is(store, 25)
@@ -171,7 +171,7 @@ async def test_5xx_keeps_the_cursor_backs_off_and_recovers_in_order(
     await put_n(store, 12)
     async with running(store, settings(hook.url, batch_size=5)) as runner:
         await hook.wait_for(lambda: hook.counts[FAILED] >= 1)
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(1.5)  # a window in which nothing may happen
         state = await store.sink_state(SINK)
         assert state.cursor == 0
         assert state.state == "backoff"
@@ -428,7 +428,7 @@ async def test_pause_holds_delivery_and_resume_continues(
     await put_n(store, 5)
     async with running(store, settings(hook.url)) as runner:
         await state_is(store, "paused")
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # a window in which nothing may happen
         assert hook.requests == []
         assert (await store.sink_state(SINK)).cursor == 0
         await store.set_paused(SINK, False)
@@ -449,7 +449,7 @@ async def test_pause_takes_effect_while_the_destination_fails(
         await state_is(store, "paused")
         hook.recover()
         sent = len(hook.requests)
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # a window in which nothing may happen
         assert len(hook.requests) == sent, "a paused sink must not send"
         assert (await store.sink_state(SINK)).cursor == 0
         await store.set_paused(SINK, False)

@@ -326,6 +326,7 @@ class WebhookReceiver:
 
     def __init__(self, *, hang: bool = False) -> None:
         self.hang = hang  # hold every request unanswered until the receiver closes
+        self.held = 0  # requests read and held unanswered (with `hang`)
         self._released = threading.Event()
         self.received: Counter[int] = Counter()  # journal id -> times delivered
         self.batches = 0
@@ -373,6 +374,8 @@ class WebhookReceiver:
                 if len(body) < length:
                     return  # the sender was killed mid-request: nothing was delivered
                 if receiver.hang:
+                    with receiver._lock:
+                        receiver.held += 1
                     receiver._released.wait(60.0)
                     return
                 receiver._record(body)

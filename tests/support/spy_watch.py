@@ -6,7 +6,6 @@ import json
 import queue
 import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,8 @@ class Spy:
             env=child_env(),
         )
         self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
     def _read(self) -> None:
         assert self.popen.stdout is not None
@@ -52,7 +52,7 @@ class Spy:
         code = self.popen.wait(timeout)
         assert self.popen.stderr is not None
         err = self.popen.stderr.read()
-        time.sleep(0.1)  # let the reader thread hand over the last lines
+        self._reader.join(timeout)  # it ends at the end of stdout, every line handed over
         rest = []
         while not self.lines.empty():
             rest.append(self.lines.get())

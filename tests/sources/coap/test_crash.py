@@ -66,11 +66,15 @@ def test_every_acknowledged_frame_is_stored_once_across_kills(tmp_path: Path) ->
         for sensor in sensors:
             sensor.start()
         for _ in range(KILLS):
-            time.sleep(rng.uniform(0.4, 1.0))
+            time.sleep(
+                rng.uniform(0.4, 1.0)
+            )  # load runs meanwhile: pacing, not waiting for a condition
             service.kill()
-            time.sleep(rng.uniform(0.0, 0.3))
+            time.sleep(
+                rng.uniform(0.0, 0.3)
+            )  # load runs meanwhile: pacing, not waiting for a condition
             service.start()
-        time.sleep(0.5)
+        time.sleep(0.5)  # load runs meanwhile: pacing, not waiting for a condition
         stop.set()
         for sensor in sensors:
             sensor.join(30.0)

@@ -59,7 +59,9 @@ async def test_seed_frames_cli_and_a_queued_configuration(tmp_path: Path) -> Non
         refused = service.cli("efento", "config", SENSOR, "--set", "serial_number=1")
         assert refused.returncode == 2 and "serial_number" in refused.stderr
 
-        await asyncio.sleep(0.3)  # the service looks for new downlinks every 0.1 s
+        # The service looks for new downlinks every 0.1 s and has no signal of having looked:
+        # ten of its polls pass before the frame that must carry the downlink.
+        await asyncio.sleep(1.0)
         started = time.perf_counter()
         log, payload = await coap_client("-m", "post", "-f", str(files["m"]), f"{uri}/m")
         assert answers_in(log) == ["2.01"]

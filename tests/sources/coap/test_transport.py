@@ -134,7 +134,7 @@ async def test_non_requests(tmp_path: Path) -> None:
                 return await journal_count(h) == 1
 
             await eventually(stored, "the NON frame is committed")
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # a window in which nothing may happen
             assert await journal_count(h) == 1
             # /t answers a NON too: a NON answer with the token and a new message id.
             sock.sendto(encode(NON, GET, 0x5152, b"n2", "t"), to)

@@ -77,7 +77,7 @@ async def test_full_ingest_stops_reading_and_loses_nothing(
                 publisher.burst(2000)
                 await asyncio.to_thread(publisher.wait_all_acked)
                 await eventually(lambda: not source.reading, "reading to stop", timeout=5)
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.5)  # a window in which nothing may happen
                 assert not source.reading
                 assert source.in_flight == bound  # not one message more taken off the socket
             await eventually(

@@ -127,10 +127,12 @@ def test_sigkill_under_load_loses_nothing(
         wait_subscribed(fb)
         publisher.start()
         for _ in range(5):
-            time.sleep(random.uniform(0.4, 0.9))
+            time.sleep(
+                random.uniform(0.4, 0.9)
+            )  # load runs meanwhile: pacing, not waiting for a condition
             fb.kill()
             fb.start()  # the broker queued for the session meanwhile
-        time.sleep(0.5)
+        time.sleep(0.5)  # load runs meanwhile: pacing, not waiting for a condition
         publisher.stop()
         publisher.wait_all_acked()
         acked = publisher.acked()
@@ -145,10 +147,10 @@ def test_broker_restart_loses_nothing_and_reconnects(
         fb.start()
         wait_subscribed(fb)
         publisher.start()
-        time.sleep(1.0)
+        time.sleep(1.0)  # load runs meanwhile: pacing, not waiting for a condition
         broker.restart(down_for=0.5)
         wait_subscribed(fb, times=2, timeout=5)  # back within seconds
-        time.sleep(1.0)
+        time.sleep(1.0)  # load runs meanwhile: pacing, not waiting for a condition
         publisher.stop()
         publisher.wait_all_acked()
         assert_stored_once(fb, publisher.acked(), timeout=20)
