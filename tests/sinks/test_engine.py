@@ -34,6 +34,7 @@ from tests.fakes.webhook import (
     WebhookReceiver,
     refused_url,
 )
+from tests.support.sinks import run_sink
 
 T0 = 1_700_000_000.0
 SINK = "hook"
@@ -97,14 +98,8 @@ async def running(
     store: Store, sink: WebhookSettings, metrics: Metrics | None = None, lag_every: float = 5.0
 ) -> AsyncIterator[SinkRunner]:
     """A real SinkRunner task for the duration of the block; stopping it must be clean."""
-    runner = quick_runner(store, sink, metrics, lag_every)
-    task = asyncio.create_task(runner.run(), name=f"sink-{sink.name}")
-    try:
+    async with run_sink(quick_runner(store, sink, metrics, lag_every)) as runner:
         yield runner
-    finally:
-        runner.stop()
-        await asyncio.wait_for(task, 10)
-    assert runner.state == "stopped"
 
 
 async def cursor_is(store: Store, value: int, within: float = 10.0) -> None:

@@ -37,6 +37,7 @@ from tests.fakes.thingworx import (
 )
 from tests.support import paths
 from tests.support.processes import FieldbridgeProcess, run_cli
+from tests.support.sinks import run_sink
 
 COAP_CLIENT = shutil.which("coap-client-notls") or "coap-client-notls"
 
@@ -109,13 +110,8 @@ async def running(store: Store, sink: ThingWorxSettings) -> AsyncIterator[SinkRu
     runner = SinkRunner(
         "thingworx", sink, ThingWorxDestination(sink), store, backoff_base=0.05, idle_poll=0.1
     )
-    task = asyncio.create_task(runner.run(), name=f"sink-{sink.name}")
-    try:
+    async with run_sink(runner):
         yield runner
-    finally:
-        runner.stop()
-        await asyncio.wait_for(task, 10)
-    assert runner.state == "stopped"
 
 
 async def cursor_is(store: Store, value: int) -> None:

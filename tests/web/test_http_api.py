@@ -25,32 +25,11 @@ from fieldbridge.sources.http import HttpSource, HttpSourceSettings
 from fieldbridge.store import Store
 from tests.fakes.webhook import WebhookReceiver
 from tests.support.locks import sqlite_write_locked
+from tests.support.processes import to_toml
 from tests.support.release import package_version, schema_head
 
 INGEST = "/api/v1/ingest"
 START_TIMEOUT = 20.0  # seconds for migrate + bind; only guards against a hang
-
-
-def toml_value(value: object) -> str:
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return json.dumps(value)  # strings, numbers and booleans: JSON spelling is TOML spelling
-
-
-def toml_text(config: Mapping[str, Any]) -> str:
-    lines: list[str] = []
-    for section, body in config.items():
-        if section in ("sources", "sinks"):
-            for type_name, entries in body.items():
-                for entry in entries:
-                    lines.append(f"[[{section}.{type_name}]]")
-                    lines += [f"{k} = {toml_value(v)}" for k, v in entry.items()]
-            continue
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in body.items()]
-    return "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -96,7 +75,7 @@ async def serve(
     if sinks:
         config["sinks"] = sinks
     path = tmp_path / "fieldbridge.toml"
-    path.write_text(toml_text(config))
+    path.write_text(to_toml(config))
     service = Service(load_settings(path))
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(service.run(stop, ready))
