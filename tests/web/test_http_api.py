@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -426,6 +427,22 @@ async def test_healthz(tmp_path: Path) -> None:
             "schema": {"revision": schema_head(), "head": schema_head()},
             "sinks": {},
         }
+
+
+async def test_the_start_up_log_hides_the_secrets_of_the_store_url(
+    tmp_path: Path, pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # PostgreSQL here trusts local connections, so the passwords are carried and ignored.
+    url = pg_url.replace("://postgres@", "://postgres:pw-secret@", 1)
+    url += "?password=q-secret&sslpassword=ssl-secret&application_name=fieldbridge-test"
+    with caplog.at_level(logging.INFO, logger="fieldbridge"):
+        async with serve(tmp_path, store={"url": url}) as fb:
+            assert (await fb.client.get("/healthz")).status_code == 200
+    started = [r.getMessage() for r in caplog.records if "serving on" in r.getMessage()]
+    assert len(started) == 1
+    assert "postgres:**********@" in started[0] and "sslpassword=**********" in started[0]
+    for secret in ("pw-secret", "q-secret", "ssl-secret"):
+        assert secret not in caplog.text
 
 
 async def test_healthz_reports_the_revision_the_store_is_at(tmp_path: Path) -> None:
