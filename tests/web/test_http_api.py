@@ -425,8 +425,40 @@ async def test_healthz(tmp_path: Path) -> None:
             "version": package_version(),
             "store": "ok",
             "schema": {"revision": schema_head(), "head": schema_head()},
+            "last_commit": {"ok": None, "at": None, "error": None},
             "sinks": {},
         }
+
+
+async def test_healthz_is_degraded_while_commits_fail_and_ok_after_the_next_good_one(
+    tmp_path: Path,
+) -> None:
+    async with serve(tmp_path, store={"busy_timeout_ms": 200}) as fb:
+        assert (await fb.post({"device": "d", "id": "a", "readings": {"t": 1}})).status_code == 200
+        healthy = await fb.client.get("/healthz")
+        assert healthy.status_code == 200
+        assert healthy.json()["last_commit"]["ok"] is True
+
+        # Another program holds the write lock: reads work (WAL), every commit fails.
+        with sqlite_write_locked(fb.db_path):
+            refused = await fb.post({"device": "d", "id": "b", "readings": {"t": 2}})
+            assert refused.status_code == 503
+            sick = await fb.client.get("/healthz")
+            assert sick.status_code == 503
+            body = sick.json()
+            assert (body["status"], body["store"]) == ("degraded", "ok")
+            commit = body["last_commit"]
+            assert commit["ok"] is False and "locked" in commit["error"]
+            assert datetime.fromisoformat(commit["at"]) <= datetime.now(UTC)
+
+        # Degraded until the next good commit, not until the lock is gone.
+        assert (await fb.client.get("/healthz")).status_code == 503
+        assert (await fb.post({"device": "d", "id": "b", "readings": {"t": 2}})).status_code == 200
+        again = await fb.client.get("/healthz")
+        assert again.status_code == 200
+        assert again.json()["status"] == "ok"
+        assert again.json()["last_commit"]["ok"] is True
+        assert again.json()["last_commit"]["error"] is None
 
 
 async def test_the_start_up_log_hides_the_secrets_of_the_store_url(
