@@ -24,6 +24,7 @@ from fieldbridge.sources.base import ServesHttp
 from fieldbridge.store import Store, open_store, parse_store_url
 from fieldbridge.store.migrate import head_revision, upgrade
 from fieldbridge.store.urls import mask_url
+from fieldbridge.timefmt import iso
 from fieldbridge.web.auth import BearerTokens
 from fieldbridge.web.server import WebServer, build_app
 from fieldbridge.web.spy import SpyEndpoint, SpyHub
@@ -102,6 +103,15 @@ class Service:
             schema["revision"] = await self.store.schema_revision()
         except StoreError as exc:
             detail.update(status="unavailable", store=str(exc))
+        # A store can answer a read and still refuse every write (a full disk, a held lock).
+        ingest = self.ingest
+        detail["last_commit"] = {
+            "ok": ingest.last_commit_ok,
+            "at": None if ingest.last_commit_at is None else iso(ingest.last_commit_at),
+            "error": ingest.last_commit_error,
+        }
+        if ingest.last_commit_ok is False and detail["status"] == "ok":
+            detail["status"] = "degraded"
         detail["sinks"] = {
             r.name: {"type": r.type_name, "state": r.state, "last_error": r.last_error}
             for r in self.sinks

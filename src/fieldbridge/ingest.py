@@ -61,7 +61,11 @@ class Ingest:
         self._taps: list[Tap] = []
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        # The latest commit's outcome, for /healthz: a store that reads but cannot write is
+        # seen here first. None until the first commit.
         self.last_commit_ok: bool | None = None
+        self.last_commit_at: float | None = None  # time.time() when it ended
+        self.last_commit_error: str | None = None
 
     def on_commit(self, listener: Callable[[], None]) -> None:
         """Call `listener` after every commit that added messages (sinks wake on it)."""
@@ -191,7 +195,7 @@ class Ingest:
         try:
             outcomes = await self._store.commit(pending)
         except StoreError as exc:
-            self.last_commit_ok = False
+            self._commit_ended(str(exc))
             log.warning(
                 "store failed; %d payloads will be retried by their devices: %s", len(batch), exc
             )
@@ -202,13 +206,13 @@ class Ingest:
                     item.result.set_exception(StoreError(str(exc)))
             return
         except Exception as exc:  # a bug, not a store failure: still answer every source
-            self.last_commit_ok = False
+            self._commit_ended(f"internal error: {exc}")
             log.exception("commit failed")
             for item in batch:
                 if not item.result.done():
                     item.result.set_exception(StoreError(f"internal error: {exc}"))
             return
-        self.last_commit_ok = True
+        self._commit_ended(None)
         if self._metrics is not None:
             self._metrics.observe_commit(batch, outcomes, time.perf_counter() - started)
         for item, outcome in zip(batch, outcomes, strict=True):
@@ -218,6 +222,11 @@ class Ingest:
             listener()
         if self._taps:
             self._tell_taps(batch, pending, outcomes)
+
+    def _commit_ended(self, error: str | None) -> None:
+        self.last_commit_ok = error is None
+        self.last_commit_at = time.time()
+        self.last_commit_error = error
 
     def _tell_taps(
         self, batch: Sequence[Incoming], pending: Sequence[Pending], outcomes: Sequence[Outcome]

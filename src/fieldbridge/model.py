@@ -156,6 +156,7 @@ class SinkRunState(StrEnum):
     RUNNING = "running"  # sending a batch
     PAUSED = "paused"
     BACKOFF = "backoff"  # waiting to retry a destination that failed
+    FAILING = "failing"  # the destination refuses every message (404, 401, ...); kept, retrying
     ERROR = "error"  # an unexpected error; the sink restarts
     STORE_ERROR = "store-error"
     STOPPED = "stopped"

@@ -289,6 +289,63 @@ def test_config_show_masks_secrets(tmp_path: Path) -> None:
             assert secret not in output
 
 
+QUERY_SECRETS = ("pg-secret", "q-password", "ssl-secret", "key-secret", "tok-secret", "sec-secret")
+
+
+def test_config_show_and_check_mask_secrets_in_query_parameters(tmp_path: Path) -> None:
+    config = tmp_path / "fieldbridge.toml"
+    config.write_text(
+        '[store]\nurl = "postgresql://fb:pg-secret@db.example/fb?password=q-password'
+        '&sslpassword=ssl-secret&sslmode=require"\n'
+        '[[sinks.webhook]]\nname = "hook"\n'
+        'url = "http://127.0.0.1:9/hook?api_key=key-secret&token=tok-secret&secret=sec-secret'
+        '&tenant=north"\n'
+    )
+    ws = Workspace(config, "")
+    shown = ws.json("config", "show")
+    assert shown["store"]["url"] == (
+        "postgresql://fb:**********@db.example/fb?password=**********"
+        "&sslpassword=**********&sslmode=require"
+    )
+    assert shown["sinks"]["webhook"][0]["url"] == (
+        "http://127.0.0.1:9/hook?api_key=**********&token=**********&secret=**********&tenant=north"
+    )
+    outputs = [json.dumps(shown), ws.run("config", "show").stdout]
+    checked = ws.run("config", "check")
+    assert checked.returncode == 0, checked.stderr
+    assert "sslmode=require" in checked.stdout
+    outputs.append(checked.stdout + checked.stderr)
+    for output in outputs:
+        for secret in QUERY_SECRETS:
+            assert secret not in output
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("mysql://fb:pg-secret@db/fb?token=tok-secret", id="unsupported-scheme"),
+        pytest.param("fb:pg-secret@db/fb?sslpassword=ssl-secret", id="no-scheme"),
+    ],
+)
+def test_config_check_names_a_bad_store_url_without_its_secrets(tmp_path: Path, url: str) -> None:
+    config = tmp_path / "fieldbridge.toml"
+    config.write_text(f'[store]\nurl = "{url}"\n')
+    stderr = Workspace(config, "").fails(2, "config", "check")
+    assert "store.url" in stderr and "**********" in stderr
+    for secret in QUERY_SECRETS:
+        assert secret not in stderr
+
+
+def test_a_bad_mqtt_url_is_named_without_its_secrets(tmp_path: Path) -> None:
+    config = tmp_path / "fieldbridge.toml"
+    config.write_text(
+        '[[sources.mqtt]]\nname = "m"\nurl = "tcp://broker.example:1883/?token=tok-secret"\n'
+    )
+    stderr = Workspace(config, "").fails(2, "config", "check")
+    assert "sources.mqtt[0].url" in stderr and "token=**********" in stderr
+    assert "tok-secret" not in stderr
+
+
 # --- db -------------------------------------------------------------------------------------
 
 

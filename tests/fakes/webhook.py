@@ -70,9 +70,11 @@ class _Hang:
 @dataclass
 class _Behaviour:
     fail_status: int | None = None
+    recover_on: Callable[[tuple[int, ...]], bool] | None = None  # fail() until a batch matches
     throttle_after: int | None = None  # Retry-After seconds while throttling
     throttle_remaining: int | None = None  # None: until recover()
     poison: set[int] = field(default_factory=set)
+    poison_status: int = 400
     hang: _Hang | None = None
 
 
@@ -135,18 +137,24 @@ class WebhookReceiver:
 
     # --- misbehaviour, switchable at runtime ------------------------------------------------
 
-    def fail(self, status: int = 500) -> None:
-        """Answer every request with `status` (a 5xx) until recover()."""
+    def fail(
+        self, status: int = 500, *, recover_on: Callable[[tuple[int, ...]], bool] | None = None
+    ) -> None:
+        """Answer every request with `status` (a 5xx, or a 404 as a wrong URL) until recover(),
+        or until a batch whose ids `recover_on` approves, which is then taken."""
         self._behaviour.fail_status = status
+        self._behaviour.recover_on = recover_on
 
     def throttle(self, retry_after: int = 1, times: int | None = None) -> None:
         """Answer 429 with Retry-After (seconds), for `times` requests or until recover()."""
         self._behaviour.throttle_after = retry_after
         self._behaviour.throttle_remaining = times
 
-    def poison(self, *message_ids: int) -> None:
-        """Refuse (400) any batch that holds one of these ids; other batches are accepted."""
+    def poison(self, *message_ids: int, status: int = 400) -> None:
+        """Refuse (`status`, 400 unless told) any batch that holds one of these ids; other
+        batches are accepted."""
         self._behaviour.poison.update(message_ids)
+        self._behaviour.poison_status = status
 
     def cure(self, *message_ids: int) -> None:
         self._behaviour.poison.difference_update(message_ids)
@@ -228,6 +236,9 @@ class WebhookReceiver:
                 self._take(batch, key)
             return JSONResponse({"error": "too late"}, status_code=504)
 
+        if b.fail_status is not None and b.recover_on is not None and b.recover_on(ids):
+            self.recover()
+            b = self._behaviour
         if b.fail_status is not None:
             record(b.fail_status, FAILED, ids)
             return JSONResponse({"error": "receiver is failing"}, status_code=b.fail_status)
@@ -244,8 +255,9 @@ class WebhookReceiver:
 
         bad = sorted(b.poison.intersection(ids))
         if bad:
-            record(400, POISONED, ids)
-            return JSONResponse({"error": f"message {bad[0]} is unacceptable"}, status_code=400)
+            status = b.poison_status
+            record(status, POISONED, ids)
+            return JSONResponse({"error": f"message {bad[0]} is unacceptable"}, status_code=status)
 
         duplicate = key in self._seen_keys
         self._take(batch, key)

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import itertools
+import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -280,6 +281,99 @@ async def test_several_poison_messages_in_one_batch(store: Store, hook: WebhookR
     letters = await store.list_dead_letters(sink=SINK)
     assert sorted(d.message_id for d in letters) == [1, 7, 10]
     assert len(hook.requests) < 2 * 10
+
+
+def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "fieldbridge.sinks" and r.levelno >= logging.WARNING
+    ]
+
+
+@pytest.mark.parametrize("status", [404, 410, 401])
+async def test_a_destination_refusing_everything_is_failing_and_keeps_every_message(
+    store: Store, hook: WebhookReceiver, caplog: pytest.LogCaptureFixture, status: int
+) -> None:
+    # A wrong URL (or key) answers every message the same way: that is the destination failing,
+    # not 100 bad messages. The receiver comes back on the third offer of the whole batch.
+    n = 100
+    await put_n(store, n)
+    whole = tuple(range(1, n + 1))
+    offers = itertools.count(1)
+    hook.fail(status, recover_on=lambda ids: ids == whole and next(offers) == 3)
+    with caplog.at_level(logging.INFO, logger="fieldbridge.sinks"):
+        async with running(store, settings(hook.url, batch_size=n)) as runner:
+            await state_is(store, "failing")
+            state = await store.sink_state(SINK)
+            assert state.cursor == 0
+            assert state.last_error is not None and f"HTTP {status}" in state.last_error
+            assert await store.count_dead_letters(SINK) == 0
+            await cursor_is(store, n)
+            await state_is(store, "idle")
+            assert runner.last_error is None
+
+    assert hook.received_ids == list(whole)  # everything, once, in order
+    assert await store.count_dead_letters(SINK) == 0
+    failed = hook.requests_with(FAILED)
+    assert sum(r.ids == whole for r in hook.requests) == 3
+    # Two failing attempts: each offers the whole batch, halves down to the first message and
+    # then probes a few single messages (4, then 8), never two requests per message (199).
+    assert len(failed) <= 2 * (1 + math.ceil(math.log2(n)) + 8), len(failed)
+    # One warning for the change to failing, one line when it delivers again.
+    (warning,) = warnings(caplog)
+    assert f"HTTP {status}" in warning and "messages are kept" in warning
+    again = [r for r in caplog.records if "accepts messages again" in r.getMessage()]
+    assert len(again) == 1
+
+
+async def test_a_destination_back_in_the_middle_of_a_probe_loses_nothing(
+    store: Store, hook: WebhookReceiver
+) -> None:
+    # It comes back between two probes: what it refused while down is offered again, not
+    # dead-lettered (it may arrive after the probe that found the destination up).
+    n = 30
+    await put_n(store, n)
+    probes = itertools.count(1)
+    hook.fail(404, recover_on=lambda ids: len(ids) == 1 and next(probes) == 3)
+    async with running(store, settings(hook.url, batch_size=n)):
+        await cursor_is(store, n)
+        await state_is(store, "idle")
+    assert sorted(hook.ingested_ids) == list(range(1, n + 1))
+    assert await store.count_dead_letters(SINK) == 0
+
+
+async def test_a_batch_the_destination_partly_refuses_dead_letters_only_the_refused(
+    store: Store, hook: WebhookReceiver
+) -> None:
+    await put_n(store, 10)
+    hook.poison(3, 7, status=404)  # a receiver that knows no device of these two messages
+    async with running(store, settings(hook.url, batch_size=10)):
+        await cursor_is(store, 10)
+        await state_is(store, "idle")
+    assert hook.received_ids == [1, 2, 4, 5, 6, 8, 9, 10]
+    letters = await store.list_dead_letters(sink=SINK)
+    assert [(d.message_id, d.status) for d in letters] == [(3, 404), (7, 404)]
+    state = await store.sink_state(SINK)
+    assert state.last_error is None
+
+
+async def test_a_refusal_counts_as_the_messages_once_a_later_message_is_accepted(
+    store: Store, hook: WebhookReceiver
+) -> None:
+    await put_n(store, 5)
+    hook.poison(5, status=404)
+    async with running(store, settings(hook.url, batch_size=10)) as runner:
+        # Nothing after message 5 was accepted yet: the destination may be the one at fault.
+        await state_is(store, "failing")
+        await cursor_is(store, 4)
+        assert await store.count_dead_letters(SINK) == 0
+        await put_n(store, 2, start=5)
+        runner.wake()
+        await cursor_is(store, 7)
+        await state_is(store, "idle")
+    assert hook.received_ids == [1, 2, 3, 4, 6, 7]
+    assert [d.message_id for d in await store.list_dead_letters(sink=SINK)] == [5]
 
 
 async def test_timeouts_are_retried_and_lose_nothing(store: Store, hook: WebhookReceiver) -> None:

@@ -267,13 +267,39 @@ async def test_401_backs_off_until_the_key_is_right_and_never_dead_letters(
     async with running(store, settings(twx.url)):
         await twx.wait_for(lambda: len(twx.answered(401)) >= 3)
         state = await store.sink_state(SINK)
-        assert (state.state, state.cursor) == ("backoff", 0)
+        assert (state.state, state.cursor) == ("failing", 0)
         assert state.last_error is not None and "HTTP 401" in state.last_error
         twx.app_key = APP_KEY
         await cursor_is(store, ids[-1])
     assert twx.unauthorized >= 3
     assert [c.role for c in twx.received] == [MEASUREMENT, CONFIGURATION]
     assert await store.count_dead_letters(SINK) == 0
+
+
+async def test_a_thingworx_refusing_every_frame_is_failing_and_dead_letters_none(
+    store: Store, twx: ThingWorxServer
+) -> None:
+    # A wrong base URL or a server without the Things answers 404 to every frame: that is the
+    # destination failing, so the frames wait for it instead of going to the dead letters.
+    ids = await ingest(store, [("m", frame("m")), ("i", frame("i")), ("c", frame("c"))])
+    twx.fail(404)
+    async with running(store, settings(twx.url)):
+        await twx.wait_for(lambda: len(twx.answered(404)) >= 8)
+
+        async def failing() -> bool:
+            state = await store.sink_state(SINK)
+            return state.state == "failing" and "HTTP 404" in (state.last_error or "")
+
+        await eventually(failing, "the sink failing with the 404")
+        assert (await store.sink_state(SINK)).cursor == 0
+        assert await store.count_dead_letters(SINK) == 0
+        twx.recover()
+        await cursor_is(store, ids[-1])
+    # Every frame once; one refused while the server was down may come after the probe that
+    # found it up.
+    assert sorted(c.role for c in twx.received) == sorted([MEASUREMENT, DEVICE_INFO, CONFIGURATION])
+    assert await store.count_dead_letters(SINK) == 0
+    assert (await store.sink_state(SINK)).last_error is None
 
 
 async def test_server_failure_then_recovery(store: Store, twx: ThingWorxServer) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -424,8 +425,56 @@ async def test_healthz(tmp_path: Path) -> None:
             "version": package_version(),
             "store": "ok",
             "schema": {"revision": schema_head(), "head": schema_head()},
+            "last_commit": {"ok": None, "at": None, "error": None},
             "sinks": {},
         }
+
+
+async def test_healthz_is_degraded_while_commits_fail_and_ok_after_the_next_good_one(
+    tmp_path: Path,
+) -> None:
+    async with serve(tmp_path, store={"busy_timeout_ms": 200}) as fb:
+        assert (await fb.post({"device": "d", "id": "a", "readings": {"t": 1}})).status_code == 200
+        healthy = await fb.client.get("/healthz")
+        assert healthy.status_code == 200
+        assert healthy.json()["last_commit"]["ok"] is True
+
+        # Another program holds the write lock: reads work (WAL), every commit fails.
+        with sqlite_write_locked(fb.db_path):
+            refused = await fb.post({"device": "d", "id": "b", "readings": {"t": 2}})
+            assert refused.status_code == 503
+            sick = await fb.client.get("/healthz")
+            assert sick.status_code == 503
+            body = sick.json()
+            assert (body["status"], body["store"]) == ("degraded", "ok")
+            commit = body["last_commit"]
+            assert commit["ok"] is False and "locked" in commit["error"]
+            assert datetime.fromisoformat(commit["at"]) <= datetime.now(UTC)
+
+        # Degraded until the next good commit, not until the lock is gone.
+        assert (await fb.client.get("/healthz")).status_code == 503
+        assert (await fb.post({"device": "d", "id": "b", "readings": {"t": 2}})).status_code == 200
+        again = await fb.client.get("/healthz")
+        assert again.status_code == 200
+        assert again.json()["status"] == "ok"
+        assert again.json()["last_commit"]["ok"] is True
+        assert again.json()["last_commit"]["error"] is None
+
+
+async def test_the_start_up_log_hides_the_secrets_of_the_store_url(
+    tmp_path: Path, pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # PostgreSQL here trusts local connections, so the passwords are carried and ignored.
+    url = pg_url.replace("://postgres@", "://postgres:pw-secret@", 1)
+    url += "?password=q-secret&sslpassword=ssl-secret&application_name=fieldbridge-test"
+    with caplog.at_level(logging.INFO, logger="fieldbridge"):
+        async with serve(tmp_path, store={"url": url}) as fb:
+            assert (await fb.client.get("/healthz")).status_code == 200
+    started = [r.getMessage() for r in caplog.records if "serving on" in r.getMessage()]
+    assert len(started) == 1
+    assert "postgres:**********@" in started[0] and "sslpassword=**********" in started[0]
+    for secret in ("pw-secret", "q-secret", "ssl-secret"):
+        assert secret not in caplog.text
 
 
 async def test_healthz_reports_the_revision_the_store_is_at(tmp_path: Path) -> None:

@@ -19,11 +19,19 @@ from fieldbridge.model import DeadLetterState, JournalEntry, SinkRunState
 from fieldbridge.observe import Metrics
 from fieldbridge.plugin import SinkSettings
 from fieldbridge.sinks.base import Destination, route_matches
+from fieldbridge.sinks.http_errors import DESTINATION_REFUSALS
 from fieldbridge.store import Store
 
 log = logging.getLogger("fieldbridge.sinks")
 
 CONTROL_POLL = 2.0  # seconds between looks for pause or replay during a long back-off
+# How many messages in a row the destination must refuse in the same way (404, 410, ...), with
+# nothing accepted after them, before the sink calls it failing and backs off. The first look
+# is short; each failing attempt looks twice as far, so a run of messages the destination
+# really refuses one by one is passed in a few attempts, while one that is down costs a few
+# dozen requests per attempt, not two per message.
+FIRST_PROBES = 4
+MAX_PROBES = 64
 
 
 class _Stop(Exception):
@@ -32,6 +40,15 @@ class _Stop(Exception):
 
 class _Interrupted(Exception):
     """A pause or replay was requested while retrying; the batch is abandoned, cursor kept."""
+
+
+class _Refusing(Exception):
+    """The destination refused every message it was offered since the last it accepted."""
+
+    def __init__(self, error: PermanentDeliveryError, delivered_to: int) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.delivered_to = delivered_to  # messages up to here were accepted or dead-lettered
 
 
 class SinkRunner:
@@ -70,6 +87,8 @@ class SinkRunner:
         self._last_send = 0.0
         self._last_lag = 0.0
         self._dead_letters = 0  # how many this sink has, as far as this runner knows
+        self._refusals = 0  # failing attempts in a row (the destination refused everything)
+        self._probes = FIRST_PROBES
 
     def wake(self) -> None:
         """New messages were committed."""
@@ -134,10 +153,18 @@ class SinkRunner:
                 await self._measure_lag(force=False)
                 await self._idle()
                 continue
-            # Health says what the sink is doing while it sends.
-            if self.state != SinkRunState.RUNNING:
+            # Health says what the sink is doing while it sends; a failing sink stays failing
+            # until the destination takes something.
+            if self.state not in (SinkRunState.RUNNING, SinkRunState.FAILING):
                 await self._set_state(SinkRunState.RUNNING, None)
-            await self._deliver(entries)
+            try:
+                await self._deliver(entries)
+            except _Refusing as refusing:
+                await self._refused(refusing)
+                continue
+            if self.state in (SinkRunState.BACKOFF, SinkRunState.FAILING):
+                log.info("sink %s: the destination accepts messages again", self.name)
+            self._refusals, self._probes = 0, FIRST_PROBES
             self._cursor = entries[-1].id
             await self._set_state(SinkRunState.RUNNING, None, cursor=self._cursor)
             await self._measure_lag(force=False)
@@ -151,9 +178,18 @@ class SinkRunner:
         if not chosen:
             return
         # Bisect on permanent rejection: one bad message is isolated, the rest go through in order.
+        # A refusal that may be the destination's rather than the message's (404, 410, ...) is
+        # held, not dead-lettered, until the destination takes a later message: one that
+        # refuses every message it is offered is down, not fussy (raises _Refusing).
         chunks: list[Sequence[JournalEntry]] = [chosen]
+        held: list[tuple[JournalEntry, PermanentDeliveryError]] = []
         while chunks:
             chunk = chunks.pop(0)
+            if held and len(chunk) > 1:
+                # After a held refusal, one message at a time: each is a probe of whether the
+                # destination takes anything at all.
+                chunks[0:0] = [chunk[:1], chunk[1:]]
+                continue
             try:
                 await self._send_with_retry(chunk)
             except PermanentDeliveryError as exc:
@@ -161,14 +197,52 @@ class SinkRunner:
                     middle = len(chunk) // 2
                     chunks[0:0] = [chunk[:middle], chunk[middle:]]
                     continue
+                if exc.status in DESTINATION_REFUSALS and (
+                    not held or exc.status == held[0][1].status
+                ):
+                    held.append((chunk[0], exc))
+                    if len(held) >= self._probes:
+                        raise _Refusing(exc, held[0][0].id - 1) from exc
+                    continue
+                # A refusal of this message in particular: the destination judges messages.
+                await self._settle(held)
                 await self._dead_letter(chunk[0], exc)
                 continue
-            if self._dead_letters:  # a replay delivered what was refused before
-                forgotten = await self._store.drop_dead_letters(
-                    sink=self.name, message_ids=[e.id for e in chunk]
-                )
-                self._dead_letters = max(0, self._dead_letters - forgotten)
+            await self._delivered(chunk)
+            await self._settle(held)
+        if held:
+            raise _Refusing(held[-1][1], held[0][0].id - 1)
         self._last_send = time.monotonic()
+
+    async def _delivered(self, chunk: Sequence[JournalEntry]) -> None:
+        if self._dead_letters:  # a replay delivered what was refused before
+            forgotten = await self._store.drop_dead_letters(
+                sink=self.name, message_ids=[e.id for e in chunk]
+            )
+            self._dead_letters = max(0, self._dead_letters - forgotten)
+
+    async def _settle(self, held: list[tuple[JournalEntry, PermanentDeliveryError]]) -> None:
+        """The destination judges messages again: offer each held one once more, alone, and
+        dead-letter what it still refuses. A refusal from before it came back (an outage that
+        ended mid-probe) is not taken as the message's; the price is that such a message
+        arrives after the probe that found the destination up."""
+        for entry, _ in held:
+            try:
+                await self._send_with_retry([entry])
+            except PermanentDeliveryError as exc:
+                await self._dead_letter(entry, exc)
+            else:
+                await self._delivered([entry])
+        held.clear()
+
+    async def _refused(self, refusing: _Refusing) -> None:
+        """Keep the refused messages: move the cursor only over what was settled, back off."""
+        cursor = None
+        if refusing.delivered_to > self._cursor:
+            cursor = self._cursor = refusing.delivered_to
+        self._refusals += 1
+        self._probes = min(MAX_PROBES, self._probes * 2)
+        await self._backoff(self._refusals, refusing.error, cursor=cursor)
 
     async def _send_with_retry(self, chunk: Sequence[JournalEntry]) -> None:
         attempt = 0
@@ -179,6 +253,8 @@ class SinkRunner:
                 await self._destination.send(chunk)
             except RetryableDeliveryError as exc:
                 attempt += 1
+                if self._metrics is not None:
+                    self._metrics.sink_failed.labels(self.name).inc()
                 await self._backoff(attempt, exc)
                 continue
             except PermanentDeliveryError:
@@ -194,13 +270,13 @@ class SinkRunner:
                 ) from exc
             if self._metrics is not None:
                 self._metrics.sink_sent.labels(self.name).inc(len(chunk))
-            if attempt:
-                log.info("sink %s: delivering again after %d failed attempts", self.name, attempt)
             return
 
-    async def _backoff(self, attempt: int, exc: DeliveryError) -> None:
-        if self._metrics is not None:
-            self._metrics.sink_failed.labels(self.name).inc()
+    async def _backoff(
+        self, attempt: int, exc: DeliveryError, *, cursor: int | None = None
+    ) -> None:
+        """Wait before attempt `attempt + 1`, as `failing` when the destination refuses
+        everything (wrong address or credentials), else as `backoff` (an outage)."""
         cap = self.settings.max_backoff
         if exc.retry_after is not None:
             delay = min(max(exc.retry_after, 0.0), max(cap, 3600.0))
@@ -208,15 +284,20 @@ class SinkRunner:
             # Full jitter; the exponent is bounded because 2**1024 overflows a float, and an
             # outage of a couple of days at the default cap reaches that many attempts.
             delay = random.uniform(0, min(cap, self._backoff_base * 2 ** min(attempt, 62)))
-        if attempt == 1 or self.state != SinkRunState.BACKOFF:
+        failing = exc.status in DESTINATION_REFUSALS
+        state = SinkRunState.FAILING if failing else SinkRunState.BACKOFF
+        if state != self.state:  # once per change, not per message or attempt
             log.warning(
-                "sink %s: %s; retrying with back-off (attempt %d, next in %.1fs)",
+                "sink %s: %s%s; retrying with back-off (attempt %d, next in %.1fs)",
                 self.name,
                 exc,
+                "; the destination refuses what it is offered, so messages are kept"
+                if failing
+                else "",
                 attempt,
                 delay,
             )
-        await self._set_state(SinkRunState.BACKOFF, str(exc))
+        await self._set_state(state, str(exc), cursor=cursor)
         await self._measure_lag(force=False)
         deadline = time.monotonic() + delay
         while (left := deadline - time.monotonic()) > 0:
@@ -259,6 +340,8 @@ class SinkRunner:
             try:
                 await self._destination.send([entry])
             except RetryableDeliveryError as exc:
+                if self._metrics is not None:
+                    self._metrics.sink_failed.labels(self.name).inc()
                 await self._backoff(1, exc)
                 return
             except DeliveryError as exc:

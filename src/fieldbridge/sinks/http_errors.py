@@ -13,6 +13,11 @@ from fieldbridge.errors import PermanentDeliveryError, RetryableDeliveryError
 # operator fixes the token) instead of moving every message to the dead letters.
 RETRYABLE_STATUS = frozenset({401, 403, 407, 408, 425, 429})
 
+# Answers about the destination (its address, method or credentials), not about the message.
+# Given to every message a sink offers, they mean the destination is failing: the sink keeps
+# the messages and backs off (state `failing`) instead of moving them to the dead letters.
+DESTINATION_REFUSALS = frozenset({401, 403, 404, 405, 407, 410})
+
 
 def retry_after(value: str | None) -> float | None:
     """Seconds from a Retry-After header (delta-seconds or HTTP date)."""

@@ -14,6 +14,7 @@ from fieldbridge.codecs import build_codec
 from fieldbridge.errors import ConfigError
 from fieldbridge.model import Codec
 from fieldbridge.plugin import SourceSettings
+from fieldbridge.store.urls import mask_url
 from fieldbridge.topics import check_filter
 
 SCHEMES = {"mqtt": (False, 1883), "mqtts": (True, 8883)}
@@ -125,18 +126,19 @@ class MqttSettings(SourceSettings):
 def parse_url(url: str) -> Endpoint:
     """mqtt://host[:port] or mqtts://host[:port]; a ValueError says what is wrong."""
     parts = urlsplit(url)
+    shown = mask_url(url)  # errors are printed: never with a password or token in them
     if parts.scheme not in SCHEMES:
-        raise ValueError(f"{url!r}: the scheme must be mqtt:// or mqtts://")
+        raise ValueError(f"{shown!r}: the scheme must be mqtt:// or mqtts://")
     if parts.username or parts.password:
         raise ValueError("put credentials in username and password, not in the url")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"{url!r}: only mqtt[s]://host:port, no path or query")
+        raise ValueError(f"{shown!r}: only mqtt[s]://host:port, no path or query")
     try:
         port = parts.port
     except ValueError:
-        raise ValueError(f"{url!r}: the port must be a number from 1 to 65535") from None
+        raise ValueError(f"{shown!r}: the port must be a number from 1 to 65535") from None
     if not parts.hostname:
-        raise ValueError(f"{url!r}: the host is missing")
+        raise ValueError(f"{shown!r}: the host is missing")
     tls, default_port = SCHEMES[parts.scheme]
     return Endpoint(parts.hostname, port or default_port, tls)
 
