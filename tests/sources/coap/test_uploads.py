@@ -10,8 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from fieldbridge.codecs.efento.proto.config_pb2 import ProtoConfig
+from fieldbridge.sources.coap.settings import EfentoCoapSettings
 from tests.conftest import eventually, wait_until
 from tests.support.coap_harness import serve
 from tests.support.efento_sim import Sensor, free_udp_port, serial_bytes
@@ -57,8 +59,24 @@ async def test_a_part_beyond_split_max_parts_gets_413(tmp_path: Path) -> None:
             for index, code in ((1, "2.01"), (2, "2.01"), (3, "4.13")):
                 answer = await asyncio.to_thread(sensor.exchange, "c", large_part(index, 10))
                 assert answer is not None and answer.code_text == code
-        (kept,) = await h.store.list_quarantine()
-        assert "split_max_parts" in kept.reason
+            # A NON part over the limit is quarantined the same way, and gets no answer.
+            sensor.send_non("c", large_part(4, 10))
+            assert await asyncio.to_thread(sensor.silent_for, 0.3)
+
+        async def both() -> bool:
+            return len(await h.store.list_quarantine()) == 2
+
+        await eventually(both, "both refused parts are quarantined")
+        kept = await h.store.list_quarantine()
+        assert all("split_max_parts" in q.reason for q in kept)
+        assert [q.meta["type"] for q in kept] == ["NON", "CON"]
+
+
+def test_split_bounds_are_checked_at_start() -> None:
+    with pytest.raises(ValidationError, match=r"split_max_upload_bytes .* split_max_bytes"):
+        EfentoCoapSettings(name="e", split_max_upload_bytes=4096, split_max_bytes=2048)
+    with pytest.raises(ValidationError, match="split_max_parts"):
+        EfentoCoapSettings(name="e", split_max_parts=1)
 
 
 async def test_an_unfinished_upload_is_dropped_by_the_timer(tmp_path: Path) -> None:
