@@ -98,6 +98,71 @@ async def test_malformed_con_gets_rst_and_malformed_non_nothing(tmp_path: Path) 
             assert (decode(answer).mtype, decode(answer).code) == (ACK, 0x45)
 
 
+async def test_payload_marker_without_payload_is_a_format_error(tmp_path: Path) -> None:
+    """RFC 7252 §3: a marker followed by a zero-length payload is a message format error: RST
+    for a CON, nothing for a NON, and nothing stored (it used to be taken as an empty /m)."""
+    async with serve(tmp_path / "s.db") as h:
+        with raw_socket() as sock:
+            to = ("127.0.0.1", h.port)
+            sock.sendto(encode(CON, POST, 0x0F01, b"m1", "m") + b"\xff", to)
+            assert await receive(sock) == bytes([0x70, 0x00, 0x0F, 0x01])
+            sock.sendto(encode(NON, POST, 0x0F02, b"m2", "m") + b"\xff", to)
+            assert await receive(sock, 0.4) is None
+            # An option value ending in 0xFF, with no payload after it, is no marker.
+            sock.sendto(encode(CON, GET, 0x0F03, b"t\xff", "t", options={2048: b"\xff"}), to)
+            data = await receive(sock)
+            assert data is not None
+            assert (decode(data).code, decode(data).mid) == (0x45, 0x0F03)
+        assert await journal_count(h) == 0
+        assert await h.store.list_quarantine() == []
+
+
+async def test_unknown_critical_option_gets_4_02(tmp_path: Path) -> None:
+    """RFC 7252 §5.4.1: a CON with an unrecognised critical (odd) option gets 4.02 Bad Option and
+    is not processed; a NON one is rejected (ignored); elective (even) ones are ignored."""
+    frame = measurements(SERIAL, T0)
+    async with serve(tmp_path / "s.db") as h:
+        with raw_socket() as sock:
+            to = ("127.0.0.1", h.port)
+            sock.sendto(encode(CON, POST, 0x0E01, b"o1", "m", frame, {2049: b"x"}), to)
+            data = await receive(sock)
+            assert data is not None
+            answer = decode(data)
+            assert (answer.mtype, answer.code_text, answer.mid, answer.token) == (
+                ACK,
+                "4.02",
+                0x0E01,
+                b"o1",
+            )
+            assert answer.payload == b"unknown critical option 2049"
+            sock.sendto(encode(CON, GET, 0x0E02, b"o2", "t", options={65001: b""}), to)
+            data = await receive(sock)
+            assert data is not None and decode(data).code_text == "4.02"
+            sock.sendto(encode(NON, POST, 0x0E03, b"o3", "m", frame, {2049: b"x"}), to)
+            assert await receive(sock, 0.4) is None
+            assert await journal_count(h) == 0
+            # An elective option nobody knows is ignored: the frame is stored.
+            sock.sendto(encode(CON, POST, 0x0E04, b"o4", "m", frame, {2048: b"x"}), to)
+            data = await receive(sock)
+            assert data is not None and decode(data).code_text == "2.01"
+        assert await journal_count(h) == 1
+
+
+async def test_an_odd_token_option_is_recognised(tmp_path: Path) -> None:
+    """token_option may be odd (cloud_token_coap_option 1..64999): that critical option is the
+    source's own, so it is acted on, not refused."""
+    async with serve(tmp_path / "s.db", tokens=["s3cret"], token_option=2049) as h:
+        with raw_socket() as sock:
+            to = ("127.0.0.1", h.port)
+            frame = measurements(SERIAL, T0)
+            sock.sendto(encode(CON, POST, 0x0D01, b"k1", "m", frame, {2049: b"s3cret"}), to)
+            data = await receive(sock)
+            assert data is not None and decode(data).code_text == "2.01"
+            sock.sendto(encode(CON, POST, 0x0D02, b"k2", "m", frame, {2051: b"s3cret"}), to)
+            data = await receive(sock)
+            assert data is not None and decode(data).code_text == "4.02"
+
+
 async def test_duplicate_con_gets_the_same_ack_and_is_stored_once(tmp_path: Path) -> None:
     async with serve(tmp_path / "s.db") as h:
         with raw_socket() as sock:

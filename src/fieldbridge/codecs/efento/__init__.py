@@ -8,7 +8,7 @@ Public API (other modules code against exactly these names):
   changes_configuration(payload) -> bool               whether a downlink changes the hash
   answer_payload(downlinks, now, configuration_request=) -> bytes | None   a 2.01's payload
   is_config(payload) -> bool                           whether a payload is a ProtoConfig
-  SplitUploads(max_age), part_index(payload)           split /c uploads put back together
+  SplitUploads(max_age, ...), part_index(payload)      split /c uploads put back together
   HASH_ATTRIBUTE                                       the device attribute of the /c hash
   endpoint_of(path) -> "m" | "i" | "c"                 the endpoint a path names (DecodeError)
 """
@@ -26,6 +26,7 @@ from fieldbridge.codecs.efento.splits import (
     Incomplete,
     Missing,
     Part,
+    Refused,
     SplitUploads,
     Whole,
     part_index,
@@ -40,6 +41,7 @@ __all__ = [
     "Incomplete",
     "Missing",
     "Part",
+    "Refused",
     "SplitUploads",
     "Whole",
     "answer_payload",

@@ -6,7 +6,7 @@ on; `decode` and `new_message` are the only places an untyped aiocoap object ent
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 import aiocoap
@@ -26,6 +26,9 @@ class Option(Protocol):
     """One option instance; `value` is bytes for options aiocoap does not know."""
 
     @property
+    def number(self) -> int: ...  # odd: critical (RFC 7252 §5.4.6)
+
+    @property
     def value(self) -> object: ...
 
 
@@ -40,6 +43,8 @@ class Options(Protocol):
     no_response: int | None
 
     def get_option(self, number: int) -> Sequence[Option]: ...
+
+    def option_list(self) -> Iterable[Option]: ...  # in number order
 
 
 class Message(Protocol):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import struct
 import time
@@ -15,16 +16,16 @@ import aiocoap
 from aiocoap.numbers.codes import Code
 
 from fieldbridge.codecs import efento
-from fieldbridge.codecs.efento import FrameSummary, Incomplete, Part, summary
+from fieldbridge.codecs.efento import FrameSummary, Incomplete, Part, Refused, summary
 from fieldbridge.errors import ConfigError, DecodeError, StoreError
-from fieldbridge.model import Accepted, Outcome
+from fieldbridge.model import Accepted, Outcome, Rejected
 from fieldbridge.sources.access import StoreAccess
 from fieldbridge.sources.coap.downlinks import DownlinkPlanner, Later
 from fieldbridge.sources.coap.message import Address, Message, new_message
 from fieldbridge.sources.coap.settings import EfentoCoapSettings, parse_listen
 from fieldbridge.sources.coap.tokens import TOKEN_ATTRIBUTE, TokenPolicy
-from fieldbridge.sources.coap.transport import CoapServer, Pipe
-from fieldbridge.sources.coap.uploads import ConfigUploads
+from fieldbridge.sources.coap.transport import URI_OPTIONS, CoapServer, Pipe
+from fieldbridge.sources.coap.uploads import ConfigUploads, refusing
 
 if TYPE_CHECKING:
     from fieldbridge.ingest import Ingest
@@ -33,6 +34,7 @@ log = logging.getLogger("fieldbridge.sources.efento")
 
 NO_RESPONSE = 26  # RFC 7967: suppress 2.xx, 4.xx and 5.xx, i.e. answer nothing to a NON
 LOG_EVERY = 60.0  # seconds between repeats of one refusal or failure in the log
+EXPIRE_EVERY = 30.0  # at most this many seconds between looks for split uploads too old
 
 
 @dataclass(slots=True)
@@ -83,7 +85,8 @@ class EfentoCoapSource:
             attempts=settings.downlink_attempts,
             config_request=settings.config_request,
         )
-        self._uploads = ConfigUploads(access.journal, settings.name, settings.split_timeout)
+        self._uploads = ConfigUploads(access.journal, settings)
+        self._expiry: asyncio.Task[None] | None = None
         self._logged: dict[str, float] = {}  # what was logged when, for rate limiting
         self._server: CoapServer | None = None
         self._outstanding = 0
@@ -101,13 +104,18 @@ class EfentoCoapSource:
             log.warning("%s: downlink queue not readable yet: %s", self._where, exc)
         try:
             self._server = await CoapServer.listen(
-                host, port, self.handle, separate_after=self.settings.separate_after
+                host,
+                port,
+                self.handle,
+                separate_after=self.settings.separate_after,
+                recognised=self._recognised_options(),
             )
         except OSError as exc:
             raise ConfigError(
                 f"{self._where}.listen {self.settings.listen}: cannot listen on UDP: {exc}"
             ) from exc
         await self.planner.start()
+        self._expiry = asyncio.create_task(self._expire_uploads(), name="efento-split-expiry")
         self.address = (host, port)
         paths = ", ".join("/" + "/".join(p) for p, e in self._routes.items() if e == "m")
         log.info(
@@ -126,9 +134,38 @@ class EfentoCoapSource:
             self._drained.clear()
             await self._drained.wait()
         await self.planner.stop()
+        if self._expiry is not None:
+            self._expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry
         if self._server is not None:
             await self._server.close()
         log.info("%s: stopped", self._where)
+
+    @property
+    def split_uploads_held(self) -> tuple[int, int]:
+        """(sensors, bytes) of unfinished split /c uploads in memory."""
+        return self._uploads.held
+
+    def _recognised_options(self) -> frozenset[int]:
+        """Critical options this source acts on; others get 4.02 (RFC 7252 §5.4.1)."""
+        if self._token_option is None:
+            return URI_OPTIONS
+        return URI_OPTIONS | {self._token_option}
+
+    async def _expire_uploads(self) -> None:
+        """Forget split uploads older than split_timeout, on a timer: a sensor that never
+        sends its last part must not hold memory until it sends again."""
+        every = min(max(self.settings.split_timeout / 4, 0.05), EXPIRE_EVERY)
+        while True:
+            await asyncio.sleep(every)
+            expired = self._uploads.expire(time.time())
+            if expired:
+                log.info(
+                    "%s: %d unfinished split configuration upload(s) older than split_timeout "
+                    "(%gs) forgotten",
+                    self._where, expired, self.settings.split_timeout,
+                )  # fmt: skip
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -233,10 +270,14 @@ class EfentoCoapSource:
                 if refusal is not None:
                     self._answer(frame, Code.UNAUTHORIZED, refusal.encode())
                     return
-            whole = True  # for /c: a whole configuration, not a part of a split upload
+            whole: bool | Refused = True  # for /c: a whole configuration, not a part
             s = frame.summary
             if frame.endpoint == "c" and s is not None and s.split_info:
                 whole = await self._config_upload(frame, s)
+            if isinstance(whole, Refused):
+                assert s is not None
+                await self._refuse_part(frame, self._uploads.reason(s.serial, whole))
+                return
             try:
                 outcome = await self._ingest.submit(
                     self.name, frame.payload, efento.decode, frame.meta, frame.received_at
@@ -303,14 +344,17 @@ class EfentoCoapSource:
         if not self._outstanding:
             self._drained.set()
 
-    async def _config_upload(self, frame: _Frame, s: FrameSummary) -> bool:
+    async def _config_upload(self, frame: _Frame, s: FrameSummary) -> bool | Refused:
         """A part of a split /c: on the last part, make the frame the whole configuration.
 
-        Returns whether the frame is a whole configuration now (else a part, stored alone).
+        Returns whether the frame is a whole configuration now (else a part, stored alone),
+        or why the part is refused.
         """
         step = await self._uploads.take(s, frame.payload, frame.received_at)
         if isinstance(step, Part):
             return False
+        if isinstance(step, Refused):
+            return step
         if isinstance(step, Incomplete):
             log.warning(
                 "%s: split configuration of %s: parts %s of %d missing; storing the last part "
@@ -323,6 +367,23 @@ class EfentoCoapSource:
         if step.parts > 1:
             frame.meta["split_parts"] = step.parts
         return True
+
+    async def _refuse_part(self, frame: _Frame, reason: str) -> None:
+        """A split /c part over a limit: quarantined with the reason, answered 4.13."""
+        try:
+            outcome = await self._ingest.submit(
+                self.name, frame.payload, refusing(reason), frame.meta, frame.received_at
+            )
+        except StoreError as exc:
+            self._answer(frame, *self._store_failed(exc))
+            return
+        serial = frame.summary.serial if frame.summary is not None else "?"
+        where = f"id {outcome.quarantine_id}" if isinstance(outcome, Rejected) else "stored"
+        self._log_limited(
+            f"split:{serial}", logging.WARNING, "%s: /c part from %s quarantined (%s): %s",
+            self._where, frame.remote, where, reason,
+        )  # fmt: skip
+        self._answer(frame, Code.REQUEST_ENTITY_TOO_LARGE, reason.encode()[:200])
 
     # --- cloud tokens -------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from fieldbridge.codecs.efento import splits
 from fieldbridge.plugin import SourceSettings
 
 ENDPOINTS = ("m", "i", "c", "t")
@@ -33,6 +34,11 @@ class EfentoCoapSettings(SourceSettings):
     downlink_attempts: int = Field(default=3, ge=1, le=100)
     # Seconds the parts of a split /c upload are kept while waiting for the last one.
     split_timeout: float = Field(default=300.0, gt=0)
+    # Bounds on the split uploads held in memory (far above a sensor's few KB in a few parts);
+    # a part beyond them gets 4.13 and is quarantined with the reason.
+    split_max_parts: int = Field(default=splits.MAX_PARTS, ge=2, le=10_000)
+    split_max_upload_bytes: int = Field(default=splits.MAX_UPLOAD_BYTES, ge=1024)
+    split_max_bytes: int = Field(default=splits.MAX_BYTES, ge=1024)
     # Seconds a CON waits for its answer before it gets an empty ACK and, later, the answer
     # as a separate response (RFC 7252 §5.2.2). Under the sensor's ACK_TIMEOUT (2 s), so it
     # does not retransmit; 60 is beyond its whole retransmission window (about 45 s), i.e.
@@ -67,6 +73,16 @@ class EfentoCoapSettings(SourceSettings):
     def _token_rules(self) -> EfentoCoapSettings:
         if any(not t.get_secret_value() for t in self.tokens):
             raise ValueError("tokens: an empty token would accept frames that carry none")
+        return self
+
+    @model_validator(mode="after")
+    def _split_bounds(self) -> EfentoCoapSettings:
+        if self.split_max_upload_bytes > self.split_max_bytes:
+            raise ValueError(
+                f"split_max_upload_bytes ({self.split_max_upload_bytes}) is over split_max_bytes "
+                f"({self.split_max_bytes}), the bound of all uploads together: lower the first "
+                "or raise the second"
+            )
         return self
 
     @property

@@ -7,9 +7,12 @@ layer about 68 µs, both including aiocoap's Message.decode / Message.encode (~1
 system calls. aiocoap still parses and serialises every message; only the exchange
 machinery is ours, and it does only what this server needs:
 
-- a malformed CON is rejected with RST, a malformed NON ignored (§4.2, §4.3); an empty CON
-  (CoAP ping) gets RST; an ACK or RST from a client only matters when it answers one of our
-  separate responses, and is dropped otherwise;
+- a malformed CON is rejected with RST, a malformed NON ignored (§4.2, §4.3); so is a payload
+  marker with no payload after it (a message format error, §3); an empty CON (CoAP ping) gets
+  RST; an ACK or RST from a client only matters when it answers one of our separate
+  responses, and is dropped otherwise;
+- a CON request with a critical (odd-numbered) option the handler does not act on gets 4.02
+  Bad Option naming it, and a NON one is rejected, i.e. ignored (§5.4.1);
 - a CON request answered within `separate_after` seconds gets its answer piggy-backed in the
   ACK (same message id and token). One still unanswered then gets an empty ACK, so the client
   stops retransmitting, and its answer later comes as a separate CON response (§5.2.2) with a
@@ -56,7 +59,12 @@ MAX_RETRANSMIT = 4  # retransmissions of a separate response before giving up
 LOG_EVERY = 60.0  # s between log lines about separate responses given up
 
 CON, NON, ACK, RST = 0, 1, 2, 3
+BAD_OPTION = 0x82  # 4.02
 INTERNAL_SERVER_ERROR = 0xA0  # 5.00
+PAYLOAD_MARKER = 0xFF
+# Critical options every request may carry: Uri-Host, Uri-Port (this server is the host they
+# name), Uri-Path (routed on) and Uri-Query (ignored, as it always was).
+URI_OPTIONS = frozenset({3, 7, 11, 15})
 
 SockAddr = tuple[Any, ...]
 Handler = Callable[["Pipe"], None]
@@ -148,10 +156,12 @@ class CoapServer(asyncio.DatagramProtocol):
         separate_after: float = SEPARATE_AFTER,
         max_remembered: int = MAX_REMEMBERED,
         ack_timeout: float = ACK_TIMEOUT,
+        recognised: frozenset[int] = URI_OPTIONS,
     ) -> None:
         if separate_after <= 0 or ack_timeout <= 0 or max_remembered < 1:
             raise ValueError("separate_after and ack_timeout must be > 0 s, max_remembered >= 1")
         self._handler = handler
+        self._recognised = recognised  # critical option numbers the handler acts on
         self._separate_after = separate_after
         self._ack_timeout = ack_timeout
         self._max_remembered = max_remembered
@@ -179,13 +189,16 @@ class CoapServer(asyncio.DatagramProtocol):
         separate_after: float = SEPARATE_AFTER,
         max_remembered: int = MAX_REMEMBERED,
         ack_timeout: float = ACK_TIMEOUT,
+        recognised: frozenset[int] = URI_OPTIONS,
     ) -> CoapServer:
-        """Bind host:port (IPv6 wildcards take IPv4 too); raises OSError."""
+        """Bind host:port (IPv6 wildcards take IPv4 too); raises OSError. `recognised`: the
+        critical option numbers the handler acts on (requests with others get 4.02)."""
         server = cls(
             handler,
             separate_after=separate_after,
             max_remembered=max_remembered,
             ack_timeout=ack_timeout,
+            recognised=recognised,
         )
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
@@ -265,12 +278,30 @@ class CoapServer(asyncio.DatagramProtocol):
             if mtype == CON:
                 self._reset(data, addr)
             return
+        if data[-1] == PAYLOAD_MARKER and not request.payload and _marker_ends(data):
+            # aiocoap takes a marker with nothing after it as no payload; §3: a format error.
+            if mtype == CON:
+                self._reset(data, addr)
+            return
+        unknown = [
+            o.number
+            for o in request.opt.option_list()
+            if o.number & 1 and o.number not in self._recognised
+        ]
+        if unknown and mtype == NON:
+            return  # §5.4.1: a NON with an unknown critical option is rejected (§4.3)
         self._expire(now)
         entry = Seen(now + (EXCHANGE_LIFETIME if mtype == CON else NON_LIFETIME))
         self._seen[key] = entry
         self._expiry.append((entry.expires, key))
         pipe = Pipe(request, self, entry, addr, mid, mtype == CON)
         self._pending.add(pipe)
+        if unknown:
+            numbers = ", ".join(str(int(n)) for n in dict.fromkeys(unknown))
+            pipe.add_response(
+                new_message(BAD_OPTION, f"unknown critical option {numbers}".encode())
+            )
+            return
         try:
             self._handler(pipe)
         except Exception:  # a bug: the sensor still gets an answer, and the log says why
@@ -420,3 +451,23 @@ class CoapServer(asyncio.DatagramProtocol):
         self._transport.close()
         if self._closed is not None:
             await self._closed
+
+
+def _marker_ends(data: bytes) -> bool:
+    """Whether the payload marker is the datagram's last byte: the options are walked to find
+    where they end, since a 0xFF may also end an option value (RFC 7252 §3.1)."""
+    pos, end = 4 + (data[0] & 15), len(data)
+    while pos < end:
+        header = data[pos]
+        if header == PAYLOAD_MARKER:
+            return pos == end - 1
+        delta, length = header >> 4, header & 15
+        pos += 1 + {13: 1, 14: 2}.get(delta, 0)
+        if length == 13:
+            length = data[pos] + 13
+            pos += 1
+        elif length == 14:
+            length = int.from_bytes(data[pos : pos + 2], "big") + 269
+            pos += 2
+        pos += length
+    return False
