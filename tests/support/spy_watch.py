@@ -11,7 +11,7 @@ from typing import Any
 
 from tests.support.processes import FIELDBRIDGE, child_env
 
-WAIT = 15.0
+WAIT = 30.0  # seconds; only guards against a hang (a CLI start takes seconds on a loaded machine)
 
 
 class Spy:

@@ -89,8 +89,10 @@ def test_filters_and_the_end_of_the_service_end_the_spy(service: FieldbridgeProc
         started = time.monotonic()
         service.terminate()
         assert service.wait(WAIT) == 0
-        # Open spy streams do not hold the HTTP server's graceful shutdown.
-        assert time.monotonic() - started < 5.0
+        # Open spy streams do not hold the HTTP server's graceful shutdown: uvicorn did not
+        # have to cancel them when its graceful timeout (5 s) ran out.
+        assert "timeout graceful shutdown exceeded" not in service.output()
+        assert time.monotonic() - started < WAIT  # only guards against a hang
         results = [spy.finish() for spy in (other, topical, mine)]
     finally:
         for spy in (other, topical, mine):

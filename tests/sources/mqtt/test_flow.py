@@ -70,7 +70,7 @@ async def test_full_ingest_stops_reading_and_loses_nothing(
         Ingest(store, batch_size=10, queue_bound=bound) as ingest,
         MqttSource(settings(broker.url), ingest) as source,
     ):
-        await eventually(lambda: source.connected, "the connection", timeout=10)
+        await eventually(lambda: source.subscribed, "the subscription", timeout=20)
         publisher = Publisher(broker.port, TOPIC)
         try:
             with sqlite_write_locked(db):  # commits wait for the lock: ingest fills up
@@ -98,7 +98,7 @@ async def test_quarantined_payload_is_acknowledged(
             Ingest(store) as ingest,
             MqttSource(settings(tap.url), ingest) as source,
         ):
-            await eventually(lambda: source.connected, "the connection", timeout=10)
+            await eventually(lambda: source.subscribed, "the subscription", timeout=20)
             sender = client(broker.port, "bad-device")
             try:
                 sender.publish(f"{TOPIC}/7", b"\xff not json", qos=1).wait_for_publish(5)
@@ -123,7 +123,7 @@ async def test_stop_answers_what_it_took(tmp_path: Path, broker: Mosquitto, stor
     async with Ingest(store, batch_size=50) as ingest:
         source = MqttSource(settings(broker.url, client_id=name), ingest)
         async with source:
-            await eventually(lambda: source.connected, "the connection", timeout=10)
+            await eventually(lambda: source.subscribed, "the subscription", timeout=20)
             publisher = Publisher(broker.port, TOPIC)
             try:
                 publisher.burst(500)
@@ -178,7 +178,7 @@ async def one_round(
 ) -> None:
     """Connect a source, publish `numbers` at `qos`, wait until they are stored, stop."""
     async with Ingest(store) as ingest, MqttSource(source_settings, ingest) as source:
-        await eventually(lambda: source.connected, "the connection", timeout=10)
+        await eventually(lambda: source.subscribed, "the subscription", timeout=20)
         publisher = Publisher(port, TOPIC, qos=qos)
         try:
             for n in numbers:

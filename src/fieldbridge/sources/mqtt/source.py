@@ -89,6 +89,7 @@ class MqttSource:
         self._broker: EmbeddedBroker | None = None
         self._generation = 0  # one per connection; acks of an older one are not sent
         self._connected = False
+        self._subscribed = False
         self._had_session = False  # a session was set up in this process's lifetime
         self._connack: asyncio.Future[tuple[ReasonCode, bool]] | None = None
         self._lost: asyncio.Future[str] | None = None
@@ -107,7 +108,13 @@ class MqttSource:
 
     @property
     def connected(self) -> bool:
+        """Connected (CONNACK received); the subscription may still be on its way."""
         return self._connected
+
+    @property
+    def subscribed(self) -> bool:
+        """Connected and subscribed (SUBACK received): what is published now reaches us."""
+        return self._subscribed
 
     @property
     def reading(self) -> bool:
@@ -252,6 +259,7 @@ class MqttSource:
             except ConnectFailed:
                 client.drop()
                 raise
+            self._subscribed = True
             if self._status_topic:
                 client.publish(self._status_topic, ONLINE, qos=1, retain=True)
             topics = ", ".join(settings.topics)
@@ -264,7 +272,7 @@ class MqttSource:
             )
             return await lost
         finally:
-            self._connected = False
+            self._connected = self._subscribed = False
 
     async def _open_socket(self) -> socket.socket:
         endpoint = self.settings.endpoint
