@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -17,11 +16,13 @@ from fieldbridge.errors import StoreError
 from fieldbridge.ingest import Ingest
 from fieldbridge.observe import Metrics
 from fieldbridge.plugin import SINK_TYPES, SOURCE_TYPES
+from fieldbridge.retention import log_report, prune_once
 from fieldbridge.runtime import tune_gc
 from fieldbridge.sinks.engine import SinkRunner
 from fieldbridge.sources.access import StoreAccess
 from fieldbridge.sources.base import ServesHttp
 from fieldbridge.store import Store, open_store, parse_store_url
+from fieldbridge.store.lock import ServiceLock
 from fieldbridge.store.migrate import head_revision, upgrade
 from fieldbridge.store.urls import mask_url
 from fieldbridge.timefmt import iso
@@ -32,7 +33,8 @@ from fieldbridge.web.spy import SpyEndpoint, SpyHub
 log = logging.getLogger("fieldbridge")
 
 HOUSEKEEPING_EVERY = 60.0  # seconds between quarantine gauge updates
-RETENTION_EVERY = 3600.0  # seconds between journal prunes
+RETENTION_EVERY = 3600.0  # seconds between retention passes
+FIRST_PRUNE_AFTER = 30.0  # seconds from start to the first pass: a machine up for minutes prunes
 SINK_STOP_GRACE = 3.0  # seconds a sink may take to finish a send at shutdown
 
 
@@ -50,24 +52,12 @@ def build_store(settings: Settings) -> Store:
     )
 
 
-async def prune_once(settings: Settings, store: Store) -> int:
-    """Drop journal rows past retention that every enabled sink has delivered."""
-    enabled = [s.name for _, s in settings.sink_settings if s.enabled]
-    delivered = await store.min_cursor(enabled) if enabled else await store.head_id()
-    cutoff = time.time() - settings.store.retention_days * 86400
-    pruned = await store.prune(cutoff, delivered)
-    if settings.store.readings_retention_days:
-        await store.prune_readings(
-            time.time() - settings.store.readings_retention_days * 86400, delivered
-        )
-    return pruned
-
-
 class Service:
     """One fieldbridge process: sources, ingest, store, sinks, HTTP server."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, first_prune_after: float = FIRST_PRUNE_AFTER) -> None:
         self.settings = settings
+        self.first_prune_after = first_prune_after
         self.metrics = Metrics()
         self.store = build_store(settings)
         ingest = settings.ingest
@@ -120,11 +110,23 @@ class Service:
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         """Serve until `stop` is set, then drain: sources, ingest, sinks, store."""
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(_service_lock(self.settings))
+            except StoreError:
+                await self.store.close()
+                raise
+            await self._run(stop, ready)
+
+    async def _run(self, stop: asyncio.Event, ready: asyncio.Event | None) -> None:
         applied = await migrate(self.settings)
         if applied:
             log.info("store migrated to revision %s", applied[-1])
         tasks: list[asyncio.Task[None]] = []
-        housekeeping = asyncio.create_task(self._housekeeping(), name="housekeeping")
+        housekeeping = [
+            asyncio.create_task(self._housekeeping(), name="housekeeping"),
+            asyncio.create_task(self._retention(), name="retention"),
+        ]
         try:
             async with AsyncExitStack() as stack:
                 await stack.enter_async_context(self.ingest)
@@ -143,8 +145,9 @@ class Service:
                 log.info("stopping: no new payloads; committing and answering those in flight")
             log.info("ingest drained")
         finally:
-            housekeeping.cancel()
-            await self._stop_tasks([housekeeping, *tasks])
+            for task in housekeeping:
+                task.cancel()
+            await self._stop_tasks([*housekeeping, *tasks])
             await self.store.close()
         log.info("fieldbridge stopped")
 
@@ -184,18 +187,32 @@ class Service:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _housekeeping(self) -> None:
-        last_prune = 0.0
         while True:
             try:
                 self.metrics.quarantine_size.set(await self.store.count_quarantine())
-                if time.monotonic() - last_prune >= RETENTION_EVERY:
-                    last_prune = time.monotonic()
-                    pruned = await prune_once(self.settings, self.store)
-                    if pruned:
-                        log.info("retention: pruned %d delivered journal rows", pruned)
             except StoreError as exc:
                 log.warning("housekeeping skipped: %s", exc)
             await asyncio.sleep(HOUSEKEEPING_EVERY)
+
+    async def _retention(self) -> None:
+        """A retention pass soon after start, then every RETENTION_EVERY."""
+        delay = self.first_prune_after
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                log_report(await prune_once(self.settings, self.store))
+            except StoreError as exc:
+                log.warning("retention skipped, tried again in %.0f s: %s", HOUSEKEEPING_EVERY, exc)
+                delay = HOUSEKEEPING_EVERY
+                continue
+            delay = RETENTION_EVERY
+
+
+def _service_lock(settings: Settings) -> contextlib.AbstractContextManager[object]:
+    """One service per SQLite file: two would deliver everything twice. Several processes may
+    share one PostgreSQL for ingest (docs/architecture.md), so it takes no such lock."""
+    path = parse_store_url(settings.store.url).sqlite_path
+    return contextlib.nullcontext() if path is None else ServiceLock(path)
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +25,7 @@ from fieldbridge.model import Decoded, DownlinkState, Reading
 from fieldbridge.store import Pending, Store, open_store, parse_store_url
 from fieldbridge.store.migrate import MIGRATIONS, head_revision, pending_revisions, upgrade
 from fieldbridge.store.schema import metadata
-from tests.conftest import PG_ADMIN
+from tests.conftest import PG_ADMIN, wait_until
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -245,3 +247,69 @@ async def test_0003_moves_downlink_meta_keys_into_columns_and_back(empty_url: st
 
     alembic(empty_url, "downgrade", "0002")
     assert downlink_metas(empty_url) == [meta for _, meta in OLD_DOWNLINKS]
+
+
+# --- concurrent migrations ------------------------------------------------------------------
+
+RACERS = 5
+RACE_ATTEMPTS = 3  # the race failed about 1 in 5 before the advisory lock
+RACER = """
+import sys, time
+from pathlib import Path
+from fieldbridge.store import parse_store_url
+from fieldbridge.store.migrate import upgrade
+
+url, ready, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+ready.touch()
+deadline = time.monotonic() + 60
+while not go.exists() and time.monotonic() < deadline:  # a barrier: every racer is imported
+    time.sleep(0.002)
+print(",".join(upgrade(parse_store_url(url))))
+"""
+
+
+def race_upgrades(url: str, workdir: Path) -> list[tuple[int, str, str]]:
+    """Run `upgrade` in RACERS processes released at the same moment; (exit, out, err) each."""
+    go = workdir / "go"
+    ready = [workdir / f"ready-{i}" for i in range(RACERS)]
+    racers: list[subprocess.Popen[str]] = []
+    try:
+        for path in ready:
+            racers.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", RACER, url, str(path), str(go)],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        wait_until(lambda: all(p.exists() for p in ready), "every racer to start", timeout=60)
+        go.touch()
+        outputs = [racer.communicate(timeout=60) for racer in racers]
+        return [(r.returncode, out, err) for r, (out, err) in zip(racers, outputs, strict=True)]
+    finally:
+        for racer in racers:
+            if racer.poll() is None:
+                racer.kill()
+                racer.wait()
+
+
+@pytest.mark.parametrize("attempt", range(RACE_ATTEMPTS))
+def test_processes_migrating_a_fresh_postgresql_database_at_once_all_succeed(
+    tmp_path: Path, attempt: int
+) -> None:
+    name = f"fieldbridge_race_{uuid.uuid4().hex[:12]}"
+    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            results = race_upgrades(url, tmp_path)
+            assert [code for code, _, _ in results] == [0] * RACERS, [
+                e[-2000:] for *_, e in results
+            ]
+            # One racer migrated; the others waited for its lock, then found nothing to do.
+            applied = sorted(out.strip() for _, out, _ in results)
+            assert applied == [""] * (RACERS - 1) + [",".join(all_revisions())]
+            assert schema_differences(url) == []
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

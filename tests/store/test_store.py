@@ -6,14 +6,11 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from fieldbridge.app import prune_once
-from fieldbridge.config import load_settings
 from fieldbridge.errors import StoreError
 from fieldbridge.model import Accepted, Decoded, Reading, Rejected
 from fieldbridge.store import Pending, Store, open_store, parse_store_url
@@ -684,51 +681,3 @@ async def test_pruning_everything_never_reuses_ids(store: Store) -> None:
     (later,) = await accepted(store, [payload(record())])
     # A sink whose cursor is ids[-1] must still see the new message.
     assert later.ids[0] > ids[-1]
-
-
-def write_settings(tmp_path: Path, store_url: str) -> Path:
-    path = tmp_path / "fieldbridge.toml"
-    path.write_text(
-        f"""
-[store]
-url = "{store_url}"
-retention_days = 1
-
-[http]
-enabled = false
-
-[[sinks.webhook]]
-name = "behind"
-url = "http://127.0.0.1:9/hook"
-
-[[sinks.webhook]]
-name = "switched-off"
-enabled = false
-url = "http://127.0.0.1:9/hook"
-"""
-    )
-    return path
-
-
-async def test_prune_once_keeps_what_an_enabled_sink_has_not_delivered(
-    store: Store, store_url: str, tmp_path: Path
-) -> None:
-    settings = load_settings(write_settings(tmp_path, store_url))
-    ten_days_ago = time.time() - 10 * 86400
-    ids = [
-        o.ids[0]
-        for o in await accepted(
-            store, [payload(record(at=ten_days_ago), at=ten_days_ago) for _ in range(5)]
-        )
-    ]
-    (fresh,) = await accepted(store, [payload(record(at=time.time()), at=time.time())])
-
-    # The enabled sink never ran (cursor 0): nothing is delivered, nothing goes.
-    assert await prune_once(settings, store) == 0
-    assert await count(store, "journal") == 6
-
-    await store.save_progress("behind", cursor=ids[2], state="running", last_error=None)
-    # The disabled sink (cursor 0) does not hold retention back.
-    assert await prune_once(settings, store) == 3
-    assert [e.id for e in await store.read_journal(0, 100)] == [ids[3], ids[4], fresh.ids[0]]
-    assert await store.lag(ids[2]) == (3, ten_days_ago)  # the sink still finds its backlog

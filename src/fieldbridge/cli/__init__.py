@@ -11,17 +11,20 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from fieldbridge import __version__
-from fieldbridge.cli.context import run_async, settings_of
+from fieldbridge.cli.context import run_async, settings_of, with_store
 from fieldbridge.cli.efento_cmds import decode_app, encode_app
 from fieldbridge.cli.efento_downlink_cmds import efento_app
-from fieldbridge.cli.output import console, print_json, print_table
+from fieldbridge.cli.output import console, fail, print_json, print_table
 from fieldbridge.cli.registry_cmds import devices, quarantine, readings
 from fieldbridge.cli.sink_cmds import deadletters, sinks
 from fieldbridge.cli.spy_cmd import spy
 from fieldbridge.config import CONFIG_ENV, Settings
+from fieldbridge.retention import RetentionReport, prune_once
 from fieldbridge.store import parse_store_url
+from fieldbridge.store.lock import StoreInUse
 from fieldbridge.store.migrate import head_revision, pending_revisions, upgrade
 from fieldbridge.store.urls import mask_url
+from fieldbridge.timefmt import iso
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
@@ -33,7 +36,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 config_app = typer.Typer(help="Check and show the settings.", no_args_is_help=True)
-db_app = typer.Typer(help="The store's schema.", no_args_is_help=True)
+db_app = typer.Typer(help="The store's schema and retention.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 app.add_typer(devices, name="devices")
@@ -87,18 +90,24 @@ def run(ctx: typer.Context) -> None:
     settings = settings_of(ctx)
     setup_logging(settings.log)
 
-    async def main() -> None:
+    async def main() -> str | None:
         stop = asyncio.Event()
         install_stop_signals(stop)
-        await Service(settings).run(stop)
+        try:
+            await Service(settings).run(stop)
+        except StoreInUse as exc:  # not run_async's hint: the store is fine, another has it
+            return str(exc)
+        return None
 
     try:
         import uvloop
     except ImportError:  # uvloop is optional; the standard loop works the same, slower
-        run_async(main())
+        refused = run_async(main())
     else:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-        run_async(main())
+        refused = run_async(main())
+    if refused is not None:
+        fail(refused)
 
 
 @config_app.command("check")
@@ -156,6 +165,65 @@ def db_migrate(ctx: typer.Context, json_out: JsonFlag = False) -> None:
         console.print(f"applied {len(applied)} migrations; schema at revision {applied[-1]}")
     else:
         console.print("schema is up to date")
+
+
+@db_app.command("prune")
+def db_prune(
+    ctx: typer.Context,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what would be removed; remove nothing.")
+    ] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Run retention once: remove what is past its age and delivered by every sink."""
+    settings = settings_of(ctx)
+    report = with_store(ctx, lambda store: prune_once(settings, store, dry_run=dry_run))
+    if json_out:
+        print_json(_report_json(report))
+        return
+    verb = "would remove" if dry_run else "removed"
+    rows = [("journal", report.journal, iso(report.journal_older_than))]
+    if report.readings is not None and report.readings_older_than is not None:
+        rows.append(("readings", report.readings, iso(report.readings_older_than)))
+    print_table("tables", ["table", verb, "older than"], rows)
+    if not report.sinks:
+        console.print("no sinks: rows go by age alone")
+        return
+    yes_no = {True: "yes", False: "no"}
+    print_table(
+        "sinks",
+        ["sink", "in settings", "enabled", "cursor", "holds back"],
+        [
+            (h.name, yes_no[h.configured], yes_no[h.enabled], h.cursor, h.held_back)
+            for h in report.sinks
+        ],
+    )
+
+
+def _report_json(report: RetentionReport) -> dict[str, object]:
+    tables: dict[str, object] = {
+        "journal": {"removed": report.journal, "older_than": iso(report.journal_older_than)}
+    }
+    if report.readings is not None and report.readings_older_than is not None:
+        tables["readings"] = {
+            "removed": report.readings,
+            "older_than": iso(report.readings_older_than),
+        }
+    return {
+        "dry_run": report.dry_run,
+        "delivered_upto": report.delivered_upto,
+        "tables": tables,
+        "sinks": [
+            {
+                "name": h.name,
+                "in_settings": h.configured,
+                "enabled": h.enabled,
+                "cursor": h.cursor,
+                "held_back": h.held_back,
+            }
+            for h in report.sinks
+        ],
+    }
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.prompt import Confirm
 
 from fieldbridge.app import build_store, migrate
 from fieldbridge.cli.context import run_async, settings_of, with_store
@@ -22,7 +23,10 @@ from fieldbridge.timefmt import parse_iso
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 STALL_AFTER = 30.0  # seconds without progress before replay stops watching
 
-sinks = typer.Typer(help="Configured sinks: status, pause, resume, replay.", no_args_is_help=True)
+sinks = typer.Typer(
+    help="Sinks: status, pause, resume, replay; forget one removed from the settings.",
+    no_args_is_help=True,
+)
 deadletters = typer.Typer(help="Messages a destination refused for good.", no_args_is_help=True)
 
 
@@ -211,6 +215,60 @@ async def _follow(store: Store, name: str, start: int, head: int) -> bool:
                 )
                 return False
             await asyncio.sleep(0.5)
+
+
+@sinks.command("forget")
+def sinks_forget(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The removed sink's name.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Delete the cursor and dead letters of a sink removed from the settings, so retention
+    no longer keeps the messages it never delivered."""
+    settings = settings_of(ctx)
+    if any(s.name == name for _, s in settings.sink_settings):
+        fail(
+            f"sink {name!r} is still in the settings; remove its [[sinks.*]] entry first "
+            "(set enabled = false to only stop it)"
+        )
+    found = with_store(ctx, lambda store: _stored_sink(store, name))
+    if found is None:
+        stored = with_store(ctx, lambda store: store.sink_states())
+        known = ", ".join(s.name for s in stored) or "none"
+        fail(f"no stored state for a sink named {name!r} (stored sinks: {known})")
+    cursor, lag, dead = found
+    if not yes:
+        question = (
+            f"forget sink {name}: its cursor ({cursor}) and {dead} dead letters are deleted, "
+            f"and retention no longer keeps the {lag} messages after its cursor. Continue?"
+        )
+        if not _confirm(question):
+            fail(f"sink {name} not forgotten")
+    _, dropped = with_store(ctx, lambda store: store.forget_sink(name))
+    if json_out:
+        print_json({"name": name, "cursor": cursor, "dead_letters_dropped": dropped})
+    else:
+        console.print(f"sink {name} forgotten ({dropped} dead letters dropped)")
+
+
+def _confirm(question: str) -> bool:
+    """Ask on stderr, so stdout carries only the result; no answer (end of input) is no."""
+    try:
+        return Confirm.ask(question, default=False, console=errors)
+    except EOFError:
+        return False
+
+
+async def _stored_sink(store: Store, name: str) -> tuple[int, int, int] | None:
+    """A stored sink's cursor, messages after it and dead letters; None if nothing is stored."""
+    states = {s.name: s for s in await store.sink_states()}
+    dead = await store.count_dead_letters(name)
+    if name not in states and not dead:
+        return None
+    cursor = states[name].cursor if name in states else 0
+    lag, _ = await store.lag(cursor)
+    return cursor, lag, dead
 
 
 @deadletters.command("list")

@@ -101,31 +101,41 @@ class JournalQueries:
         )
         return int(rows[0][0]) if rows[0][0] is not None else None
 
-    async def prune(self, older_than: float, delivered_upto: int) -> int:
-        """Delete journal rows older than a time that every sink has delivered; return how many."""
-        async with self.db.transaction() as tx:
-            # Dead-lettered messages count as undelivered: they stay for `deadletters retry`.
-            where = (
-                "WHERE received_at < ? AND id <= ? "
-                "AND id NOT IN (SELECT message_id FROM dead_letters)"
-            )
-            rows = await tx.fetchall(
-                f"SELECT COUNT(*) FROM journal {where}", (older_than, delivered_upto)
-            )
-            await tx.execute(f"DELETE FROM journal {where}", (older_than, delivered_upto))
-        return int(rows[0][0])
+    async def prune(self, older_than: float, delivered_upto: int, *, dry_run: bool = False) -> int:
+        """Delete journal rows older than a time that every sink has delivered; return how many
+        (with `dry_run`, only count them)."""
+        # Dead-lettered messages count as undelivered: they stay for `deadletters retry`.
+        where = (
+            "WHERE received_at < ? AND id <= ? AND id NOT IN (SELECT message_id FROM dead_letters)"
+        )
+        return await self._delete_counted("journal", where, (older_than, delivered_upto), dry_run)
 
-    async def prune_readings(self, older_than: float, delivered_upto: int) -> int:
+    async def prune_readings(
+        self, older_than: float, delivered_upto: int, *, dry_run: bool = False
+    ) -> int:
         """Delete readings measured before a time whose messages every sink has delivered."""
         where = (
             "WHERE measured_at < ? AND message_id <= ? "
             "AND message_id NOT IN (SELECT message_id FROM dead_letters)"
         )
+        return await self._delete_counted("readings", where, (older_than, delivered_upto), dry_run)
+
+    async def held_back(self, older_than: float, after: int) -> int:
+        """Journal rows older than a time that a sink at cursor `after` has not delivered."""
+        rows = await self.db.fetchall(
+            "SELECT COUNT(*) FROM journal WHERE received_at < ? AND id > ?", (older_than, after)
+        )
+        return int(rows[0][0])
+
+    async def _delete_counted(
+        self, table: str, where: str, params: tuple[float, int], dry_run: bool
+    ) -> int:
+        if dry_run:
+            rows = await self.db.fetchall(f"SELECT COUNT(*) FROM {table} {where}", params)
+            return int(rows[0][0])
         async with self.db.transaction() as tx:
-            rows = await tx.fetchall(
-                f"SELECT COUNT(*) FROM readings {where}", (older_than, delivered_upto)
-            )
-            await tx.execute(f"DELETE FROM readings {where}", (older_than, delivered_upto))
+            rows = await tx.fetchall(f"SELECT COUNT(*) FROM {table} {where}", params)
+            await tx.execute(f"DELETE FROM {table} {where}", params)
         return int(rows[0][0])
 
 

@@ -18,6 +18,10 @@ from fieldbridge.store.sqlite import ensure_wal
 from fieldbridge.store.urls import StoreUrl, mask_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# Taken by every PostgreSQL migration, for its whole transaction: processes migrating one fresh
+# database at once (CREATE TABLE/TYPE race on pg_type) wait, then find it done, as SQLite's
+# BEGIN IMMEDIATE makes them. A constant apart from the journal's lock (store/journal.py).
+MIGRATE_LOCK = 0x6669656C6D  # "fielm"
 
 
 def _config() -> Config:
@@ -114,6 +118,9 @@ def upgrade(
     cfg.attributes["on_version_apply"] = step
     try:
         with _engine(url, ddl=True, busy_timeout_ms=busy_timeout_ms).begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Before Alembic reads the revision: a second migrator sees the first one's work.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATE_LOCK})
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
     except sa.exc.DBAPIError as exc:

@@ -74,6 +74,16 @@ class SinkStateQueries:
             )
         return cursor
 
+    async def forget_sink(self, name: str) -> tuple[bool, int]:
+        """Delete a sink's stored state and its dead letters, so retention stops keeping
+        messages for it; return whether it had state, and how many dead letters went."""
+        async with self.db.transaction() as tx:
+            had = await tx.fetchall("SELECT COUNT(*) FROM sink_state WHERE name = ?", (name,))
+            dead = await tx.fetchall("SELECT COUNT(*) FROM dead_letters WHERE sink = ?", (name,))
+            await tx.execute("DELETE FROM dead_letters WHERE sink = ?", (name,))
+            await tx.execute("DELETE FROM sink_state WHERE name = ?", (name,))
+        return int(had[0][0]) > 0, int(dead[0][0])
+
     async def min_cursor(self, names: Sequence[str]) -> int:
         """The lowest cursor among these sinks (0 for one that never ran)."""
         if not names:
