@@ -9,18 +9,21 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
 from fieldbridge.codecs.http_json import decode
 from fieldbridge.errors import DecodeError, StoreError
-from fieldbridge.ingest import Ingest, ShuttingDown
+from fieldbridge.ingest import BATCH_BYTES, Busy, Ingest, ShuttingDown
 from fieldbridge.model import Accepted, Decoded, Outcome, Rejected
 from fieldbridge.observe import Metrics
 from fieldbridge.store import Store, open_store, parse_store_url
 from fieldbridge.store.migrate import upgrade
-from tests.conftest import eventually
+from tests.conftest import eventually, wait_until
 from tests.support.locks import sqlite_write_locked
+from tests.support.processes import FieldbridgeProcess
+from tests.support.rss import peak_mb, rss_mb
 
 WAIT = 20.0  # seconds before a stuck await fails the test instead of hanging it
 
@@ -265,6 +268,75 @@ async def test_a_full_queue_makes_sources_wait(sqlite_url: str) -> None:
         assert await store.head_id() == 6
 
 
+def readings_body(device: str, size: int) -> bytes:
+    """One message whose readings fill about `size` bytes."""
+    return orjson.dumps(
+        {"device": device, "readings": {f"q{i:07d}": i % 1000 / 10 for i in range(size // 16)}}
+    )
+
+
+async def test_the_byte_budget_makes_a_reservation_wait_then_refuses_it(sqlite_url: str) -> None:
+    metrics = Metrics()
+    budget = 100_000
+    async with (
+        open_store(sqlite_url, busy_timeout_ms=30_000) as store,
+        running(store, max_in_flight_bytes=budget, in_flight_wait_s=0.3, metrics=metrics) as ingest,
+    ):
+        big = readings_body("big", 60_000)
+        with sqlite_locked(sqlite_url):
+            held = await ingest.reserve(len(big), "http")
+            first = asyncio.create_task(ingest.submit("http", big, decode, reservation=held))
+            await eventually(lambda: ingest.in_flight_bytes == len(big), "the body handed in")
+            assert ingest.has_room  # 60 KB of 100 KB: a small MQTT payload still fits
+            started = time.monotonic()
+            with pytest.raises(Busy, match=r"ingest\.max_in_flight_bytes.*in_flight_wait_s"):
+                await ingest.reserve(len(big), "http")
+            assert time.monotonic() - started >= 0.3  # it waited for room first
+            assert sample(metrics, "fieldbridge_ingest_budget_refused_total", source="http") == 1
+            waiting = asyncio.create_task(ingest.reserve(len(big), "http"))
+        # The lock is gone: the first commits, its bytes come free, the waiting one gets them.
+        assert isinstance(await asyncio.wait_for(first, WAIT), Accepted)
+        second = await asyncio.wait_for(waiting, WAIT)
+        assert ingest.in_flight_bytes == len(big)
+        ingest.release(second)
+        ingest.release(second)  # twice is harmless
+        assert ingest.in_flight_bytes == 0
+        assert sample(metrics, "fieldbridge_ingest_in_flight_bytes") == 0
+
+
+async def test_a_payload_larger_than_the_budget_passes_alone(sqlite_url: str) -> None:
+    async with open_store(sqlite_url) as store, running(store, max_in_flight_bytes=1000) as ingest:
+        big = readings_body("big", 50_000)
+        held = await asyncio.wait_for(ingest.reserve(len(big), "http"), WAIT)
+        assert not ingest.has_room  # a callback-driven source now waits for room
+        assert isinstance(await ingest.submit("http", big, decode, reservation=held), Accepted)
+        assert ingest.has_room and ingest.in_flight_bytes == 0
+
+
+async def test_large_payloads_are_committed_a_few_at_a_time(sqlite_url: str) -> None:
+    metrics = Metrics()
+    bodies = [readings_body(f"big-{n}", BATCH_BYTES // 2 + 40_000) for n in range(6)]
+    assert all(BATCH_BYTES // 2 < len(b) < BATCH_BYTES for b in bodies)  # two fill a batch
+    async with open_store(sqlite_url) as store, running(store, metrics=metrics) as ingest:
+        outcomes = await asyncio.gather(*(ingest.submit("http", b, decode) for b in bodies))
+    assert all(isinstance(o, Accepted) for o in outcomes)
+    assert sample(metrics, "fieldbridge_commit_batch_size_sum") == 6
+    assert sample(metrics, "fieldbridge_commit_batch_size_count") >= 3
+
+
+async def test_a_small_payload_does_not_wait_behind_a_run_of_large_ones(sqlite_url: str) -> None:
+    large = [readings_body(f"big-{n}", 200_000) for n in range(6)]
+    async with open_store(sqlite_url) as store, running(store) as ingest:
+        outcomes = await asyncio.gather(
+            *(ingest.submit("http", b, decode) for b in large),
+            ingest.submit("http", body("small"), decode),
+        )
+    ids = [o.ids[0] for o in outcomes if isinstance(o, Accepted)]
+    assert len(ids) == 7
+    assert ids[:6] == sorted(ids[:6])  # large ones keep their order among themselves
+    assert ids[6] < ids[5]  # the small one, handed in last, did not wait for all of them
+
+
 # --- shutdown ---------------------------------------------------------------------------------
 
 
@@ -319,3 +391,81 @@ async def test_same_id_twice_is_one_message_and_one_reading(store: Store) -> Non
     assert [r.reading.value for r in readings] == [21.5, 21.5, 21.5]
     device = await store.get_device("dev-9")
     assert device is not None and device.message_count == 3
+
+
+# --- the byte budget against a real service ---------------------------------------------------
+
+HTTP_MAX_BODY = 1_048_576  # the HTTP source's default max_body_bytes
+
+
+async def post_all(url: str, bodies: list[bytes]) -> list[httpx.Response]:
+    headers = {"Content-Type": "application/json"}
+    async with httpx.AsyncClient(
+        timeout=120.0, limits=httpx.Limits(max_connections=len(bodies))
+    ) as client:
+        return await asyncio.gather(*(client.post(url, content=b, headers=headers) for b in bodies))
+
+
+async def test_concurrent_large_bodies_keep_memory_bounded_and_small_posts_prompt(
+    tmp_path: Path,
+) -> None:
+    # The attack of issue 10: 16 concurrent 1 MB bodies peaked at 1.36 GB and stayed high,
+    # and a one-reading POST meanwhile took up to 4.2 s.
+    bodies = [readings_body(f"big-{n}", 1_000_000) for n in range(16)]
+    assert all(len(b) <= HTTP_MAX_BODY for b in bodies)
+    latencies: list[float] = []
+    with FieldbridgeProcess(tmp_path / "big") as process:
+        process.start()
+        assert process.pid is not None
+        async with httpx.AsyncClient(timeout=30.0) as small:
+            warm = {"device": "warm", "readings": {"t": 1}}
+            assert (await small.post(process.ingest_url, json=warm)).is_success
+            idle = rss_mb(process.pid)
+            done = asyncio.Event()
+
+            async def one_reading_posts() -> None:
+                n = 0
+                while not done.is_set():
+                    n += 1
+                    started = time.monotonic()
+                    one = {"device": "small", "readings": {"t": n}}
+                    answer = await small.post(process.ingest_url, json=one)
+                    assert answer.status_code == 200, answer.text
+                    latencies.append(time.monotonic() - started)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(done.wait(), 0.2)  # load pacing
+
+            timer = asyncio.create_task(one_reading_posts())
+            answers = []
+            answers += await post_all(process.ingest_url, bodies)
+            done.set()
+            await asyncio.wait_for(timer, WAIT)
+        peak = peak_mb(process.pid)
+
+        def settled() -> float | None:
+            after = rss_mb(process.pid)  # type: ignore[arg-type]
+            return after if after - idle < 120 else None
+
+        wait_until(settled, "memory back near its idle size", timeout=15.0)
+    assert [a.status_code for a in answers] == [200] * 16
+    print(f"idle {idle:.0f} MB, peak {peak:.0f} MB, slowest small POST {max(latencies):.2f} s")
+    assert peak < 400, f"peak RSS {peak:.0f} MB (idle {idle:.0f} MB)"
+    # A one-reading POST waits for at most the large commit in progress (its own lane comes
+    # next), not for all sixteen; the margin is for a loaded machine.
+    assert latencies and max(latencies) < 10.0, f"one-reading POSTs took up to {max(latencies)} s"
+
+
+async def test_bodies_beyond_the_byte_budget_get_503_with_retry_after(tmp_path: Path) -> None:
+    bodies = [readings_body(f"big-{n}", 600_000) for n in range(8)]
+    ingest = {"max_in_flight_bytes": 1_048_576, "in_flight_wait_s": 0.0}
+    with FieldbridgeProcess(tmp_path / "budget", ingest=ingest) as process:
+        process.start()
+        answers = await post_all(process.ingest_url, bodies)
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            metrics = (await client.get(f"{process.base_url}/metrics")).text
+    refused = [a for a in answers if a.status_code == 503]
+    assert refused and any(a.status_code == 200 for a in answers)
+    assert all(a.status_code in (200, 503) for a in answers)
+    assert refused[0].headers["retry-after"] == "2"
+    assert "(ingest.max_in_flight_bytes)" in refused[0].json()["error"]
+    assert f'fieldbridge_ingest_budget_refused_total{{source="http"}} {len(refused)}.0' in metrics

@@ -66,6 +66,8 @@ class Service:
             batch_size=ingest.batch_size,
             flush_ms=ingest.flush_ms,
             queue_bound=ingest.queue_bound,
+            max_in_flight_bytes=ingest.max_in_flight_bytes,
+            in_flight_wait_s=ingest.in_flight_wait_s,
             metrics=self.metrics,
         )
         self.sinks = [
@@ -163,7 +165,12 @@ class Service:
             if isinstance(source, ServesHttp)
             for route in source.http_routes
         ]
-        spy = SpyHub(self.ingest)
+        spy = SpyHub(
+            self.ingest,
+            max_watchers=self.settings.spy.max_watchers,
+            queue_bytes=self.settings.spy.queue_bytes,
+            metrics=self.metrics,
+        )
         app = build_app(routes, self.health, self.metrics, SpyEndpoint(spy, http.tokens).handle)
         server = await stack.enter_async_context(WebServer(app, http.listen))
         stack.callback(spy.close)  # runs first at shutdown: open spy streams end, uvicorn drains

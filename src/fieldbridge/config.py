@@ -93,6 +93,15 @@ class IngestSettings(Section):
     batch_size: int = Field(default=500, ge=1, le=100_000)
     flush_ms: float = Field(default=5.0, ge=0)
     queue_bound: int = Field(default=10_000, ge=1)
+    max_in_flight_bytes: int = Field(default=67_108_864, ge=65_536)
+    in_flight_wait_s: float = Field(default=5.0, ge=0)
+
+
+class SpySettings(Section):
+    """GET /api/v1/spy: how many may watch, and how far each may fall behind."""
+
+    max_watchers: int = Field(default=8, ge=1, le=1000)
+    queue_bytes: int = Field(default=4_194_304, ge=65_536)
 
 
 class LogSettings(Section):
@@ -118,6 +127,7 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    spy: SpySettings = Field(default_factory=SpySettings)
     log: LogSettings = Field(default_factory=LogSettings)
     sources: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
     sinks: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)

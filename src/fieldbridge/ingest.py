@@ -8,6 +8,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -23,8 +24,30 @@ Tap = Callable[[Incoming, Pending, Outcome], None]
 """Sees every payload after its commit: what came in, what it decoded to, and the outcome."""
 
 
+DEFAULT_MAX_IN_FLIGHT_BYTES = 67_108_864  # ingest.max_in_flight_bytes
+DEFAULT_IN_FLIGHT_WAIT_S = 5.0  # ingest.in_flight_wait_s
+# A batch stops taking payloads once it holds this many bytes: what a payload decodes to
+# (readings, rows) is many times its size, and two batches are decoded at once at most.
+BATCH_BYTES = 524_288
+# Payloads larger than this wait in a lane of their own, served in turn with the small ones,
+# so a run of large bodies (seconds of commits) does not hold up a one-reading message.
+LARGE_PAYLOAD = 65_536
+
+
 class ShuttingDown(StoreError):
     """Ingest no longer accepts payloads; the source should tell its device to retry."""
+
+
+class Busy(StoreError):
+    """The in-flight byte budget stayed full for `in_flight_wait_s`; retry later."""
+
+
+@dataclass(slots=True)
+class Reservation:
+    """Bytes counted as in flight for a payload not read yet (an HTTP body)."""
+
+    nbytes: int
+    settled: bool = False  # handed to `offer` or released
 
 
 class Ingest:
@@ -33,8 +56,9 @@ class Ingest:
     A source awaits `submit` (or attaches a callback to the future `offer` returns); it
     completes only after the payload's transaction committed (Accepted or Rejected) and
     raises StoreError when the store failed, so the source can tell its device to retry.
-    At most `queue_bound` payloads are in flight; beyond that, `submit` waits
-    (back-pressure).
+    At most `queue_bound` payloads and about `max_in_flight_bytes` of them are in flight;
+    beyond that, `submit` waits (back-pressure). A source that reads a large payload first
+    (HTTP) reserves its bytes with `reserve`, which waits at most `in_flight_wait_s`.
     """
 
     def __init__(
@@ -44,6 +68,8 @@ class Ingest:
         batch_size: int = 500,
         flush_ms: float = 5.0,
         queue_bound: int = 10_000,
+        max_in_flight_bytes: int = DEFAULT_MAX_IN_FLIGHT_BYTES,
+        in_flight_wait_s: float = DEFAULT_IN_FLIGHT_WAIT_S,
         metrics: Metrics | None = None,
     ) -> None:
         self._store = store
@@ -53,7 +79,13 @@ class Ingest:
         self._in_flight = 0  # handed in, not yet answered
         self._room = asyncio.Event()
         self._room.set()
-        self._queue: deque[Incoming] = deque()
+        self._max_bytes = max_in_flight_bytes
+        self._wait_s = in_flight_wait_s
+        self._bytes = 0  # payload bytes handed in and reserved, not yet answered
+        self._freed = asyncio.Event()  # set whenever bytes are answered or released
+        self._queue: deque[Incoming] = deque()  # payloads up to LARGE_PAYLOAD, oldest first
+        self._large: deque[Incoming] = deque()  # larger payloads, oldest first
+        self._large_next = False  # which lane the next batch is taken from, if both wait
         self._arrived = asyncio.Event()
         self._full = asyncio.Event()
         self._metrics = metrics
@@ -86,13 +118,53 @@ class Ingest:
 
     @property
     def has_room(self) -> bool:
-        """Whether a payload can be handed in without exceeding the in-flight bound."""
-        return self._in_flight < self._bound
+        """Whether a payload can be handed in without exceeding the in-flight bounds."""
+        return self._in_flight < self._bound and self._bytes < self._max_bytes
+
+    @property
+    def in_flight_bytes(self) -> int:
+        return self._bytes
 
     async def wait_for_room(self) -> None:
-        """Return once fewer than `queue_bound` payloads are in flight (back-pressure)."""
-        while self._in_flight >= self._bound:
+        """Return once fewer than `queue_bound` payloads and `max_in_flight_bytes` bytes are in
+        flight (back-pressure)."""
+        while not self.has_room:
+            self._room.clear()
             await self._room.wait()
+
+    async def reserve(self, nbytes: int, source: str) -> Reservation:
+        """Count `nbytes` as in flight before reading a payload that large; hand the
+        reservation to `submit`, or `release` it.
+
+        Waits up to `in_flight_wait_s` while the budget has no room for it (a payload larger
+        than the whole budget passes when nothing else is in flight), then raises Busy.
+        """
+        if self._closing:
+            raise ShuttingDown("fieldbridge is shutting down; retry shortly")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._wait_s
+        while self._bytes and self._bytes + nbytes > self._max_bytes:
+            left = deadline - loop.time()
+            if left <= 0:
+                if self._metrics is not None:
+                    self._metrics.budget_refused.labels(source).inc()
+                raise Busy(
+                    f"ingest is full: {self._bytes} bytes in flight, the budget is "
+                    f"{self._max_bytes} (ingest.max_in_flight_bytes), and none came free within "
+                    f"{self._wait_s:g} s (ingest.in_flight_wait_s); retry later"
+                )
+            self._freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._freed.wait(), left)
+        self._bytes += nbytes
+        self._show_bytes()
+        return Reservation(nbytes)
+
+    def release(self, reservation: Reservation) -> None:
+        """Give back a reservation that was not handed to `submit` (the body was refused)."""
+        if not reservation.settled:
+            reservation.settled = True
+            self._free_bytes(reservation.nbytes)
 
     def offer(
         self,
@@ -101,24 +173,34 @@ class Ingest:
         codec: Codec,
         meta: Mapping[str, Any] | None = None,
         received_at: float | None = None,
+        reservation: Reservation | None = None,
     ) -> asyncio.Future[Outcome]:
         """Hand in one payload without waiting; the future resolves after commit.
 
         For callback-driven sources (acknowledge in a done-callback). The caller keeps to
-        the bound by checking `has_room` or awaiting `wait_for_room` first.
+        the bound by checking `has_room` or awaiting `wait_for_room` first. The bytes of a
+        `reservation` become the payload's own.
         """
         if self._closing:
             raise ShuttingDown("fieldbridge is shutting down; retry shortly")
+        self._bytes += len(payload)
+        if reservation is not None and not reservation.settled:
+            reservation.settled = True
+            self._bytes -= reservation.nbytes
+            if reservation.nbytes > len(payload):  # a body without Content-Length
+                self._freed.set()
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._queue.append(
+        lane = self._large if len(payload) > LARGE_PAYLOAD else self._queue
+        lane.append(
             Incoming(source, payload, codec, meta or {}, received_at or time.time(), future)
         )
         self._in_flight += 1
-        if self._in_flight >= self._bound:
+        if not self.has_room:
             self._room.clear()
-        if len(self._queue) == 1:
+        waiting = self._waiting
+        if waiting == 1:
             self._arrived.set()
-        if len(self._queue) >= self._batch_size:
+        if waiting >= self._batch_size or lane is self._large:
             self._full.set()
         return future
 
@@ -129,11 +211,21 @@ class Ingest:
         codec: Codec,
         meta: Mapping[str, Any] | None = None,
         received_at: float | None = None,
+        reservation: Reservation | None = None,
     ) -> Outcome:
-        """Hand in one payload; return once it is committed (or raise StoreError)."""
-        if not self.has_room:
-            await self.wait_for_room()
-        return await self.offer(source, payload, codec, meta, received_at)
+        """Hand in one payload; return once it is committed (or raise StoreError).
+
+        With a `reservation` its bytes are counted already: only the payload count can make
+        this wait.
+        """
+        if reservation is None:
+            if not self.has_room:
+                await self.wait_for_room()
+        else:
+            while self._in_flight >= self._bound:
+                self._room.clear()
+                await self._room.wait()
+        return await self.offer(source, payload, codec, meta, received_at, reservation)
 
     async def __aenter__(self) -> Ingest:
         self._task = asyncio.create_task(self._run(), name="fieldbridge-ingest")
@@ -159,34 +251,64 @@ class Ingest:
     async def _run(self) -> None:
         in_flight: asyncio.Task[None] | None = None
         while True:
-            if not self._queue:
+            if not self._waiting:
                 if self._closing:
                     break
                 self._arrived.clear()
                 await self._arrived.wait()
                 continue
-            if len(self._queue) < self._batch_size and not self._closing:
+            if self._waiting < self._batch_size and not self._closing:
                 self._full.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), self._flush_s)
-            batch = [self._queue.popleft() for _ in range(min(self._batch_size, len(self._queue)))]
+            batch = self._take_batch()
             pending = [_decode(item) for item in batch]
             if in_flight is not None:
                 await in_flight
             in_flight = asyncio.create_task(self._commit(batch, pending))
+            del batch, pending  # the commit owns them: what they decoded to goes with it
             # Let the commit start (hand its work to the store) before decoding the next batch,
             # so decoding and committing overlap.
             await asyncio.sleep(0)
         if in_flight is not None:
             await in_flight
 
+    @property
+    def _waiting(self) -> int:
+        return len(self._queue) + len(self._large)
+
+    def _take_batch(self) -> list[Incoming]:
+        """The oldest payloads of one lane, up to batch_size of them and about BATCH_BYTES
+        (at least one); when both lanes wait, they take turns."""
+        small, large = self._queue, self._large
+        first, other = (large, small) if self._large_next else (small, large)
+        lane = first if first else other
+        self._large_next = lane is self._queue
+        batch = [lane.popleft()]
+        size = len(batch[0].payload)
+        while lane and len(batch) < self._batch_size and size < BATCH_BYTES:
+            item = lane.popleft()
+            batch.append(item)
+            size += len(item.payload)
+        return batch
+
     async def _commit(self, batch: Sequence[Incoming], pending: Sequence[Pending]) -> None:
         try:
             await self._commit_and_answer(batch, pending)
         finally:
             self._in_flight -= len(batch)
-            if self._in_flight < self._bound:
-                self._room.set()
+            self._free_bytes(sum(len(item.payload) for item in batch))
+
+    def _free_bytes(self, nbytes: int) -> None:
+        self._bytes -= nbytes
+        self._freed.set()
+        if self.has_room:
+            self._room.set()
+        self._show_bytes()
+
+    def _show_bytes(self) -> None:
+        if self._metrics is not None:
+            self._metrics.in_flight_bytes.set(self._bytes)
 
     async def _commit_and_answer(
         self, batch: Sequence[Incoming], pending: Sequence[Pending]

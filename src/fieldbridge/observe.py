@@ -74,6 +74,23 @@ class Metrics:
             registry=r,
         )
 
+        self.in_flight_bytes = Gauge(
+            "fieldbridge_ingest_in_flight_bytes",
+            "Payload bytes handed to ingest (or reserved for a body being read), not yet answered",
+            registry=r,
+        )
+        self.budget_refused = Counter(
+            "fieldbridge_ingest_budget_refused",
+            "Payloads refused (503) because ingest.max_in_flight_bytes stayed full",
+            ["source"],
+            registry=r,
+        )
+        self.spy_dropped = Counter(
+            "fieldbridge_spy_dropped_lines",
+            "Spy lines dropped because a watcher fell more than spy.queue_bytes behind",
+            registry=r,
+        )
+
     def count_ingest(self, batch: Sequence[Incoming], outcome: str) -> None:
         for source, n in Tally(item.source for item in batch).items():
             self.ingest.labels(source, outcome).inc(n)

@@ -15,10 +15,13 @@ import pytest
 from fieldbridge.codecs.http_json import decode
 from fieldbridge.ingest import Ingest
 from fieldbridge.model import Accepted
+from fieldbridge.observe import Metrics
 from fieldbridge.store import open_store, parse_store_url
 from fieldbridge.store.migrate import upgrade
-from fieldbridge.web.spy import QUEUE_BOUND, SpyHub, _stream
-from tests.support.processes import FieldbridgeProcess, run_cli
+from fieldbridge.web.spy import CHUNK_BYTES, DEFAULT_QUEUE_BYTES, SHOWN_READINGS, SpyHub, _stream
+from tests.conftest import wait_until
+from tests.support.processes import FieldbridgeProcess, run_cli, to_toml
+from tests.support.rss import idle_spy, peak_mb, rss_mb
 from tests.support.spy_watch import WAIT, Spy
 
 
@@ -38,7 +41,12 @@ def test_spy_json_shows_accepted_and_refused_payloads_as_they_are_committed(
 ) -> None:
     spy = Spy(service.config_path, "--json")
     try:
-        assert spy.event() == {"type": "hello", "source": None, "topic": None, "queue": QUEUE_BOUND}
+        assert spy.event() == {
+            "type": "hello",
+            "source": None,
+            "topic": None,
+            "queue_bytes": DEFAULT_QUEUE_BYTES,
+        }
         assert post(
             service, {"device": "d1", "readings": {"t": {"value": 21.5, "unit": "C"}}}
         ).is_success
@@ -151,23 +159,56 @@ def body(n: int) -> bytes:
     return orjson.dumps({"device": f"dev-{n}", "readings": {"t": n}})
 
 
-async def test_a_slow_watcher_loses_the_oldest_lines_and_is_told_how_many(sqlite_url: str) -> None:
-    extra = 250
+async def test_a_slow_watcher_loses_the_oldest_lines_beyond_its_bytes_and_is_told_how_many(
+    sqlite_url: str,
+) -> None:
+    total, limit = 1000, 65_536  # about 250 bytes a line: four times what the queue holds
+    metrics = Metrics()
     async with open_store(sqlite_url) as store, Ingest(store) as ingest:
-        hub = SpyHub(ingest)
+        hub = SpyHub(ingest, queue_bytes=limit, metrics=metrics)
         watcher = hub.watch(None, None)
         outcomes = await asyncio.gather(
-            *(ingest.submit("http", body(n), decode) for n in range(QUEUE_BOUND + extra))
+            *(ingest.submit("http", body(n), decode) for n in range(total))
         )
         assert all(isinstance(o, Accepted) for o in outcomes)
+        assert limit - 1000 < watcher.queued_bytes <= limit
         stream = _stream(hub, watcher, b"hello\n")
         assert await anext(stream) == b"hello\n"
-        assert orjson.loads(await anext(stream)) == {"type": "dropped", "count": extra}
-        kept = [orjson.loads(line) for line in (await anext(stream)).splitlines()]
+        dropped = orjson.loads(await anext(stream))
+        kept: list[dict[str, object]] = []
+        while watcher.lines:
+            chunk = await anext(stream)
+            assert len(chunk) <= CHUNK_BYTES
+            kept += [orjson.loads(line) for line in chunk.splitlines()]
         await stream.aclose()
-    devices = [event["messages"][0]["device"] for event in kept]
-    assert devices == [f"dev-{n}" for n in range(extra, QUEUE_BOUND + extra)]
+    assert dropped["type"] == "dropped" and dropped["count"] > total // 2
+    devices = [event["messages"][0]["device"] for event in kept]  # type: ignore[index]
+    assert devices == [f"dev-{n}" for n in range(dropped["count"], total)]
+    assert (
+        metrics.registry.get_sample_value("fieldbridge_spy_dropped_lines_total")
+        == (dropped["count"])
+    )
     assert hub.watchers == 0
+
+
+async def test_a_line_larger_than_the_queue_shows_the_first_readings_and_counts_the_rest(
+    sqlite_url: str,
+) -> None:
+    readings = {f"q{i:05d}": i for i in range(5000)}  # a line of about 600 KB
+    payload = orjson.dumps([{"device": "big", "readings": readings}] * 20)
+    async with open_store(sqlite_url) as store, Ingest(store) as ingest:
+        hub = SpyHub(ingest, queue_bytes=65_536)
+        watcher = hub.watch(None, None)
+        assert isinstance(await ingest.submit("http", payload, decode), Accepted)
+        [line] = watcher.lines
+        hub.leave(watcher)
+    event = orjson.loads(line)
+    assert event["outcome"] == "accepted" and len(event["ids"]) == 20
+    assert len(event["messages"]) == SHOWN_READINGS
+    assert event["messages_omitted"] == 20 - SHOWN_READINGS
+    first = event["messages"][0]
+    assert [r["quantity"] for r in first["readings"]] == list(readings)[:SHOWN_READINGS]
+    assert first["readings_omitted"] == 5000 - SHOWN_READINGS
 
 
 async def test_the_tap_is_registered_only_while_someone_watches(sqlite_url: str) -> None:
@@ -197,3 +238,81 @@ async def test_a_failing_tap_is_removed_and_ingest_goes_on(
     assert isinstance(first, Accepted) and isinstance(second, Accepted)
     assert ingest.taps == ()
     assert "ingest tap failed; removed" in caplog.text
+
+
+# --- bounds against a real service: watchers that never read, and too many watchers --------
+
+
+class SpyLimitedProcess(FieldbridgeProcess):
+    """A service whose settings file also has a [spy] section."""
+
+    def __init__(self, workdir: Path, spy: dict[str, object]) -> None:
+        self._spy = spy
+        super().__init__(workdir)
+
+    def write_config(self) -> None:
+        super().write_config()
+        with self.config_path.open("a") as handle:
+            handle.write(to_toml({"spy": self._spy}))
+
+
+def readings_body(device: str, size: int) -> bytes:
+    """One message whose readings fill about `size` bytes."""
+    return orjson.dumps(
+        {"device": device, "readings": {f"q{i:07d}": i % 1000 / 10 for i in range(size // 16)}}
+    )
+
+
+def test_two_watchers_that_never_read_keep_the_service_small(tmp_path: Path) -> None:
+    # The attack of issue 10: 120 posts of 650 KB grew the process to 1.16 GB. 40 posts make
+    # 16 lines of several MB each, far beyond a watcher's queue, in a bounded time.
+    posts, size = 16, 650_000
+    with SpyLimitedProcess(tmp_path / "mem", {"queue_bytes": 1_048_576}) as process:
+        process.start()
+        assert post(process, {"device": "warm", "readings": {"t": 1}}).is_success
+        assert process.pid is not None
+        idle = rss_mb(process.pid)
+        watchers = [idle_spy(process.port), idle_spy(process.port)]
+        try:
+            with httpx.Client(timeout=60.0) as client:
+                for n in range(posts):
+                    answer = client.post(
+                        process.ingest_url,
+                        content=readings_body(f"big-{n}", size),
+                        headers={"Content-Type": "application/json"},
+                    )
+                    assert answer.status_code == 200, answer.text
+            growth = peak_mb(process.pid) - idle
+            metrics = httpx.get(f"{process.base_url}/metrics", timeout=10.0).text
+        finally:
+            for sock in watchers:
+                sock.close()
+    print(f"idle {idle:.0f} MB, grew by {growth:.0f} MB")
+    assert growth < 50, f"the service grew by {growth:.0f} MB (idle {idle:.0f} MB)"
+    assert "fieldbridge_spy_dropped_lines_total" in metrics
+
+
+def test_watchers_beyond_max_watchers_get_503_until_one_leaves(tmp_path: Path) -> None:
+    with SpyLimitedProcess(tmp_path / "cap", {"max_watchers": 2}) as process:
+        process.start()
+        first, second = idle_spy(process.port), idle_spy(process.port)
+        try:
+            refused = httpx.get(f"{process.base_url}/api/v1/spy", timeout=5.0)
+            assert refused.status_code == 503
+            assert refused.json() == {
+                "error": "2 spies are watching already (spy.max_watchers); close one or raise "
+                "spy.max_watchers"
+            }
+            assert refused.headers["retry-after"] == "10"
+            first.close()
+
+            def admitted() -> bool:
+                # The server notices a closed watcher when it next writes to it: give it a line.
+                assert post(process, {"device": "d1", "readings": {"t": 1}}).is_success
+                with httpx.stream("GET", f"{process.base_url}/api/v1/spy", timeout=5.0) as r:
+                    return r.status_code == 200
+
+            wait_until(admitted, "a spy admitted after one of two left")
+        finally:
+            first.close()
+            second.close()

@@ -14,7 +14,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from fieldbridge.ingest import Ingest
-from fieldbridge.model import Accepted, Incoming, Outcome
+from fieldbridge.model import Accepted, Decoded, Incoming, Outcome
+from fieldbridge.observe import Metrics
 from fieldbridge.reading_json import reading_json
 from fieldbridge.store import Pending
 from fieldbridge.timefmt import iso
@@ -23,20 +24,27 @@ from fieldbridge.web.auth import BearerTokens
 
 log = logging.getLogger("fieldbridge.spy")
 
-QUEUE_BOUND = 1000  # lines a slow watcher may fall behind before the oldest are dropped
+DEFAULT_QUEUE_BYTES = 4_194_304  # spy.queue_bytes
+DEFAULT_MAX_WATCHERS = 8  # spy.max_watchers
+CHUNK_BYTES = 65_536  # a stream hands the server about this much at a time (see Watcher.take)
+SHOWN_READINGS = 12  # readings per message kept in a line cut to fit spy.queue_bytes
+MIN_READING_BYTES = 80  # one reading in a line takes at least this much (keys, ISO time)
 HEARTBEAT_S = 15.0  # an idle stream sends {"type": "heartbeat"} this often
-MAX_WATCHERS = 32
 NDJSON = "application/x-ndjson"
 
 
 class Watcher:
-    """One connected spy: its filters and a bounded queue that drops the oldest lines."""
+    """One connected spy: its filters and a queue bounded in bytes that drops the oldest lines."""
 
-    def __init__(self, source: str | None, topic: str | None, bound: int = QUEUE_BOUND) -> None:
+    def __init__(
+        self, source: str | None, topic: str | None, max_bytes: int = DEFAULT_QUEUE_BYTES
+    ) -> None:
         self.source = source
         self.topic = topic
-        self.lines: deque[bytes] = deque(maxlen=bound)
-        self.dropped = 0
+        self.max_bytes = max_bytes
+        self.lines: deque[bytes] = deque()
+        self.queued_bytes = 0
+        self.dropped = 0  # lines lost since the stream last said so
         self.closed = False
         self.wake = asyncio.Event()
 
@@ -47,11 +55,32 @@ class Watcher:
             return True
         return isinstance(topic, str) and matches(self.topic, topic)
 
-    def push(self, line: bytes) -> None:
-        if len(self.lines) == self.lines.maxlen:
-            self.dropped += 1
+    def push(self, line: bytes) -> int:
+        """Queue `line`, dropping the oldest lines over `max_bytes`; return how many dropped."""
         self.lines.append(line)
+        self.queued_bytes += len(line)
+        dropped = 0
+        while self.queued_bytes > self.max_bytes:
+            self.queued_bytes -= len(self.lines.popleft())
+            dropped += 1
+        self.dropped += dropped
         self.wake.set()
+        return dropped
+
+    def take(self) -> bytes:
+        """The oldest lines, about CHUNK_BYTES of them (at least one).
+
+        Small chunks keep what a watcher that stopped reading holds outside this queue (in the
+        server's write buffer, while the stream waits for the socket to drain) to one chunk.
+        """
+        taken = [self.lines.popleft()]
+        size = len(taken[0])
+        while self.lines and size + len(self.lines[0]) <= CHUNK_BYTES:
+            line = self.lines.popleft()
+            taken.append(line)
+            size += len(line)
+        self.queued_bytes -= size
+        return b"".join(taken)
 
     def close(self) -> None:
         self.closed = True
@@ -59,14 +88,25 @@ class Watcher:
 
 
 class SpyHub:
-    """Fans committed payloads out to the connected watchers.
+    """Fans committed payloads out to the connected watchers, at most `max_watchers` of them.
 
     The ingest tap is registered only while someone watches, so an unwatched service does no
-    spy work at all.
+    spy work at all. Every watcher queues at most `queue_bytes` (lines are shared between
+    watchers, not copied); a line larger than that is cut to a summary of its readings.
     """
 
-    def __init__(self, ingest: Ingest) -> None:
+    def __init__(
+        self,
+        ingest: Ingest,
+        *,
+        max_watchers: int = DEFAULT_MAX_WATCHERS,
+        queue_bytes: int = DEFAULT_QUEUE_BYTES,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._ingest = ingest
+        self.max_watchers = max_watchers
+        self.queue_bytes = queue_bytes
+        self._metrics = metrics
         self._watchers: list[Watcher] = []
         self._remove_tap: Callable[[], None] | None = None
         self._closed = False
@@ -75,8 +115,12 @@ class SpyHub:
     def watchers(self) -> int:
         return len(self._watchers)
 
+    @property
+    def full(self) -> bool:
+        return len(self._watchers) >= self.max_watchers
+
     def watch(self, source: str | None, topic: str | None) -> Watcher:
-        watcher = Watcher(source, topic)
+        watcher = Watcher(source, topic, self.queue_bytes)
         if self._closed:
             watcher.close()
             return watcher
@@ -88,6 +132,8 @@ class SpyHub:
     def leave(self, watcher: Watcher) -> None:
         if watcher in self._watchers:
             self._watchers.remove(watcher)
+            watcher.lines.clear()
+            watcher.queued_bytes = 0
         if not self._watchers and self._remove_tap is not None:
             self._remove_tap()
             self._remove_tap = None
@@ -105,12 +151,29 @@ class SpyHub:
         for watcher in self._watchers:
             if watcher.wants(item.source, topic):
                 if line is None:
-                    line = render(item, pending, outcome)
-                watcher.push(line)
+                    line = self._line(item, pending, outcome)
+                dropped = watcher.push(line)
+                if dropped and self._metrics is not None:
+                    self._metrics.spy_dropped.inc(dropped)
+
+    def _line(self, item: Incoming, pending: Pending, outcome: Outcome) -> bytes:
+        """The whole line when it fits a queue, else the summary (without building the whole
+        line first when the readings alone are sure to be too many)."""
+        readings = sum(len(d.readings) for d in pending.decoded or ())
+        if readings * MIN_READING_BYTES <= self.queue_bytes:
+            line = render(item, pending, outcome)
+            if len(line) <= self.queue_bytes:
+                return line
+        return render(item, pending, outcome, keep=SHOWN_READINGS)
 
 
-def render(item: Incoming, pending: Pending, outcome: Outcome) -> bytes:
-    """One NDJSON line: when, where from, what it decoded to, and what became of it."""
+def render(item: Incoming, pending: Pending, outcome: Outcome, *, keep: int | None = None) -> bytes:
+    """One NDJSON line: when, where from, what it decoded to, and what became of it.
+
+    With `keep`, at most that many messages and readings per message are shown, and
+    `messages_omitted` / `readings_omitted` say how many more there were (a line that would
+    not fit a watcher's queue).
+    """
     event: dict[str, Any] = {
         "type": "message",
         "time": iso(item.received_at),
@@ -122,21 +185,30 @@ def render(item: Incoming, pending: Pending, outcome: Outcome) -> bytes:
         event["outcome"] = "duplicate" if outcome.duplicates == len(outcome.ids) else "accepted"
         event["ids"] = list(outcome.ids)
         event["duplicates"] = outcome.duplicates
-        event["messages"] = [
-            {
-                "device": d.device,
-                "kind": d.kind,
-                "attributes": dict(d.attributes) if d.attributes else None,
-                "readings": [reading_json(r) for r in d.readings],
-            }
-            for d in pending.decoded or ()
-        ]
+        decoded = pending.decoded or []
+        shown = decoded if keep is None else decoded[:keep]
+        event["messages"] = [_message(d, keep) for d in shown]
+        if len(shown) < len(decoded):
+            event["messages_omitted"] = len(decoded) - len(shown)
     else:
         event["outcome"] = "rejected"
         event["reason"] = outcome.reason
         event["quarantine_id"] = outcome.quarantine_id
         event["cause"] = outcome.cause
     return orjson.dumps(event, default=str) + b"\n"
+
+
+def _message(d: Decoded, keep: int | None) -> dict[str, Any]:
+    readings = d.readings if keep is None else d.readings[:keep]
+    message: dict[str, Any] = {
+        "device": d.device,
+        "kind": d.kind,
+        "attributes": dict(d.attributes) if d.attributes else None,
+        "readings": [reading_json(r) for r in readings],
+    }
+    if len(readings) < len(d.readings):
+        message["readings_omitted"] = len(d.readings) - len(readings)
+    return message
 
 
 class SpyEndpoint:
@@ -161,13 +233,23 @@ class SpyEndpoint:
                 check_filter(topic)
             except ValueError as exc:
                 return _bad(f"topic: {exc}")
-        if self._hub.watchers >= MAX_WATCHERS:
+        if self._hub.full:
+            limit = self._hub.max_watchers
             return JSONResponse(
-                {"error": f"{MAX_WATCHERS} spies are watching already; close one"},
+                {
+                    "error": f"{limit} spies are watching already (spy.max_watchers); close one "
+                    "or raise spy.max_watchers"
+                },
                 status_code=503,
+                headers={"Retry-After": "10"},
             )
         watcher = self._hub.watch(source, topic)
-        hello = {"type": "hello", "source": source, "topic": topic, "queue": QUEUE_BOUND}
+        hello = {
+            "type": "hello",
+            "source": source,
+            "topic": topic,
+            "queue_bytes": self._hub.queue_bytes,
+        }
         return StreamingResponse(
             _stream(self._hub, watcher, orjson.dumps(hello) + b"\n"),
             media_type=NDJSON,
@@ -189,9 +271,7 @@ async def _stream(hub: SpyHub, watcher: Watcher, hello: bytes) -> AsyncIterator[
             if watcher.dropped:
                 dropped, watcher.dropped = watcher.dropped, 0
                 yield orjson.dumps({"type": "dropped", "count": dropped}) + b"\n"
-            lines = list(watcher.lines)
-            watcher.lines.clear()
-            yield b"".join(lines)
+            yield watcher.take()
     finally:
         hub.leave(watcher)
 

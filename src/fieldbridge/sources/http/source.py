@@ -9,12 +9,13 @@ from starlette.responses import JSONResponse, Response
 
 from fieldbridge.codecs import http_json
 from fieldbridge.errors import StoreError
-from fieldbridge.ingest import Ingest
+from fieldbridge.ingest import Busy, Ingest, Reservation
 from fieldbridge.model import Accepted
 from fieldbridge.sources.base import HttpRoute
 from fieldbridge.sources.http.settings import HttpSourceSettings
 
 JSON_TYPES = ("application/json",)
+BUSY_RETRY_AFTER = "2"  # seconds; ingest's byte budget frees as commits complete
 
 
 class HttpSource:
@@ -60,6 +61,22 @@ class HttpSource:
         refusal = self._check_headers(request)
         if refusal is not None:
             return refusal
+        try:
+            # The body's bytes count against ingest.max_in_flight_bytes before it is read, so
+            # concurrent bodies wait (or get 503) instead of all sitting in memory at once.
+            reservation = await self._ingest.reserve(self._expected_size(request), self.name)
+        except Busy as exc:
+            return _error(503, str(exc), headers={"Retry-After": BUSY_RETRY_AFTER})
+        except StoreError as exc:
+            return _error(
+                503, f"store unavailable, retry later: {exc}", headers={"Retry-After": "1"}
+            )
+        try:
+            return await self._ingest_body(request, reservation)
+        finally:
+            self._ingest.release(reservation)
+
+    async def _ingest_body(self, request: Request, reservation: Reservation) -> Response:
         body = await _read_limited(request, self._settings.max_body_bytes)
         if body is None:
             return self._too_large()
@@ -69,7 +86,9 @@ class HttpSource:
             "content_type": request.headers.get("content-type"),
         }
         try:
-            outcome = await self._ingest.submit(self.name, body, http_json.decode, meta)
+            outcome = await self._ingest.submit(
+                self.name, body, http_json.decode, meta, reservation=reservation
+            )
         except StoreError as exc:
             return _error(
                 503, f"store unavailable, retry later: {exc}", headers={"Retry-After": "1"}
@@ -89,6 +108,13 @@ class HttpSource:
         if length is not None and length.isdigit() and int(length) > self._settings.max_body_bytes:
             return self._too_large()
         return None
+
+    def _expected_size(self, request: Request) -> int:
+        """The declared body size, or max_body_bytes for a body without Content-Length."""
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit():
+            return int(length)
+        return self._settings.max_body_bytes
 
     def _too_large(self) -> Response:
         limit = self._settings.max_body_bytes
