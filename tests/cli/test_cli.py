@@ -280,7 +280,7 @@ def test_config_show_masks_secrets(tmp_path: Path) -> None:
     assert shown["http"]["tokens"] == ["**********"]
     assert shown["sinks"]["webhook"][0]["headers"] == {"Authorization": "**********"}
     assert shown["ingest"]["batch_size"] == 77  # the environment beat the default
-    assert set(shown) == {"store", "http", "ingest", "log", "sources", "sinks"}
+    assert set(shown) == {"store", "http", "ingest", "spy", "log", "sources", "sinks"}
     text = ws.run("config", "show")
     assert text.returncode == 0
     assert "store.url" in text.stdout
