@@ -113,7 +113,8 @@ def test_puback_only_after_commit_and_redelivery(
             assert tap.pubacks() == 0, "a PUBACK left before the message was committed"
             assert stored(fb) == {}
         assert_stored_once(fb, publisher.acked(), timeout=15)
-        assert tap.pubacks() >= 20
+        # The tap's relay thread may still be counting the PUBACKs that followed the commit.
+        wait_until(lambda: tap.pubacks() >= 20, "the PUBACKs through the tap", timeout=20)
         assert tap.connections >= 2  # the source reconnected after the store failure ...
         assert tap.redelivered >= 20  # ... and the broker sent the burst again (DUP)
         assert "the store failed" in fb.output()
@@ -261,7 +262,7 @@ def test_wrong_credentials_are_named_and_retried(tmp_path: Path) -> None:
         wrong = {"username": "fieldbridge", "password": "wrong"}
         with service(tmp_path / "fb", tap.url, **wrong) as fb:
             fb.start()
-            wait_until(lambda: tap.connections >= 4, "repeated connection attempts", timeout=10)
+            wait_until(lambda: tap.connections >= 4, "repeated connection attempts", timeout=40)
             refusals = [x for x in fb.output().splitlines() if "refused the connection" in x]
             assert len(refusals) >= 4  # every attempt, but only the first one above DEBUG
             assert [x for x in refusals if " DEBUG " not in x] == refusals[:1]
