@@ -20,6 +20,7 @@ class Store(JournalQueries, RegistryQueries, SinkStateQueries, DownlinkQueries, 
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._queued_listeners = []
 
     async def ping(self) -> None:
         """Raise StoreError unless the store answers."""

@@ -33,6 +33,13 @@ class DownlinkQueries:
     """
 
     db: Database
+    _queued_listeners: list[Callable[[str], None]]
+
+    def on_downlink_queued(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(device)` after each downlink this process queues is committed, so a
+        source in the same process answers with it at once; other processes' queues are seen
+        when the source next polls."""
+        self._queued_listeners.append(listener)
 
     async def queue_downlink(
         self,
@@ -64,6 +71,8 @@ class DownlinkQueries:
                     expect_hash_change,
                 ),
             )
+        for listener in self._queued_listeners:
+            listener(device)
         return int(rows[0][0])
 
     async def pending_downlinks(self, device: str | None = None) -> list[Downlink]:

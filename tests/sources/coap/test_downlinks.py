@@ -55,6 +55,31 @@ async def test_queued_configuration_reaches_the_sensor_and_is_confirmed(store_ur
         assert after.payload == b""
 
 
+async def test_a_downlink_queued_in_this_process_rides_on_the_very_next_answer(
+    store_url: str,
+) -> None:
+    """A downlink this process queues (the ThingWorx sink's RemoteConfiguration, say) needs
+    no poll: the store tells the source when it commits. The poll is an hour here."""
+    async with serve(store_url, downlink_poll=3600) as h:
+        await h.post("c", configuration(SERIAL, 7))
+        assert (await h.post("m", measurements(SERIAL, T0, config_hash=7))).payload == b""
+        payload = encode_config({"measurement_period_base": 60, "transmission_interval": 900})
+        did = await h.store.queue_downlink(DEVICE, payload, origin="test")
+        answer = await h.post("m", measurements(SERIAL, T0 + 300, config_hash=7))
+        assert fields_of(answer.payload)["measurement_period_base"] == 60
+        (pending,) = await h.store.pending_downlinks(DEVICE)
+        assert (pending.id, pending.state) == (did, "sent")
+        # A refresh under way while another is queued (its snapshot may lack it, whichever
+        # of the two reaches the store first) must not hide it.
+        second = encode_config({"transmission_interval": 600})
+        refreshing = asyncio.create_task(h.source.planner.refresh())
+        await asyncio.sleep(0)  # the refresh starts: its read is handed to the store
+        await h.store.queue_downlink(DEVICE, second, origin="test")
+        await refreshing
+        answer = await h.post("m", measurements(SERIAL, T0 + 600, config_hash=7))
+        assert fields_of(answer.payload)["transmission_interval"] == 600
+
+
 async def test_a_frame_without_a_hash_records_the_stored_one_read_afresh(store_url: str) -> None:
     async with serve(store_url) as h:
         await h.post("c", configuration(SERIAL, 204))

@@ -60,6 +60,16 @@ class DownlinkPlanner:
         self._hashes: dict[str, _Hash] = {}
         self._incomplete: set[str] = set()  # devices whose last split /c lacked parts
         self._task: asyncio.Task[None] | None = None
+        # Downlinks queued in this process since a refresh began (device -> sequence number),
+        # so a refresh that read the store just before one was queued does not hide it.
+        self._queued_seq = 0
+        self._queued_here: dict[str, int] = {}
+        downlinks.on_downlink_queued(self._queued)
+
+    def _queued(self, device: str) -> None:
+        self._queued_seq += 1
+        self._queued_here[device] = self._queued_seq
+        self._states.setdefault(device, set()).add(QUEUED)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._poll_forever(), name=f"{self._where}-downlinks")
@@ -72,7 +82,12 @@ class DownlinkPlanner:
 
     async def refresh(self) -> None:
         """Read which devices have queued or sent downlinks now."""
-        self._states = await self._downlinks.downlink_states()
+        began = self._queued_seq
+        states = await self._downlinks.downlink_states()
+        self._queued_here = {d: n for d, n in self._queued_here.items() if n > began}
+        for device in self._queued_here:
+            states.setdefault(device, set()).add(QUEUED)
+        self._states = states
 
     async def _poll_forever(self) -> None:
         failing = False
