@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import resource
 import socket
@@ -89,8 +90,11 @@ def test_1500_slow_heads_under_ulimit_1024_do_not_lock_out_new_clients(
         finally:
             close_all(slow)
         output = process.output()
-    evicted = sample(text, "fieldbridge_http_connections_closed_total", reason="evicted")
-    assert evicted is not None and evicted >= SLOW_CLIENTS - 512
+    closed = sum(
+        sample(text, "fieldbridge_http_connections_closed_total", reason=reason) or 0
+        for reason in ("evicted", "header_timeout")  # timeouts too, on a very slow machine
+    )
+    assert closed >= SLOW_CLIENTS - 512
     open_now = sample(text, "fieldbridge_http_connections")
     assert open_now is not None and open_now <= 512
     assert "Traceback" not in output
@@ -145,7 +149,10 @@ async def test_an_unfinished_head_gets_408_after_header_timeout_s(tmp_path: Path
             writer.close()
 
 
-async def test_a_stalled_body_gets_408_and_its_bytes_are_released(tmp_path: Path) -> None:
+async def test_a_stalled_body_gets_408_and_its_bytes_are_released(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "fieldbridge.web")
     async with serve(tmp_path, http={"body_timeout_s": 1}) as running:
         reader, writer = await asyncio.open_connection("127.0.0.1", running.service.http_port)
         writer.write(PARTIAL_HEAD + b"Content-Length: 100000\r\n\r\n" + b"[" * 412)
@@ -164,6 +171,10 @@ async def test_a_stalled_body_gets_408_and_its_bytes_are_released(tmp_path: Path
         writer.close()
         assert (await running.post(READING)).status_code == 200
         assert len(await running.store.read_journal(0, 10)) == 1  # the stalled body: nothing
+    assert (
+        "client 127.0.0.1: body not complete within 1 s (http.body_timeout_s); closed in the "
+        "middle of its body (412 of 100000 bytes); nothing stored"
+    ) in caplog.text
 
 
 async def test_the_spy_stream_outlives_both_deadlines(tmp_path: Path) -> None:
