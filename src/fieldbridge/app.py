@@ -27,6 +27,7 @@ from fieldbridge.store.migrate import head_revision, upgrade
 from fieldbridge.store.urls import mask_url
 from fieldbridge.timefmt import iso
 from fieldbridge.web.auth import BearerTokens
+from fieldbridge.web.connections import ConnectionGuard, ConnectionLimits
 from fieldbridge.web.server import WebServer, build_app
 from fieldbridge.web.spy import SpyEndpoint, SpyHub
 
@@ -172,7 +173,13 @@ class Service:
             metrics=self.metrics,
         )
         app = build_app(routes, self.health, self.metrics, SpyEndpoint(spy, http.tokens).handle)
-        server = await stack.enter_async_context(WebServer(app, http.listen))
+        limits = ConnectionLimits(
+            header_timeout_s=http.header_timeout_s,
+            body_timeout_s=http.body_timeout_s,
+            max_connections=http.max_connections,
+        )
+        guard = ConnectionGuard(limits, self.metrics)
+        server = await stack.enter_async_context(WebServer(app, http.listen, guard=guard))
         stack.callback(spy.close)  # runs first at shutdown: open spy streams end, uvicorn drains
         self.http_port = server.port
         host = http.listen.rpartition(":")[0] or "127.0.0.1"

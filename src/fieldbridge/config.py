@@ -77,6 +77,9 @@ class HttpSettings(Section):
     source_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")  # unset: "http"
     max_body_bytes: int | None = Field(default=None, ge=1)  # unset: 1048576
     tokens: list[str] = Field(default_factory=list)  # bearer tokens; empty = no auth
+    header_timeout_s: float = Field(default=10.0, ge=0)  # 0: no deadline
+    body_timeout_s: float = Field(default=30.0, ge=0)  # 0: no deadline
+    max_connections: int = Field(default=512, ge=1, le=1_000_000)
 
     def short_form_source(self) -> dict[str, Any] | None:
         """The [[sources.http]] entry this section stands for when the settings have none:

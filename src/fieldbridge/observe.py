@@ -90,6 +90,21 @@ class Metrics:
             "Spy lines dropped because a watcher fell more than spy.queue_bytes behind",
             registry=r,
         )
+        self.http_connections = Gauge(
+            "fieldbridge_http_connections", "Open connections to the HTTP server", registry=r
+        )
+        self.http_closed = Counter(
+            "fieldbridge_http_connections_closed",
+            "Connections the HTTP server closed to protect others, by reason (header_timeout, "
+            "body_timeout, evicted, refused, head_too_large)",
+            ["reason"],
+            registry=r,
+        )
+        self.http_client_disconnects = Counter(
+            "fieldbridge_http_client_disconnects",
+            "Requests whose client went away before they were answered",
+            registry=r,
+        )
 
     def count_ingest(self, batch: Sequence[Incoming], outcome: str) -> None:
         for source, n in Tally(item.source for item in batch).items():

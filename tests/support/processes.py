@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import sqlite3
@@ -119,8 +120,10 @@ class FieldbridgeProcess:
         store: Mapping[str, Any] | None = None,
         port: int | None = None,
         fieldbridge: str = FIELDBRIDGE,
+        open_files: int | None = None,
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
+        self.open_files = open_files  # the child's RLIMIT_NOFILE (soft and hard), as `ulimit -n`
         self.workdir = workdir
         self.fieldbridge = fieldbridge  # the console script to run: another install's, say
         self.config_path = workdir / f"{name}.toml"
@@ -193,7 +196,13 @@ class FieldbridgeProcess:
             stderr=subprocess.STDOUT,
             env=child_env(),
             cwd=self.workdir,
+            preexec_fn=self._limit_open_files if self.open_files is not None else None,
         )
+
+    def _limit_open_files(self) -> None:
+        """Runs in the child between fork and exec."""
+        assert self.open_files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

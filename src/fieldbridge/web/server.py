@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import socket
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from types import TracebackType
@@ -12,12 +13,15 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from fieldbridge.errors import ConfigError
 from fieldbridge.observe import Metrics
+from fieldbridge.web.connections import CLOSED_KEY, ConnectionGuard, ConnectionLimits
+
+log = logging.getLogger("fieldbridge.web")
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 HealthCheck = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
@@ -38,6 +42,18 @@ def build_app(
     async def prometheus(request: Request) -> Response:
         return Response(metrics.exposition(), media_type="text/plain; version=0.0.4")
 
+    async def gone(request: Request, exc: Exception) -> Response:
+        # Clients that hang up are routine on the internet: one line each, no traceback.
+        host = request.client.host if request.client else "unknown"
+        detail = str(exc) or "before its answer"
+        closed = request.scope.get(CLOSED_KEY)
+        if closed is not None:
+            log.info("client %s: %s; closed %s", host, closed, detail)
+        else:
+            metrics.http_client_disconnects.inc()
+            log.info("client %s went away %s", host, detail)
+        return Response(status_code=400)  # nobody reads it: the connection is gone
+
     served: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
@@ -45,7 +61,7 @@ def build_app(
     ]
     if spy is not None:
         served.append(Route("/api/v1/spy", spy, methods=["GET"]))
-    return Starlette(routes=served)
+    return Starlette(routes=served, exception_handlers={ClientDisconnect: gone})
 
 
 class _Server(uvicorn.Server):
@@ -83,12 +99,22 @@ class WebServer:
     """`async with WebServer(...)` serves until the block ends, then drains requests."""
 
     def __init__(
-        self, app: Starlette, listen: str, *, graceful_s: int = 5, keep_alive_s: int = 5
+        self,
+        app: Starlette,
+        listen: str,
+        *,
+        graceful_s: int = 5,
+        keep_alive_s: int = 5,
+        guard: ConnectionGuard | None = None,
     ) -> None:
         self._sock = bind(listen)
         self.port = int(self._sock.getsockname()[1])
+        self.guard = guard or ConnectionGuard(ConnectionLimits())
         config = uvicorn.Config(
             app,
+            # Pinned: the guard's deadlines and cap live in a subclass of this protocol.
+            http=self.guard.protocol_class(),
+            ws="none",
             log_config=None,
             access_log=False,
             lifespan="off",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from fieldbridge.codecs import http_json
@@ -77,7 +77,7 @@ class HttpSource:
             self._ingest.release(reservation)
 
     async def _ingest_body(self, request: Request, reservation: Reservation) -> Response:
-        body = await _read_limited(request, self._settings.max_body_bytes)
+        body = await _read_limited(request, self._settings.max_body_bytes)  # or ClientDisconnect
         if body is None:
             return self._too_large()
         meta = {
@@ -124,14 +124,25 @@ class HttpSource:
 
 
 async def _read_limited(request: Request, limit: int) -> bytes | None:
-    """The body, or None once it grows past `limit` bytes."""
+    """The body, or None once it grows past `limit` bytes.
+
+    Raises ClientDisconnect saying how much arrived when the client goes away mid-body (the
+    web server logs it as one line).
+    """
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+    except ClientDisconnect:
+        declared = request.headers.get("content-length")
+        of = f" of {declared}" if declared is not None and declared.isdigit() else ""
+        raise ClientDisconnect(
+            f"in the middle of its body ({size}{of} bytes); nothing stored"
+        ) from None
     return b"".join(chunks)
 
 
