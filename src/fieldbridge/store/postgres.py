@@ -25,7 +25,8 @@ R = TypeVar("R")
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 
 DEFAULT_COMMIT_TIMEOUT_S = 10.0  # store.commit_timeout_s
-# A rollback after a failed statement gets this long; past it the connection is dropped.
+# A rollback after a failed statement gets this long at most; past it the connection is
+# dropped. Also how long closing the store waits for hung connections to be let go.
 ROLLBACK_WITHIN = 2.0
 # How long the pool keeps retrying to replace a lost connection before it gives the slot up;
 # the next caller then opens a fresh one at once. psycopg_pool's default (5 min) lets its
@@ -65,7 +66,8 @@ class _Lease:
         status = self.conn.pgconn.transaction_status
         if self.dropped or status not in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
             return
-        until = asyncio.get_running_loop().time() + ROLLBACK_WITHIN
+        # Within the call's own deadline: past it the connection is dropped instead.
+        until = min(self.until, asyncio.get_running_loop().time() + ROLLBACK_WITHIN)
         try:
             await self.call(self.conn.execute("ROLLBACK"), until)
         except StoreError as exc:
@@ -172,8 +174,9 @@ class PostgresDatabase:
             # a query with no deadline of its own.
             conn = await self.bounded(self._pool.getconn(timeout=left), until, within, None)
         except PoolTimeout:
+            what = within.error(f"PostgreSQL store {self._where}")
             raise StoreError(
-                f"{within.error(f'PostgreSQL store {self._where}')}: no connection came free"
+                f"{what}: no connection to it could be had (the psycopg.pool log lines say why)"
             ) from None
         lease = _Lease(self, conn, until, within)
         try:

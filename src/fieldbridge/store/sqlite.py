@@ -21,9 +21,6 @@ T = TypeVar("T")
 log = logging.getLogger("fieldbridge.store")
 
 DEFAULT_COMMIT_TIMEOUT_S = 10.0  # store.commit_timeout_s
-# A rollback after a failure waits this long for the thread; past it, the rollback stays queued
-# and still runs before the next transaction begins.
-ROLLBACK_WITHIN = Timeout(2.0, "the rollback's own deadline")
 CHECKPOINT_EVERY = 0.25  # seconds between background WAL checkpoints
 # WAL is a property of the file, kept across connections: migrations set it when they create
 # the database (store/migrate.py), and the writer checks it. A file still in rollback-journal
@@ -160,9 +157,10 @@ class SqliteDatabase:
                 yield _SqliteTx(writer, within, until)
             except BaseException:
                 # Queued behind whatever the thread still runs (a BEGIN past its deadline
-                # included), so the next transaction never starts inside this one.
+                # included), so the next transaction never starts inside this one; awaited
+                # only until the transaction's deadline, past which it runs all the same.
                 with contextlib.suppress(StoreError):  # keep the error that ended it
-                    await writer.call(_rollback, ROLLBACK_WITHIN)
+                    await writer.call(_rollback, within, until)
                 raise
             await writer.call(_commit, within, until)
 
