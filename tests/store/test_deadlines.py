@@ -1,4 +1,4 @@
-"""Store calls past store.commit_timeout_s on SQLite: the caller is answered, the store stays sane."""
+"""SQLite calls past store.commit_timeout_s: the caller is answered, the store stays sane."""
 
 from __future__ import annotations
 
