@@ -245,6 +245,11 @@ def test_bad_environment_value_names_the_key(monkeypatch: pytest.MonkeyPatch) ->
             id="duplicate-sink-names",
         ),
         pytest.param(
+            "[store]\nbusy_timeout_ms = 20000\ncommit_timeout_s = 10\n",
+            ["store.commit_timeout_s (10 s) must be longer than store.busy_timeout_ms"],
+            id="commit-deadline-within-busy-timeout",
+        ),
+        pytest.param(
             '[store\nurl = "sqlite:///x.db"\n',
             ["not valid TOML", "line 1"],
             id="bad-toml-syntax",

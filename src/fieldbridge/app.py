@@ -21,7 +21,7 @@ from fieldbridge.runtime import tune_gc
 from fieldbridge.sinks.engine import SinkRunner
 from fieldbridge.sources.access import StoreAccess
 from fieldbridge.sources.base import ServesHttp
-from fieldbridge.store import Store, open_store, parse_store_url
+from fieldbridge.store import Store, Timeout, open_store, parse_store_url
 from fieldbridge.store.lock import ServiceLock
 from fieldbridge.store.migrate import head_revision, upgrade
 from fieldbridge.store.urls import mask_url
@@ -37,6 +37,9 @@ HOUSEKEEPING_EVERY = 60.0  # seconds between quarantine gauge updates
 RETENTION_EVERY = 3600.0  # seconds between retention passes
 FIRST_PRUNE_AFTER = 30.0  # seconds from start to the first pass: a machine up for minutes prunes
 SINK_STOP_GRACE = 3.0  # seconds a sink may take to finish a send at shutdown
+# /healthz answers within 2 s (docs/operations.md): its look at the store gets 1.5 of them, on a
+# connection or thread of its own time, never waiting behind a commit past that.
+HEALTH_STORE_CHECK = Timeout(1.5, "the /healthz store check")
 
 
 async def migrate(settings: Settings) -> list[str]:
@@ -46,10 +49,13 @@ async def migrate(settings: Settings) -> list[str]:
 
 
 def build_store(settings: Settings) -> Store:
+    store = settings.store
     return open_store(
-        settings.store.url,
-        synchronous=settings.store.synchronous,
-        busy_timeout_ms=settings.store.busy_timeout_ms,
+        store.url,
+        synchronous=store.synchronous,
+        busy_timeout_ms=store.busy_timeout_ms,
+        commit_timeout_s=store.commit_timeout_s,
+        libpq_params=store.libpq_params(),
     )
 
 
@@ -93,9 +99,9 @@ class Service:
             "schema": schema,
         }
         try:
-            schema["revision"] = await self.store.schema_revision()
+            schema["revision"] = await self.store.schema_revision(HEALTH_STORE_CHECK)
         except StoreError as exc:
-            detail.update(status="unavailable", store=str(exc))
+            detail.update(status="unavailable", store=f"unreachable: {exc}")
         # A store can answer a read and still refuse every write (a full disk, a held lock).
         ingest = self.ingest
         detail["last_commit"] = {

@@ -48,6 +48,46 @@ class StoreSettings(Section):
     retention_days: float = Field(default=30.0, gt=0)
     readings_retention_days: float = Field(default=0.0, ge=0)  # 0 keeps readings forever
     busy_timeout_ms: int = Field(default=5000, ge=0)
+    # Deadlines (docs/operations.md, "Deadlines"): a store that does not answer within them
+    # is a failed store; devices are told to retry.
+    commit_timeout_s: float = Field(default=10.0, gt=0)
+    maintenance_timeout_s: float = Field(default=600.0, gt=0)
+    connect_timeout_s: int = Field(default=5, ge=2)  # libpq rounds 1 up to 2
+    statement_timeout_ms: int = Field(default=0, ge=0)  # 0: the server's own setting
+    keepalive_idle_s: int = Field(default=10, ge=0)  # 0: no TCP keepalive
+    keepalive_interval_s: int = Field(default=5, ge=1)
+    keepalive_count: int = Field(default=3, ge=1)
+    tcp_user_timeout_ms: int = Field(default=30_000, ge=0)  # 0: the kernel's own
+
+    @model_validator(mode="after")
+    def _commit_outlasts_busy_timeout(self) -> StoreSettings:
+        if parse_store_url(self.url).sqlite_path is None:
+            return self
+        if self.commit_timeout_s * 1000 <= self.busy_timeout_ms:
+            raise ValueError(
+                f"store.commit_timeout_s ({self.commit_timeout_s:g} s) must be longer than "
+                f"store.busy_timeout_ms ({self.busy_timeout_ms} ms): a commit waits up to "
+                "busy_timeout_ms for another program's write lock, and must not be given up "
+                "before that; raise commit_timeout_s or lower busy_timeout_ms"
+            )
+        return self
+
+    def libpq_params(self) -> dict[str, str]:
+        """PostgreSQL connection keywords these settings stand for (a key the store URL sets
+        itself is left to the URL)."""
+        params = {
+            "connect_timeout": str(self.connect_timeout_s),
+            "keepalives": "1" if self.keepalive_idle_s else "0",
+        }
+        if self.keepalive_idle_s:
+            params["keepalives_idle"] = str(self.keepalive_idle_s)
+            params["keepalives_interval"] = str(self.keepalive_interval_s)
+            params["keepalives_count"] = str(self.keepalive_count)
+        if self.tcp_user_timeout_ms:
+            params["tcp_user_timeout"] = str(self.tcp_user_timeout_ms)
+        if self.statement_timeout_ms:
+            params["options"] = f"-c statement_timeout={self.statement_timeout_ms}"
+        return params
 
     @field_validator("url")
     @classmethod

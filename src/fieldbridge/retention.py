@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 
 from fieldbridge.config import Settings
-from fieldbridge.store import Store
+from fieldbridge.store import Store, Timeout
 
 log = logging.getLogger("fieldbridge")
 DAY = 86400.0
@@ -68,11 +68,15 @@ async def prune_once(
     cutoff = now - settings.store.retention_days * DAY
     holds = await sink_holds(settings, store, cutoff)
     delivered = min(h.cursor for h in holds) if holds else await store.head_id()
-    journal = await store.prune(cutoff, delivered, dry_run=dry_run)
+    # A pass deletes a day's rows or more in one statement: it gets a deadline of its own.
+    within = Timeout(settings.store.maintenance_timeout_s, "store.maintenance_timeout_s")
+    journal = await store.prune(cutoff, delivered, dry_run=dry_run, within=within)
     readings_cutoff = readings = None
     if settings.store.readings_retention_days:
         readings_cutoff = now - settings.store.readings_retention_days * DAY
-        readings = await store.prune_readings(readings_cutoff, delivered, dry_run=dry_run)
+        readings = await store.prune_readings(
+            readings_cutoff, delivered, dry_run=dry_run, within=within
+        )
     return RetentionReport(
         dry_run, cutoff, readings_cutoff, delivered, journal, readings, tuple(holds)
     )

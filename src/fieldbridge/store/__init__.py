@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import TracebackType
 
-from fieldbridge.store.db import Database
+from fieldbridge.store.db import Database, Timeout
 from fieldbridge.store.downlinks import DownlinkQueries
 from fieldbridge.store.journal import JournalQueries, Pending
 from fieldbridge.store.messages import MessageQueries
@@ -12,7 +13,7 @@ from fieldbridge.store.registry import RegistryQueries
 from fieldbridge.store.sinkstate import SinkStateQueries
 from fieldbridge.store.urls import StoreUrl, parse_store_url
 
-__all__ = ["Pending", "Store", "StoreUrl", "open_store", "parse_store_url"]
+__all__ = ["Pending", "Store", "StoreUrl", "Timeout", "open_store", "parse_store_url"]
 
 
 class Store(JournalQueries, RegistryQueries, SinkStateQueries, DownlinkQueries, MessageQueries):
@@ -22,13 +23,14 @@ class Store(JournalQueries, RegistryQueries, SinkStateQueries, DownlinkQueries, 
         self.db = db
         self._queued_listeners = []
 
-    async def ping(self) -> None:
-        """Raise StoreError unless the store answers."""
-        await self.db.fetchall("SELECT 1")
+    async def ping(self, within: Timeout | None = None) -> None:
+        """Raise StoreError unless the store answers (in time)."""
+        await self.db.fetchall("SELECT 1", within=within)
 
-    async def schema_revision(self) -> str | None:
-        """The Alembic revision the (migrated) store's schema is at; StoreError if unreachable."""
-        rows = await self.db.fetchall("SELECT version_num FROM alembic_version")
+    async def schema_revision(self, within: Timeout | None = None) -> str | None:
+        """The Alembic revision the (migrated) store's schema is at; StoreError if unreachable
+        or silent for `within`."""
+        rows = await self.db.fetchall("SELECT version_num FROM alembic_version", within=within)
         return str(rows[0][0]) if rows else None
 
     async def close(self) -> None:
@@ -47,18 +49,36 @@ class Store(JournalQueries, RegistryQueries, SinkStateQueries, DownlinkQueries, 
 
 
 def open_store(
-    url: str | StoreUrl, *, synchronous: str = "full", busy_timeout_ms: int = 5000
+    url: str | StoreUrl,
+    *,
+    synchronous: str = "full",
+    busy_timeout_ms: int = 5000,
+    commit_timeout_s: float | None = None,
+    libpq_params: Mapping[str, str] | None = None,
 ) -> Store:
-    """A Store on the database a URL names (schema must be migrated first)."""
+    """A Store on the database a URL names (schema must be migrated first).
+
+    `commit_timeout_s` bounds every call (unset: 10 s, on SQLite at least busy_timeout + 5 s);
+    `libpq_params` are PostgreSQL connection keywords the URL does not set itself.
+    """
     parsed = parse_store_url(url) if isinstance(url, str) else url
     if parsed.sqlite_path is not None:
         from fieldbridge.store.sqlite import SqliteDatabase
 
         return Store(
             SqliteDatabase(
-                parsed.sqlite_path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms
+                parsed.sqlite_path,
+                synchronous=synchronous,
+                busy_timeout_ms=busy_timeout_ms,
+                commit_timeout_s=commit_timeout_s,
             )
         )
-    from fieldbridge.store.postgres import PostgresDatabase
+    from fieldbridge.store.postgres import DEFAULT_COMMIT_TIMEOUT_S, PostgresDatabase
 
-    return Store(PostgresDatabase(parsed.libpq_url))
+    return Store(
+        PostgresDatabase(
+            parsed.libpq_url,
+            params=libpq_params,
+            commit_timeout_s=commit_timeout_s or DEFAULT_COMMIT_TIMEOUT_S,
+        )
+    )

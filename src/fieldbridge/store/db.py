@@ -31,6 +31,20 @@ class Fetch:
 
 
 Op = Execute | ExecuteMany | Fetch
+
+
+@dataclass(frozen=True, slots=True)
+class Timeout:
+    """How long one store call (a whole transaction, or one query) may take, and what sets it:
+    the error that reports a store that did not answer names it."""
+
+    seconds: float
+    setting: str = "store.commit_timeout_s"
+
+    def error(self, store: str) -> str:
+        return f"{store} did not answer within {self.seconds:g} s ({self.setting})"
+
+
 Plan = Generator[Op, list[Row] | None, T]
 """A transaction written without I/O: it yields operations and receives Fetch results.
 
@@ -54,13 +68,18 @@ class Database(Protocol):
 
     dialect: str  # "sqlite" or "postgresql"
 
-    def transaction(self) -> AbstractAsyncContextManager[Tx]: ...
-
-    async def run(self, plan: Plan[T]) -> T:
-        """Run a plan as one transaction; roll back if it raises."""
+    def transaction(self, within: Timeout | None = None) -> AbstractAsyncContextManager[Tx]:
+        """One transaction, all of it within the given time (default: store.commit_timeout_s)."""
         ...
 
-    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]: ...
+    async def run(self, plan: Plan[T]) -> T:
+        """Run a plan as one transaction within store.commit_timeout_s; roll back if it
+        raises."""
+        ...
+
+    async def fetchall(
+        self, sql: str, params: Params = (), *, within: Timeout | None = None
+    ) -> list[Row]: ...
 
     async def close(self) -> None: ...
 

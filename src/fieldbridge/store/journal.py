@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 from fieldbridge.model import Accepted, Decoded, JournalEntry, Outcome, Reading, Rejected
 from fieldbridge.store import jsoncol
-from fieldbridge.store.db import Database, Execute, ExecuteMany, Fetch, Plan, Row
+from fieldbridge.store.db import Database, Execute, ExecuteMany, Fetch, Plan, Row, Timeout
 
 # Taken by every PostgreSQL ingest transaction: ids then commit in id order across processes,
 # so a sink reading "after its cursor" can never skip a row that commits late.
@@ -101,24 +101,40 @@ class JournalQueries:
         )
         return int(rows[0][0]) if rows[0][0] is not None else None
 
-    async def prune(self, older_than: float, delivered_upto: int, *, dry_run: bool = False) -> int:
+    async def prune(
+        self,
+        older_than: float,
+        delivered_upto: int,
+        *,
+        dry_run: bool = False,
+        within: Timeout | None = None,
+    ) -> int:
         """Delete journal rows older than a time that every sink has delivered; return how many
-        (with `dry_run`, only count them)."""
+        (with `dry_run`, only count them). `within` bounds it (default store.commit_timeout_s)."""
         # Dead-lettered messages count as undelivered: they stay for `deadletters retry`.
         where = (
             "WHERE received_at < ? AND id <= ? AND id NOT IN (SELECT message_id FROM dead_letters)"
         )
-        return await self._delete_counted("journal", where, (older_than, delivered_upto), dry_run)
+        return await self._delete_counted(
+            "journal", where, (older_than, delivered_upto), dry_run, within
+        )
 
     async def prune_readings(
-        self, older_than: float, delivered_upto: int, *, dry_run: bool = False
+        self,
+        older_than: float,
+        delivered_upto: int,
+        *,
+        dry_run: bool = False,
+        within: Timeout | None = None,
     ) -> int:
         """Delete readings measured before a time whose messages every sink has delivered."""
         where = (
             "WHERE measured_at < ? AND message_id <= ? "
             "AND message_id NOT IN (SELECT message_id FROM dead_letters)"
         )
-        return await self._delete_counted("readings", where, (older_than, delivered_upto), dry_run)
+        return await self._delete_counted(
+            "readings", where, (older_than, delivered_upto), dry_run, within
+        )
 
     async def held_back(self, older_than: float, after: int) -> int:
         """Journal rows older than a time that a sink at cursor `after` has not delivered."""
@@ -128,12 +144,19 @@ class JournalQueries:
         return int(rows[0][0])
 
     async def _delete_counted(
-        self, table: str, where: str, params: tuple[float, int], dry_run: bool
+        self,
+        table: str,
+        where: str,
+        params: tuple[float, int],
+        dry_run: bool,
+        within: Timeout | None,
     ) -> int:
         if dry_run:
-            rows = await self.db.fetchall(f"SELECT COUNT(*) FROM {table} {where}", params)
+            rows = await self.db.fetchall(
+                f"SELECT COUNT(*) FROM {table} {where}", params, within=within
+            )
             return int(rows[0][0])
-        async with self.db.transaction() as tx:
+        async with self.db.transaction(within) as tx:
             rows = await tx.fetchall(f"SELECT COUNT(*) FROM {table} {where}", params)
             await tx.execute(f"DELETE FROM {table} {where}", params)
         return int(rows[0][0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -14,11 +15,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fieldbridge.errors import StoreError
-from fieldbridge.store.db import Execute, ExecuteMany, Fetch, Params, Plan, Row
+from fieldbridge.store.db import Execute, ExecuteMany, Fetch, Params, Plan, Row, Timeout
 
 T = TypeVar("T")
 log = logging.getLogger("fieldbridge.store")
 
+DEFAULT_COMMIT_TIMEOUT_S = 10.0  # store.commit_timeout_s
 CHECKPOINT_EVERY = 0.25  # seconds between background WAL checkpoints
 # WAL is a property of the file, kept across connections: migrations set it when they create
 # the database (store/migrate.py), and the writer checks it. A file still in rollback-journal
@@ -43,14 +45,39 @@ class _Worker:
             self._conn = open_connection(self._path, self._pragmas, wal_within=self._wal_within)
         return self._conn
 
-    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def call(
+        self, fn: Callable[[sqlite3.Connection], T], within: Timeout, until: float | None = None
+    ) -> T:
+        """Run `fn` on the thread; StoreError if it has not ended by `until` (loop time;
+        default: `within` from now), while the thread carries on with it."""
+        loop = asyncio.get_running_loop()
+
         def run() -> T:
             return fn(self._connect())
 
+        job = asyncio.wrap_future(self._executor.submit(run))
+        left = within.seconds if until is None else max(0.0, until - loop.time())
+        # asyncio.wait, not wait_for: a thread cannot be interrupted, and a job still queued
+        # must run even when its caller gives up or is cancelled (a queued ROLLBACK is what
+        # leaves the connection clean for the next transaction). Later jobs queue behind it.
+        done, _ = await asyncio.wait({job}, timeout=left)
+        if not done:
+            job.add_done_callback(self._late)
+            raise StoreError(within.error(f"SQLite store {self._path}"))
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, run)
+            return job.result()
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite store {self._path}: {exc}") from exc
+
+    def _late(self, job: asyncio.Future[Any]) -> None:
+        if job.cancelled() or job.exception() is None:
+            log.info("a SQLite store call on %s ended after its deadline", self._path)
+        else:
+            log.warning(
+                "a SQLite store call on %s failed after its deadline: %s",
+                self._path,
+                job.exception(),
+            )
 
     async def close(self) -> None:
         def shut() -> None:
@@ -63,17 +90,22 @@ class _Worker:
 
 
 class _SqliteTx:
-    def __init__(self, worker: _Worker) -> None:
+    def __init__(self, worker: _Worker, within: Timeout, until: float) -> None:
         self._worker = worker
+        self._timeout = within
+        self._until = until
 
     async def execute(self, sql: str, params: Params = ()) -> None:
-        await self._worker.call(lambda c: c.execute(sql, params))
+        await self._call(lambda c: c.execute(sql, params))
 
     async def executemany(self, sql: str, rows: Iterable[Params]) -> None:
-        await self._worker.call(lambda c: c.executemany(sql, rows))
+        await self._call(lambda c: c.executemany(sql, rows))
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
-        return await self._worker.call(lambda c: c.execute(sql, params).fetchall())
+        return await self._call(lambda c: c.execute(sql, params).fetchall())
+
+    async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._worker.call(fn, self._timeout, self._until)
 
 
 class SqliteDatabase:
@@ -81,7 +113,21 @@ class SqliteDatabase:
 
     dialect = "sqlite"
 
-    def __init__(self, path: Path, *, synchronous: str = "full", busy_timeout_ms: int = 5000):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: str = "full",
+        busy_timeout_ms: int = 5000,
+        commit_timeout_s: float | None = None,
+    ):
+        """`commit_timeout_s`: the deadline of every call (store.commit_timeout_s); unset, 10 s
+        or busy_timeout + 5 s, whichever is longer. It must exceed busy_timeout: a commit that
+        waits for another process's lock then fails with SQLite's "database is locked", and a
+        lock held for less than busy_timeout only delays commits."""
+        if commit_timeout_s is None:
+            commit_timeout_s = max(DEFAULT_COMMIT_TIMEOUT_S, busy_timeout_ms / 1000 + 5.0)
+        self._timeout = Timeout(commit_timeout_s)
         path.parent.mkdir(parents=True, exist_ok=True)
         # busy_timeout comes first: every later pragma may wait for another process's lock.
         common = [f"PRAGMA busy_timeout={int(busy_timeout_ms)}"]
@@ -101,22 +147,34 @@ class SqliteDatabase:
         self._checkpointer = _Checkpointer(path, common) if synchronous != "off" else None
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[_SqliteTx]:
+    async def transaction(self, within: Timeout | None = None) -> AsyncIterator[_SqliteTx]:
+        within = within or self._timeout
+        until = asyncio.get_running_loop().time() + within.seconds
+        writer = self._writer
         async with self._write_lock:
-            await self._writer.call(lambda c: c.execute("BEGIN IMMEDIATE"))
             try:
-                yield _SqliteTx(self._writer)
+                await writer.call(lambda c: c.execute("BEGIN IMMEDIATE"), within, until)
+                yield _SqliteTx(writer, within, until)
             except BaseException:
-                await self._writer.call(_rollback)
+                # Queued behind whatever the thread still runs (a BEGIN past its deadline
+                # included), so the next transaction never starts inside this one; awaited
+                # only until the transaction's deadline, past which it runs all the same.
+                with contextlib.suppress(StoreError):  # keep the error that ended it
+                    await writer.call(_rollback, within, until)
                 raise
-            await self._writer.call(_commit)
+            await writer.call(_commit, within, until)
 
     async def run(self, plan: Plan[T]) -> T:
         async with self._write_lock:
-            return await self._writer.call(lambda c: _run_plan(c, plan))
+            # _run_plan commits or rolls back by itself, even when it ends after the deadline.
+            return await self._writer.call(lambda c: _run_plan(c, plan), self._timeout)
 
-    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
-        return await self._reader.call(lambda c: c.execute(sql, params).fetchall())
+    async def fetchall(
+        self, sql: str, params: Params = (), *, within: Timeout | None = None
+    ) -> list[Row]:
+        return await self._reader.call(
+            lambda c: c.execute(sql, params).fetchall(), within or self._timeout
+        )
 
     async def close(self) -> None:
         if self._checkpointer is not None:
