@@ -11,6 +11,7 @@ declare -A NEEDED=(
   [mosquitto_pub]=mosquitto-clients # MQTT tests and bench: the C publisher
   [systemd-analyze]=systemd         # tests/test_deploy.py: verifies deploy/fieldbridge.service
   [systemd-sysusers]=systemd        # tests/test_deploy.py: deploy/fieldbridge.sysusers.conf
+  [influxd]=influxdb                # InfluxDB sink tests start their own influxd (1.x)
 )
 
 missing=()
