@@ -241,7 +241,7 @@ def test_raw_as_the_firmware_writes_it_names_the_sen5x_pm_readings() -> None:
 
 
 def test_raw_empty_has_no_timestamp_and_a_time_alone_is_a_message_without_readings() -> None:
-    with pytest.raises(DecodeError, match="t.recorded_at: no timestamp given"):
+    with pytest.raises(DecodeError, match=r"t\.recorded_at: no timestamp given"):
         fixture("raw_spec_empty")
     [message] = fixture("raw_spec_timestamp_only")
     assert message.readings == ()
