@@ -129,13 +129,20 @@ def test_a_catch_up_with_one_bad_clock_reading_is_acknowledged_stored_and_quaran
         for m in json.loads((FIXTURES / "smartcitizen" / "messages.json").read_text())["messages"]
     }["readings_catch_up_one_future"]
     spy = Spy(process.config_path, "--json", "--topic", "device/sck/+/readings")
+    text = Spy(process.config_path, "--topic", "device/sck/+/readings")
     try:
         assert spy.event()["type"] == "hello"
+        text.line()  # its header: it is watching
         with Kit(kit_token, *BROKER) as kit:
             kit.publish("readings", recorded["payload"].encode())  # returns on the PUBACK
         seen = spy.event()
+        line = text.line()
     finally:
         spy.kill()
+        text.kill()
+
+    assert f"{kit_token} battery=81% temperature=12.4°C" in line
+    assert "; refused data[1].recorded_at: '2033-05-18T03:33:20Z' is more than" in line
 
     assert seen["outcome"] == "accepted"
     [item] = seen["quarantined"]

@@ -118,9 +118,7 @@ class SmartCitizenCodec:
             require_registered=self.registered_only,
         )
 
-    def _readings(
-        self, token: str, data: object, received_at: float
-    ) -> list[Decoded | Refusal]:
+    def _readings(self, token: str, data: object, received_at: float) -> list[Decoded | Refusal]:
         """One message of every valid item; each invalid item is refused on its own (the
         platform stores each valid item), and only a payload without a valid item is refused."""
         items = data.get("data") if type(data) is dict else None
