@@ -238,12 +238,13 @@ def _recorded_at(value: object, index: int | None, received_at: float) -> float:
         raise DecodeError(f"{_item(index)}.recorded_at: no timestamp given")
     if type(value) is not str:
         raise DecodeError(f"{_item(index)}.recorded_at: must be a time as text (ISO 8601)")
+    moment: datetime | None
     try:
         moment = datetime.fromisoformat(value.strip())
     except ValueError:
         moment = _ruby_time(value)
-        if moment is None:
-            raise DecodeError(
+    if moment is None:
+        raise DecodeError(
                 f"{_item(index)}.recorded_at: {value[:40]!r} is not a time "
                 "(ISO 8601, e.g. 2024-09-25T13:19:38Z or 2024-09-25 13:19:38, or "
                 "2024/09/25 13:19:38)"
