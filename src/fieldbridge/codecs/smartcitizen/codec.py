@@ -245,10 +245,10 @@ def _recorded_at(value: object, index: int | None, received_at: float) -> float:
         moment = _ruby_time(value)
     if moment is None:
         raise DecodeError(
-                f"{_item(index)}.recorded_at: {value[:40]!r} is not a time "
-                "(ISO 8601, e.g. 2024-09-25T13:19:38Z or 2024-09-25 13:19:38, or "
-                "2024/09/25 13:19:38)"
-            ) from None
+            f"{_item(index)}.recorded_at: {value[:40]!r} is not a time "
+            "(ISO 8601, e.g. 2024-09-25T13:19:38Z or 2024-09-25 13:19:38, or "
+            "2024/09/25 13:19:38)"
+        ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     try:
