@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,15 +14,17 @@ import httpx
 import orjson
 import pytest
 
+from fieldbridge.codecs import smartcitizen
 from fieldbridge.codecs.http_json import decode
 from fieldbridge.errors import DecodeError, StoreError
 from fieldbridge.ingest import BATCH_BYTES, Busy, Ingest, ShuttingDown
-from fieldbridge.model import Accepted, Decoded, Outcome, Rejected
+from fieldbridge.model import Accepted, Decoded, Outcome, Refusal, Rejected
 from fieldbridge.observe import Metrics
 from fieldbridge.store import Store, open_store, parse_store_url
 from fieldbridge.store.migrate import upgrade
 from tests.conftest import eventually, wait_until
 from tests.support.locks import sqlite_write_locked
+from tests.support.paths import FIXTURES
 from tests.support.processes import FieldbridgeProcess
 from tests.support.rss import peak_mb, rss_mb
 
@@ -188,6 +191,71 @@ async def test_codec_failures_are_rejected_and_quarantined(store: Store) -> None
     assert (
         sample(metrics, "fieldbridge_ingest_payloads_total", source="http", outcome="rejected") == 3
     )
+
+
+SC_MESSAGES = {
+    m["name"]: m
+    for m in orjson.loads((FIXTURES / "smartcitizen" / "messages.json").read_bytes())["messages"]
+}
+
+
+async def test_a_payload_taken_in_part_stores_its_messages_and_quarantines_the_rest(
+    store: Store,
+) -> None:
+    """Smart Citizen readings with one future item: both results in one transaction."""
+    catch_up = SC_MESSAGES["readings_catch_up_one_future"]
+    payload, meta = catch_up["payload"].encode(), {"topic": catch_up["topic"]}
+    received = datetime(2026, 11, 23, 8, 0, tzinfo=UTC).timestamp()
+    metrics = Metrics()
+    async with running(store, metrics=metrics) as ingest:
+        first = await ingest.submit("kits", payload, smartcitizen.decode, meta, received)
+        again = await ingest.submit("kits", payload, smartcitizen.decode, meta, received)
+        registered_only = smartcitizen.build({"registered_only": True})
+        stranger = {"topic": "device/sck/zz9x1q/readings"}
+        unknown = await ingest.submit("kits", payload, registered_only, stranger, received)
+
+    assert isinstance(first, Accepted)
+    assert first.duplicates == 0
+    [item] = first.quarantined
+    assert item.reason.startswith("data[1].recorded_at: '2033-05-18T03:33:20Z' is more than")
+    [entry] = await store.journal_by_ids(first.ids, with_payload=True)
+    assert entry.payload == payload  # the message keeps the payload as received
+    assert [(r.quantity, r.value) for r in entry.readings] == [
+        ("battery", 81.0), ("temperature", 12.4), ("battery", 80.0), ("temperature", 12.1)
+    ]  # fmt: skip
+    kept = {q.id: q for q in await store.list_quarantine()}
+    assert orjson.loads(kept[item.quarantine_id].payload)["data"][0]["recorded_at"] == (
+        "2033-05-18T03:33:20Z"
+    )
+    assert kept[item.quarantine_id].reason == item.reason
+    assert kept[item.quarantine_id].meta == meta
+
+    # A redelivery is a duplicate of the stored part; its bad item is quarantined again.
+    assert isinstance(again, Accepted)
+    assert (again.ids, again.duplicates, len(again.quarantined)) == (first.ids, 1, 1)
+    # A payload refused whole (a kit not registered) has no refused parts of its own.
+    assert isinstance(unknown, Rejected)
+    assert unknown.cause == "unregistered_device"
+    assert len(await store.list_quarantine()) == 3
+    assert [e.id for e in await store.read_journal(0, 10)] == list(first.ids)
+    assert sample(metrics, "fieldbridge_quarantined_total", source="kits") == 3
+    assert (
+        sample(metrics, "fieldbridge_rejected_payloads_total", source="kits", cause="invalid") == 2
+    )
+
+
+def parts_codec(payload: bytes, meta: Mapping[str, Any], received_at: float) -> list[Any]:
+    """Refuses every part: a codec that found nothing valid but did not raise."""
+    return [Refusal("part one is bad", b"1", "odd"), Refusal("part two is bad")]
+
+
+async def test_only_refused_parts_reject_the_payload_whole(store: Store) -> None:
+    async with running(store) as ingest:
+        outcome = await ingest.submit("x", b"12", parts_codec)
+    assert isinstance(outcome, Rejected)
+    assert (outcome.reason, outcome.cause) == ("part one is bad; part two is bad", "odd")
+    [kept] = await store.list_quarantine()
+    assert kept.payload == b"12"
 
 
 # --- store failure: every payload of the batch is told to retry -------------------------------

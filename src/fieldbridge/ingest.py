@@ -10,10 +10,10 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from fieldbridge.errors import DecodeError, StoreError
-from fieldbridge.model import Codec, Incoming, Outcome
+from fieldbridge.model import Codec, Decoded, Incoming, Outcome, Refusal
 from fieldbridge.observe import Metrics
 from fieldbridge.store import Pending, Store
 from fieldbridge.store.jsoncol import dump
@@ -381,6 +381,9 @@ def _decode(item: Incoming) -> Pending:
         log.exception("codec crashed on a payload from %s; quarantined", item.source)
         reason = f"codec error: {type(exc).__name__}: {exc}"
         return Pending(item.source, item.received_at, meta_json, item.payload, reason=reason)
+    for part in decoded:
+        if type(part) is not Decoded:
+            return _split(item, meta_json, decoded)
     if not decoded:
         return Pending(
             item.source,
@@ -389,4 +392,29 @@ def _decode(item: Incoming) -> Pending:
             item.payload,
             reason="payload holds no message",
         )
-    return Pending(item.source, item.received_at, meta_json, item.payload, decoded=decoded)
+    messages = cast(list[Decoded], decoded if type(decoded) is list else list(decoded))
+    return Pending(item.source, item.received_at, meta_json, item.payload, decoded=messages)
+
+
+def _split(item: Incoming, meta_json: str, parts: Sequence[Decoded | Refusal]) -> Pending:
+    """A payload the codec took in part: its messages and its refused parts."""
+    messages = [part for part in parts if isinstance(part, Decoded)]
+    refused = [part for part in parts if isinstance(part, Refusal)]
+    if len(messages) + len(refused) != len(parts):  # a codec bug: keep the payload
+        reason = "codec error: returned something other than Decoded or Refusal"
+        return Pending(item.source, item.received_at, meta_json, item.payload, reason=reason)
+    if not messages:
+        reason = "; ".join(r.reason for r in refused[:3])
+        if len(refused) > 3:
+            reason += f"; and {len(refused) - 3} more"
+        return Pending(
+            item.source,
+            item.received_at,
+            meta_json,
+            item.payload,
+            reason=reason,
+            cause=refused[0].cause,
+        )
+    return Pending(
+        item.source, item.received_at, meta_json, item.payload, decoded=messages, refused=refused
+    )

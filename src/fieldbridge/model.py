@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -39,8 +39,19 @@ class Decoded:
     require_registered: bool = False
 
 
-Codec = Callable[[bytes, Mapping[str, Any], float], list[Decoded]]
-"""A pure function: payload, transport metadata, receive time -> messages, or DecodeError."""
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Part of a payload a codec refused while it accepted the rest (one item of a batch):
+    ingest quarantines it with the reason in the same transaction that stores the rest."""
+
+    reason: str
+    raw: bytes | None = None  # the refused part, kept in quarantine; None = the whole payload
+    cause: str | None = None  # as DecodeError.cause
+
+
+Codec = Callable[[bytes, Mapping[str, Any], float], Sequence[Decoded | Refusal]]
+"""A pure function: payload, transport metadata, receive time -> messages (and refused parts,
+when it accepts some of the payload), or DecodeError when it accepts none of it."""
 
 
 @dataclass(slots=True)
@@ -57,10 +68,14 @@ class Incoming:
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """The payload is committed; `ids` are its journal ids (existing ones for repeats)."""
+    """The payload is committed; `ids` are its journal ids (existing ones for repeats).
+
+    `quarantined`: the parts the codec refused (Refusal), each kept in quarantine.
+    """
 
     ids: tuple[int, ...]
     duplicates: int = 0
+    quarantined: tuple[Rejected, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,10 @@ class Metrics:
             registry=r,
         )
         self.quarantined = Counter(
-            "fieldbridge_quarantined", "Payloads put in quarantine", ["source"], registry=r
+            "fieldbridge_quarantined",
+            "Payloads, or refused items of stored payloads, put in quarantine",
+            ["source"],
+            registry=r,
         )
         self.rejected = Counter(
             "fieldbridge_rejected_payloads",
@@ -119,6 +122,9 @@ class Metrics:
         for item, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, Accepted):
                 kind = "duplicate" if outcome.duplicates == len(outcome.ids) else "accepted"
+                for part in outcome.quarantined:  # items refused beside the stored ones
+                    self.quarantined.labels(item.source).inc()
+                    self.rejected.labels(item.source, part.cause or "invalid").inc()
             else:
                 kind = "rejected"
                 self.quarantined.labels(item.source).inc()

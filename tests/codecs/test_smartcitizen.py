@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -16,7 +18,7 @@ from hypothesis import strategies as st
 from fieldbridge.codecs import build_codec
 from fieldbridge.codecs.smartcitizen import QUANTITY, build, builtin, decode
 from fieldbridge.errors import ConfigError, DecodeError
-from fieldbridge.model import Decoded, Reading
+from fieldbridge.model import Decoded, Reading, Refusal
 from tests.support import paths
 
 FIXTURES = paths.FIXTURES / "smartcitizen" / "messages.json"
@@ -31,7 +33,8 @@ def epoch(text: str) -> float:
     return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
 
 
-def fixture(name: str, codec: Any = decode, received: float = RECEIVED) -> list[Decoded]:
+def fixture(name: str, codec: Any = decode, received: float = RECEIVED) -> list[Any]:
+    """What the codec makes of a recorded message: Decoded messages, then any Refusal."""
     message = MESSAGES[name]
     return list(codec(message["payload"].encode(), {"topic": message["topic"]}, received))
 
@@ -184,6 +187,158 @@ def test_a_topic_prefix_before_device_is_allowed() -> None:
     assert message.device == "tok"
 
 
+# --- the platform's raw grammar (app/grammars/raw_message.tt) --------------------------------
+
+
+def test_raw_null_values_are_dropped_and_the_rest_kept() -> None:
+    [message] = fixture("raw_spec_null")
+    assert [(r.channel, r.value) for r in message.readings] == [(100, -2000.12345)]
+
+
+def test_raw_handler_spec_with_spaces_after_commas() -> None:
+    [message] = fixture("raw_handler_spec")
+    assert message.device == "aA1234"
+    at = epoch("2017-03-24T13:35:14")
+    assert [(r.quantity, r.channel, r.value, r.measured_at) for r in message.readings] == [
+        ("sensor_1", 1, 48.45, at),
+        ("humidity", 13, 66.0, at),
+        ("temperature", 12, 28.0, at),
+        ("battery", 10, 4.45, at),
+    ]
+
+
+def test_raw_time_anywhere_and_no_commas_between_pairs() -> None:
+    [anywhere] = fixture("raw_spec_time_anywhere")
+    assert [r.channel for r in anywhere.readings] == [100, 21]
+    [bare] = fixture("raw_no_commas")
+    assert [(r.channel, r.value) for r in bare.readings] == [(1, 21.0), (13, 66.0)]
+    assert (
+        bare.idempotency_key
+        == decode(
+            b"{t:2024-09-25T13:19:38Z,1:21,13:66}",
+            {"topic": "device/sck/a1b2c3/readings/raw"},
+            RECEIVED,
+        )[0].idempotency_key
+    )
+
+
+def test_raw_packed_values_are_kept_as_text_beside_the_numbers() -> None:
+    [message] = fixture("raw_packed_value")
+    assert [(r.quantity, r.channel, r.value, r.extra) for r in message.readings] == [
+        ("sensor_241", 241, None, {"raw": "0-0-12-500-88-0", "unknown_sensor": True}),
+        ("battery", 10, 88.0, None),
+    ]
+
+
+def test_raw_as_the_firmware_writes_it_names_the_sen5x_pm_readings() -> None:
+    [message] = fixture("raw_firmware")
+    named = {r.channel: (r.quantity, r.unit) for r in message.readings}
+    assert named[193] == ("sen5x_pm_1", "µg/m³")
+    assert named[194] == ("sen5x_pm_2_5", "µg/m³")
+    assert named[195] == ("sen5x_pm_4", "µg/m³")
+    assert named[196] == ("sen5x_pm_10", "µg/m³")
+    assert all(r.extra is None for r in message.readings)  # no id is unknown
+
+
+def test_raw_empty_has_no_timestamp_and_a_time_alone_is_a_message_without_readings() -> None:
+    with pytest.raises(DecodeError, match=r"t\.recorded_at: no timestamp given"):
+        fixture("raw_spec_empty")
+    [message] = fixture("raw_spec_timestamp_only")
+    assert message.readings == ()
+
+
+@pytest.mark.parametrize(
+    ("payload", "value", "extra"),
+    [
+        (b"{t:2024-09-25T13:19:38Z,10:--2}", None, {"raw": "--2"}),
+        (b"{t:2024-09-25T13:19:38Z,10:1.-5}", None, {"raw": "1.-5"}),
+        (b"{t:2024-09-25T13:19:38Z,10:-0.5}", -0.5, None),
+    ],
+)
+def test_raw_values_the_number_rule_admits(payload: bytes, value: float | None, extra: Any) -> None:
+    [message] = decode(payload, {"topic": "device/sck/t/readings/raw"}, RECEIVED)
+    assert [(r.value, r.extra) for r in message.readings] == [(value, extra)]
+
+
+@pytest.mark.parametrize("sid", ["-1", "1-2", "70000"])
+def test_raw_ids_that_are_not_sensor_ids_refuse_the_message(sid: str) -> None:
+    error = refusal(f"{{t:2024-09-25T13:19:38Z,{sid}:1}}".encode(), "device/sck/t/readings/raw")
+    assert error.reason.startswith("raw readings: id: must be a sensor id from 0 to 65535")
+
+
+# --- times the platform's Time.parse reads ----------------------------------------------------
+
+
+def test_slash_dates_are_read() -> None:
+    [message] = fixture("readings_slash_date")
+    assert message.readings[0].measured_at == epoch("2024-09-25T13:19:38")
+
+
+def test_the_handler_spec_time_with_a_space_and_z() -> None:
+    [message] = fixture("readings_handler_spec")
+    assert message.device == "aA1234"
+    assert message.readings[0].measured_at == epoch("2016-06-08T10:30:00")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2024/09/25 13:19:38", "2024-09-25T13:19:38"),
+        ("2024/9/5 13:19", "2024-09-05T13:19:00"),
+        ("2024/09/25", "2024-09-25T00:00:00"),
+        ("2024-09-25 13:19:38 UTC", "2024-09-25T13:19:38"),
+        ("2024/09/25 13:19:38 GMT", "2024-09-25T13:19:38"),
+        ("2024-09-25 15:19:38 +0200", "2024-09-25T13:19:38"),
+        ("2024/09/25T13:19:38.250Z", "2024-09-25T13:19:38.250"),
+        ("20240925T131938Z", "2024-09-25T13:19:38"),
+    ],
+)
+def test_other_time_forms(text: str, expected: str) -> None:
+    [message] = decode(
+        readings_payload(text, (10, 1)), {"topic": "device/sck/t/readings"}, RECEIVED
+    )
+    assert message.readings[0].measured_at == epoch(expected)
+
+
+@pytest.mark.parametrize(
+    "text", ["2024/13/25 13:19:38", "2024/09/25 25:00", "25/09/2024", "2024-09-25 13:19:38 +2500"]
+)
+def test_impossible_times_are_still_refused(text: str) -> None:
+    error = refusal(readings_payload(text, (10, 1)), "device/sck/t/readings")
+    assert "is not a time" in error.reason
+
+
+# --- device/inventory (factory-test reports) --------------------------------------------------
+
+
+def test_inventory_reports_are_kept_on_the_inventory_device() -> None:
+    [report] = fixture("inventory_firmware")
+    assert report == Decoded(
+        "inventory",
+        (),
+        kind="smartcitizen",
+        attributes={"inventory": json.loads(MESSAGES["inventory_firmware"]["payload"])},
+    )
+    [spec] = fixture("inventory_handler_spec")
+    assert spec.device == "inventory"
+    assert spec.attributes == {"inventory": {"random_property": "random_result"}}
+    assert decode(b"{}", {"topic": "bridge/device/inventory"}, RECEIVED)[0].device == "inventory"
+
+
+def test_inventory_must_be_a_json_object() -> None:
+    assert refusal(b"[1]", "device/inventory").reason.startswith("inventory: the payload must")
+    assert refusal(b"not json", "device/inventory").malformed
+
+
+def test_inventory_follows_tokens_and_registered_only_as_the_inventory_device() -> None:
+    error = refusal(b"{}", "device/inventory", build({"tokens": ["abc123"]}))
+    assert error.cause == "unknown_token"
+    [report] = build({"tokens": ["inventory"], "registered_only": True})(
+        b"{}", {"topic": "device/inventory"}, RECEIVED
+    )
+    assert report.require_registered
+
+
 # --- the future-timestamp rule ----------------------------------------------------------------
 
 
@@ -211,14 +366,63 @@ def test_more_than_one_day_ahead_is_refused_with_the_kit_clock_named() -> None:
     assert "t.recorded_at" in error.reason and "1 day in the future" in error.reason
 
 
-def test_one_bad_item_refuses_the_whole_payload_so_nothing_is_half_stored() -> None:
+def test_a_bad_item_is_refused_alone_and_the_others_are_kept() -> None:
+    message, refused = fixture("readings_catch_up_one_future")
+    assert isinstance(message, Decoded) and isinstance(refused, Refusal)
+    assert [(r.quantity, r.value, r.measured_at) for r in message.readings] == [
+        ("battery", 81.0, epoch("2026-11-22T23:55:00")),
+        ("temperature", 12.4, epoch("2026-11-22T23:55:00")),
+        ("battery", 80.0, epoch("2026-11-23T00:00:00")),
+        ("temperature", 12.1, epoch("2026-11-23T00:00:00")),
+    ]
+    assert refused.reason.startswith(
+        "data[1].recorded_at: '2033-05-18T03:33:20Z' is more than 1 day in the future"
+    )
+    # Quarantine keeps the refused item alone, as a payload of its own.
+    assert orjson.loads(refused.raw or b"") == {
+        "data": [
+            {
+                "recorded_at": "2033-05-18T03:33:20Z",
+                "sensors": [{"id": 10, "value": 81}, {"id": 55, "value": 12.3}],
+            }
+        ]
+    }
+    # The same valid items make the same message, whatever was refused beside them.
+    alone = decode(
+        orjson.dumps(
+            {
+                "data": [
+                    orjson.loads(MESSAGES["readings_catch_up_one_future"]["payload"])["data"][i]
+                    for i in (0, 2)
+                ]
+            }
+        ),
+        {"topic": "device/sck/a1b2c3/readings"},
+        RECEIVED,
+    )
+    assert alone == [message]
+
+
+def test_the_storer_specs_unreadable_time_refuses_only_its_item() -> None:
+    message, refused = fixture("readings_storer_spec_bad_time")
+    assert isinstance(message, Decoded) and isinstance(refused, Refusal)
+    assert [(r.channel, r.value, r.measured_at) for r in message.readings] == [
+        (12, 21.0, epoch("2018-06-08T10:30:00"))
+    ]
+    assert refused.reason.startswith("data[0].recorded_at: 'not time info here' is not a time")
+
+
+def test_a_payload_without_a_valid_item_is_refused_whole_with_every_reason() -> None:
     body = {
         "data": [
             {"recorded_at": "2024-09-25T13:19:38Z", "sensors": [{"id": 10, "value": 1}]},
             {"recorded_at": iso(RECEIVED + 3 * DAY), "sensors": [{"id": 10, "value": 2}]},
         ]
     }
-    assert "data[1].recorded_at" in refusal(orjson.dumps(body), "device/sck/t/readings").reason
+    body["data"][0]["recorded_at"] = None
+    error = refusal(orjson.dumps(body), "device/sck/t/readings")
+    assert error.reason.startswith("no valid item in data: data[0].recorded_at: no timestamp")
+    assert "; data[1].recorded_at:" in error.reason
 
 
 def test_the_past_is_fine() -> None:
@@ -259,8 +463,9 @@ def test_raw_without_a_time_has_no_timestamp() -> None:
         b"{t:2024-09-25T13:19:38Z,a:1}",
         b"{t:2024-09-25T13:19:38Z,1:2,,3:4}",
         b"{t:2024-09-25T13:19:38Z,1:2.}",
-        b"{t:2024-09-25T13:19:38Z,1:--2}",
-        b"{t:2024-09-25T13:19:38Z 1:2}",
+        b"{t:2024-09-25T13:19:38Z,1:2;3:4}",
+        b"{t:2024-09-25T13:19:38Z,1:213:66}",
+        b"{t:2024-09-25T13:19:38Z,\t1:2}",
         b"",
         b'{"data":[]}',
     ],
@@ -280,7 +485,7 @@ def test_raw_sensor_ids_beyond_the_channel_range_are_refused() -> None:
 
 def test_raw_reason_quotes_the_part_that_failed() -> None:
     error = refusal(b"{t:2024-09-25T13:19:38Z,1:21,13:sixty}", "device/sck/t/readings/raw")
-    assert "'13:sixty' is neither t:<YYYY-MM-DDTHH:MM:SSZ> nor <sensor id>:<number>" in error.reason
+    assert "'13:sixty' is neither t:<YYYY-MM-DDTHH:MM:SSZ> nor <sensor id>:<value>" in error.reason
 
 
 @pytest.mark.parametrize(
@@ -389,9 +594,51 @@ def test_bad_options_name_the_option(options: dict[str, Any], message: str) -> N
     assert message in str(caught.value)
 
 
+FIRMWARE = json.loads((paths.FIXTURES / "smartcitizen" / "firmware_sensors.json").read_text())
+
+
+def test_the_catalogue_has_every_id_the_firmware_publishes_with_its_unit() -> None:
+    catalogue = builtin()
+    units = {"C": "°C", "ug/m3": "µg/m³", "uS/cm": "µS/cm", "um": "µm", "uW/cm2": "µW/cm²"}
+    units |= {"lux": "lx", "Deg": "°", "Present": ""}
+    ids = {sid for sid, _, _, _ in FIRMWARE["rows"]}
+    assert len(ids) == 124
+    assert ids <= set(catalogue)
+    for sid, _short, title, unit in FIRMWARE["rows"]:
+        assert (catalogue[sid].unit or "") == units.get(unit, unit), sid
+        assert title in catalogue[sid].title
+
+
+def test_the_catalogue_script_reads_the_firmware_table(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "smartcitizen_catalogue", paths.ROOT / "scripts" / "smartcitizen_catalogue.py"
+    )
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    header = "\n".join(
+        f'    OneSensor {{ BOARD_URBAN, 100, SENSOR_{short}, "{short}", "{title}", {sid}, true, 5'
+        + (f', "{unit}", false }},' if unit else " },")
+        for sid, short, title, unit in FIRMWARE["rows"]
+    )
+    header += '\n//  OneSensor { BOARD_AUX, 100, SENSOR_X, "GONE", "Gone", 999, true, 1, "V" },'
+    header += '\n    OneSensor { BOARD_AUX, 100, SENSOR_Y, "RAW", "Not published", 0, true, 1 },'
+    rows = script.firmware_rows(header)
+    assert [list(row) for row in rows] == FIRMWARE["rows"]
+    current = json.loads(
+        (paths.ROOT / "src/fieldbridge/codecs/smartcitizen/sensors.json").read_text("utf-8")
+    )
+    built = script.rebuild(header, current, "test")
+    assert built["sensors"] == current["sensors"]  # the shipped file is what the script makes
+    fresh = script.rebuild(header, {"about": "", "sensors": {}}, "test")["sensors"]
+    assert fresh["194"] == {"name": "sen5x_pm_2_5", "unit": "µg/m³", "title": "SEN5X PM 2.5"}
+    assert fresh["72"]["name"] == "ext_pm_a_2_5"
+    assert fresh["10"]["name"] == "batt"
+
+
 def test_the_shipped_catalogue_is_sound() -> None:
     catalogue = builtin()
-    assert len(catalogue) >= 50
+    assert len(catalogue) >= 130
     assert {10, 12, 13, 14, 29} <= set(catalogue)  # the seed example's ids
     for sid, sensor in catalogue.items():
         assert 0 <= sid <= 65535
@@ -445,9 +692,11 @@ raw_text = st.lists(
 ).map("".join)
 
 
-def check(out: list[Decoded]) -> None:
-    assert out and all(isinstance(m, Decoded) for m in out)
-    for message in out:
+def check(out: list[Decoded | Refusal]) -> None:
+    messages = [m for m in out if isinstance(m, Decoded)]
+    assert messages and all(isinstance(m, Decoded | Refusal) for m in out)
+    assert all(r.reason for r in out if isinstance(r, Refusal))
+    for message in messages:
         assert message.device and "\x00" not in message.device
         for reading in message.readings:
             assert reading.value is None or math.isfinite(reading.value)

@@ -113,6 +113,9 @@ def _text(event: dict[str, Any]) -> str:
             f"[bold]{escape(message['device'])}[/bold]" + (f" {escape(text)}" if text else "")
         )
     mark = " [dim](duplicate)[/dim]" if event["outcome"] == "duplicate" else ""
+    for part in event.get("quarantined", []):  # items refused beside the stored ones
+        reason = escape(str(part["reason"]))
+        mark += f"; [red]refused[/red] {reason} (quarantine {part['quarantine_id']})"
     return f"{time} {where} " + "; ".join(parts) + mark
 
 

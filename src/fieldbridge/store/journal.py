@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from fieldbridge.model import Accepted, Decoded, JournalEntry, Outcome, Reading, Rejected
+from fieldbridge.model import (
+    Accepted,
+    Decoded,
+    JournalEntry,
+    Outcome,
+    Reading,
+    Refusal,
+    Rejected,
+)
 from fieldbridge.store import jsoncol
 from fieldbridge.store.db import Database, Execute, ExecuteMany, Fetch, Plan, Row, Timeout
 
@@ -27,6 +35,7 @@ class Pending:
     reason: str | None = None
     malformed: bool = False
     cause: str | None = None  # DecodeError.cause
+    refused: list[Refusal] | None = None  # parts refused beside `decoded`: quarantined
 
 
 class JournalQueries:
@@ -202,7 +211,9 @@ def _refuse_unregistered(batch: Sequence[Pending]) -> Plan[list[Pending]]:
         reason = (
             f"device {missing} is not registered; add it with `fieldbridge devices add {missing}`"
         )
-        out.append(replace(p, decoded=None, reason=reason, cause="unregistered_device"))
+        out.append(
+            replace(p, decoded=None, refused=None, reason=reason, cause="unregistered_device")
+        )
     return out
 
 
@@ -325,17 +336,31 @@ def _commit(dialect: str, batch: Sequence[Pending]) -> Plan[list[Outcome]]:
         yield from _upsert_devices(seen)
     for index, p in enumerate(batch):
         if p.decoded is None:
-            # A reason may quote the payload; PostgreSQL text refuses NUL, which would fail the
-            # whole batch and so every payload in it.
-            reason = (p.reason or "rejected").replace("\x00", "\\x00")
-            rows = yield Fetch(
-                "INSERT INTO quarantine (received_at, source, meta, payload, reason) "
-                "VALUES (?, ?, ?, ?, ?) RETURNING id",
-                (p.received_at, p.source, p.meta_json, p.payload, reason),
-            )
-            qid = int((rows or [(0,)])[0][0])
-            outcomes[index] = Rejected(reason, qid, p.malformed, p.cause)
+            rejected = yield from _quarantine(p, p.payload, p.reason, p.cause, p.malformed)
+            outcomes[index] = rejected
+        elif p.refused:
+            parts = []
+            for refusal in p.refused:
+                raw = p.payload if refusal.raw is None else refusal.raw
+                parts.append((yield from _quarantine(p, raw, refusal.reason, refusal.cause)))
+            accepted = outcomes[index]
+            assert isinstance(accepted, Accepted)
+            outcomes[index] = replace(accepted, quarantined=tuple(parts))
     return [o for o in outcomes if o is not None]
+
+
+def _quarantine(
+    p: Pending, payload: bytes, reason: str | None, cause: str | None, malformed: bool = False
+) -> Plan[Rejected]:
+    # A reason may quote the payload; PostgreSQL text refuses NUL, which would fail the whole
+    # batch and so every payload in it.
+    text = (reason or "rejected").replace("\x00", "\\x00")
+    rows = yield Fetch(
+        "INSERT INTO quarantine (received_at, source, meta, payload, reason) "
+        "VALUES (?, ?, ?, ?, ?) RETURNING id",
+        (p.received_at, p.source, p.meta_json, payload, text),
+    )
+    return Rejected(text, int((rows or [(0,)])[0][0]), malformed, cause)
 
 
 @dataclass(slots=True)

@@ -190,6 +190,11 @@ def render(item: Incoming, pending: Pending, outcome: Outcome, *, keep: int | No
         event["messages"] = [_message(d, keep) for d in shown]
         if len(shown) < len(decoded):
             event["messages_omitted"] = len(decoded) - len(shown)
+        if outcome.quarantined:
+            event["quarantined"] = [
+                {"reason": q.reason, "quarantine_id": q.quarantine_id, "cause": q.cause}
+                for q in outcome.quarantined
+            ]
     else:
         event["outcome"] = "rejected"
         event["reason"] = outcome.reason

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import wait_until
+from tests.support.paths import FIXTURES
 from tests.support.processes import FieldbridgeProcess
 from tests.support.smartcitizen_sim import Kit
 from tests.support.spy_watch import Spy
@@ -117,3 +118,41 @@ def test_a_kit_shows_up_in_devices_and_readings(
     assert refused["meta"]["topic"] == f"device/sck/{stranger}/hello"
     metrics = httpx.get(f"{process.base_url}/metrics", timeout=5.0).text
     assert 'fieldbridge_rejected_payloads_total{cause="unknown_token",source="kits"} 1.0' in metrics
+
+
+def test_a_catch_up_with_one_bad_clock_reading_is_acknowledged_stored_and_quarantined(
+    service: tuple[FieldbridgeProcess, str], kit_token: str
+) -> None:
+    process, _ = service
+    recorded = {
+        m["name"]: m
+        for m in json.loads((FIXTURES / "smartcitizen" / "messages.json").read_text())["messages"]
+    }["readings_catch_up_one_future"]
+    spy = Spy(process.config_path, "--json", "--topic", "device/sck/+/readings")
+    text = Spy(process.config_path, "--topic", "device/sck/+/readings")
+    try:
+        assert spy.event()["type"] == "hello"
+        text.line()  # its header: it is watching
+        with Kit(kit_token, *BROKER) as kit:
+            kit.publish("readings", recorded["payload"].encode())  # returns on the PUBACK
+        seen = spy.event()
+        line = text.line()
+    finally:
+        spy.kill()
+        text.kill()
+
+    assert f"{kit_token} battery=81% temperature=12.4°C" in line
+    assert "; refused data[1].recorded_at: '2033-05-18T03:33:20Z' is more than" in line
+
+    assert seen["outcome"] == "accepted"
+    [item] = seen["quarantined"]
+    assert item["reason"].startswith("data[1].recorded_at: '2033-05-18T03:33:20Z' is more than")
+    readings = cli_json(process, "readings", "list", "--device", kit_token)
+    assert sorted((r["quantity"], r["value"]) for r in readings) == [
+        ("battery", 80.0), ("battery", 81.0), ("temperature", 12.1), ("temperature", 12.4)
+    ]  # fmt: skip
+    [kept] = cli_json(process, "quarantine", "list")
+    assert kept["id"] == item["quarantine_id"]
+    assert kept["meta"]["topic"] == f"device/sck/{kit_token}/readings"
+    metrics = httpx.get(f"{process.base_url}/metrics", timeout=5.0).text
+    assert 'fieldbridge_quarantined_total{source="kits"} 1.0' in metrics

@@ -1,4 +1,4 @@
-"""Decodes Smart Citizen Kit MQTT messages: readings (JSON and raw), hello and info."""
+"""Decodes Smart Citizen Kit MQTT messages: readings (JSON and raw), hello, info, inventory."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import hashlib
 import math
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -14,16 +14,26 @@ import orjson
 from fieldbridge.codecs.smartcitizen.catalogue import Sensor
 from fieldbridge.codecs.smartcitizen.raw import parse_raw
 from fieldbridge.errors import DecodeError
-from fieldbridge.model import Decoded, Reading
+from fieldbridge.model import Decoded, Reading, Refusal
 
 KIND = "smartcitizen"
 # The platform takes the token with `device/sck/(.*?)/`; a prefix before `device/` (the
 # platform's MQTT_TOPICS prefixes) is allowed, the message type must be one of the four.
 TOPIC = re.compile(r"(?:^|/)device/sck/([^/]+)/(readings/raw|readings|hello|info)$")
+# Factory-test reports: the kit firmware publishes `device/inventory`, the platform's spec
+# `device/sck/inventory`; it takes any topic containing "inventory".
+INVENTORY = re.compile(r"(?:^|/)device/(?:sck/)?inventory$")
+INVENTORY_DEVICE = "inventory"  # the device they are stored under: they carry no kit token
 FUTURE_LIMIT = 86400.0  # the platform refuses readings more than 1 day in the future
 MAX_TOKEN = 64
 MAX_RAW_TEXT = 256  # characters of a non-numeric value kept in the reading's extra
 SENSOR_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}", re.ASCII)
+OTHER_TIME = re.compile(
+    r"(\d{4})[-/](\d{1,2})[-/](\d{1,2})"
+    r"(?:[T ](\d{1,2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?)?"
+    r" ?(Z|UTC|GMT|[+-]\d{2}:?\d{2})?",
+    re.ASCII | re.IGNORECASE,
+)
 EXAMPLE = '{"data":[{"recorded_at":"2024-09-25T13:19:38Z","sensors":[{"id":10,"value":95}]}]}'
 
 
@@ -45,12 +55,12 @@ class SmartCitizenCodec:
 
     def __call__(
         self, payload: bytes, meta: Mapping[str, Any], received_at: float
-    ) -> list[Decoded]:
+    ) -> list[Decoded | Refusal]:
         token, what = self._topic(meta)
         # The platform strips non-ASCII from every message before parsing it.
         text = payload if payload.isascii() else payload.decode("ascii", "ignore").encode()
         if what == "readings":
-            return [self._readings(token, _json(text, what), received_at)]
+            return self._readings(token, _json(text, what), received_at)
         if what == "readings/raw":
             return [self._raw(token, text.decode(), received_at)]
         if what == "info":
@@ -58,6 +68,11 @@ class SmartCitizenCodec:
             if not isinstance(info, dict):
                 raise DecodeError("info: the payload must be a JSON object of hardware info")
             return [self._message(token, attributes={"hardware_info": info})]
+        if what == "inventory":
+            report = _json(text, what)
+            if not isinstance(report, dict):
+                raise DecodeError("inventory: the payload must be a JSON object (a test report)")
+            return [self._message(token, attributes={"inventory": report})]
         return [self._message(token)]  # hello: the device is seen, nothing is measured
 
     def _topic(self, meta: Mapping[str, Any]) -> tuple[str, str]:
@@ -68,12 +83,15 @@ class SmartCitizenCodec:
                 "device/sck/<token>/...; use it on an MQTT source"
             )
         match = TOPIC.search(topic)
-        if match is None:
+        if match is not None:
+            token, what = match.groups()
+        elif INVENTORY.search(topic) is not None:
+            token, what = INVENTORY_DEVICE, "inventory"
+        else:
             raise DecodeError(
                 f"topic {topic[:120]!r} is not device/sck/<token>/readings, readings/raw, "
-                "hello or info"
+                "hello or info, nor device/inventory"
             )
-        token, what = match.groups()
         if len(token) > MAX_TOKEN or "\x00" in token:
             raise DecodeError(f"token in topic {topic[:120]!r} is longer than {MAX_TOKEN}")
         if self.tokens is not None and token not in self.tokens:
@@ -100,37 +118,66 @@ class SmartCitizenCodec:
             require_registered=self.registered_only,
         )
 
-    def _readings(self, token: str, data: object, received_at: float) -> Decoded:
+    def _readings(self, token: str, data: object, received_at: float) -> list[Decoded | Refusal]:
+        """One message of every valid item; each invalid item is refused on its own (the
+        platform stores each valid item), and only a payload without a valid item is refused."""
         items = data.get("data") if type(data) is dict else None
         if type(items) is not list or not items:
             raise DecodeError(f'readings: "data" is missing or empty; send e.g. {EXAMPLE}')
         readings: list[Reading] = []
         identity: list[str] = []
-        first_at = 0.0
-        # Places ("data[0].sensors[1]") are spelled out only for a refusal: this is the hot path.
+        refused: list[Refusal] = []
+        first_at: float | None = None
         for index, item in enumerate(items):
-            if type(item) is not dict:
-                raise DecodeError(f"data[{index}]: must be an object with recorded_at and sensors")
-            at = _recorded_at(item.get("recorded_at"), index, received_at)
-            if not index:
+            try:
+                at = self._item(index, item, received_at, readings, identity)
+            except DecodeError as exc:
+                refused.append(Refusal(exc.reason, _alone(item)))
+                continue
+            if first_at is None:
                 first_at = at
-            sensors = item.get("sensors")
-            if type(sensors) is not list:
-                raise DecodeError(f"data[{index}].sensors: required, a list of {{id, value}}")
-            stamp = _stamp(at)
-            first = len(readings)
-            for number, sensor in enumerate(sensors):
-                if type(sensor) is not dict:
-                    raise DecodeError(
-                        f"data[{index}].sensors[{number}]: must be an object {{id, value}}"
-                    )
-                sid, value = sensor.get("id"), sensor.get("value")
-                try:
-                    readings.append(self._reading(sid, value, at, stamp))
-                except _Refused as refused:
-                    raise DecodeError(f"data[{index}].sensors[{number}].{refused}") from None
-            identity.append(";".join(r.key or "" for r in readings[first:]) or stamp)
-        return self._message(token, tuple(readings), _key(token, first_at, identity))
+        if first_at is None:  # nothing valid: the payload is refused whole
+            if len(refused) == 1:
+                raise DecodeError(refused[0].reason)
+            reasons = "; ".join(r.reason for r in refused[:3])
+            more = f"; and {len(refused) - 3} more" if len(refused) > 3 else ""
+            raise DecodeError(f"no valid item in data: {reasons}{more}")
+        message = self._message(token, tuple(readings), _key(token, first_at, identity))
+        return [message, *refused] if refused else [message]
+
+    def _item(
+        self,
+        index: int,
+        item: object,
+        received_at: float,
+        readings: list[Reading],
+        identity: list[str],
+    ) -> float:
+        """Append one item's readings and identity; its time, or DecodeError saying where.
+
+        Places ("data[0].sensors[1]") are spelled out only for a refusal: this is the hot path.
+        """
+        if type(item) is not dict:
+            raise DecodeError(f"data[{index}]: must be an object with recorded_at and sensors")
+        at = _recorded_at(item.get("recorded_at"), index, received_at)
+        sensors = item.get("sensors")
+        if type(sensors) is not list:
+            raise DecodeError(f"data[{index}].sensors: required, a list of {{id, value}}")
+        stamp = _stamp(at)
+        added: list[Reading] = []
+        for number, sensor in enumerate(sensors):
+            if type(sensor) is not dict:
+                raise DecodeError(
+                    f"data[{index}].sensors[{number}]: must be an object {{id, value}}"
+                )
+            sid, value = sensor.get("id"), sensor.get("value")
+            try:
+                added.append(self._reading(sid, value, at, stamp))
+            except _Refused as refused:
+                raise DecodeError(f"data[{index}].sensors[{number}].{refused}") from None
+        readings.extend(added)
+        identity.append(";".join(r.key or "" for r in added) or stamp)
+        return at
 
     def _raw(self, token: str, text: str, received_at: float) -> Decoded:
         raw = parse_raw(text)
@@ -138,7 +185,7 @@ class SmartCitizenCodec:
         stamp = _stamp(at)
         try:
             readings = tuple(self._reading(sid, value, at, stamp) for sid, value in raw.sensors)
-        except _Refused as refused:  # the grammar admits only digits: an id out of range
+        except _Refused as refused:  # an id out of range, or not a number (`-1`, `1-2`)
             raise DecodeError(f"raw readings: {refused}") from None
         identity = [";".join(r.key or "" for r in readings) or stamp]
         return self._message(token, readings, _key(token, at, identity))
@@ -162,6 +209,15 @@ class _Refused(Exception):
     """A sensor entry's refusal, without its place; the caller adds where it was."""
 
 
+def _alone(item: object) -> bytes | None:
+    """A refused item as a payload of its own, so quarantine keeps just what was refused
+    (None, the whole payload, should it not serialise)."""
+    try:
+        return orjson.dumps({"data": [item]})
+    except orjson.JSONEncodeError:
+        return None
+
+
 def _stamp(at: float) -> str:
     return f"{int(at)}" if at.is_integer() else repr(at)
 
@@ -182,12 +238,16 @@ def _recorded_at(value: object, index: int | None, received_at: float) -> float:
         raise DecodeError(f"{_item(index)}.recorded_at: no timestamp given")
     if type(value) is not str:
         raise DecodeError(f"{_item(index)}.recorded_at: must be a time as text (ISO 8601)")
+    moment: datetime | None
     try:
         moment = datetime.fromisoformat(value.strip())
     except ValueError:
+        moment = _ruby_time(value)
+    if moment is None:
         raise DecodeError(
             f"{_item(index)}.recorded_at: {value[:40]!r} is not a time "
-            "(ISO 8601, e.g. 2024-09-25T13:19:38Z or 2024-09-25 13:19:38)"
+            "(ISO 8601, e.g. 2024-09-25T13:19:38Z or 2024-09-25 13:19:38, or "
+            "2024/09/25 13:19:38)"
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
@@ -202,6 +262,33 @@ def _recorded_at(value: object, index: int | None, received_at: float) -> float:
             f"(received {received.replace('+00:00', 'Z')}); check the kit's clock"
         )
     return at
+
+
+def _ruby_time(text: str) -> datetime | None:
+    """The other forms the platform's `Time.parse` reads that kits are known to send:
+    `/` between date parts, a zone written `UTC`/`GMT` or `+0200` after a space; else None."""
+    match = OTHER_TIME.fullmatch(text.strip())
+    if match is None:
+        return None
+    year, month, day, hour, minute, second, fraction, zone = match.groups()
+    try:
+        moment = datetime(
+            int(year),
+            int(month),
+            int(day),
+            int(hour or 0),
+            int(minute or 0),
+            int(second or 0),
+            int((fraction or "0")[:6].ljust(6, "0")),
+        )
+    except ValueError:
+        return None
+    if zone is None or zone.upper() in ("Z", "UTC", "GMT"):
+        return moment.replace(tzinfo=UTC)
+    offset = int(zone[1:3]) * 3600 + int(zone[-2:]) * 60
+    if offset >= 86400:
+        return None
+    return moment.replace(tzinfo=timezone(timedelta(seconds=-offset if zone[0] == "-" else offset)))
 
 
 def _item(index: int | None) -> str:

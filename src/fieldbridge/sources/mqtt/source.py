@@ -18,7 +18,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from fieldbridge.errors import StoreError
-from fieldbridge.model import Outcome, Rejected
+from fieldbridge.model import Accepted, Outcome, Rejected
 from fieldbridge.sources.mqtt.broker import EmbeddedBroker, start_if_absent
 from fieldbridge.sources.mqtt.client import (
     FastClient,
@@ -426,6 +426,9 @@ class MqttSource:
         outcome = future.result()
         if type(outcome) is Rejected:
             self._note_rejected(outcome, topic)
+        elif isinstance(outcome, Accepted) and outcome.quarantined:  # acknowledged all the same
+            for part in outcome.quarantined:
+                self._note_rejected(part, topic)
         if qos == 0 or generation != self._generation:
             return
         if qos == 1:
@@ -489,7 +492,7 @@ class MqttSource:
         now = self._require_loop().time()
         if now - self._rejects_logged >= REJECTS_EVERY:
             log.warning(
-                "%s: %d payload(s) quarantined (latest on %r: %s); see `fieldbridge "
+                "%s: %d payload(s) or item(s) quarantined (latest on %r: %s); see `fieldbridge "
                 "quarantine list`",
                 self._where,
                 self._rejects,
