@@ -8,9 +8,10 @@ import typer
 
 from fieldbridge.cli.context import with_store
 from fieldbridge.cli.output import fail, print_json, print_table
-from fieldbridge.cli.records import device_json, quarantine_json, stored_reading_json
-from fieldbridge.model import Device
+from fieldbridge.cli.records import device_json, links_json, quarantine_json, stored_reading_json
+from fieldbridge.model import Device, DeviceLink, DeviceStatus, Role
 from fieldbridge.store import Store
+from fieldbridge.store.registry import UNSET
 from fieldbridge.timefmt import iso, parse_iso
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -59,11 +60,22 @@ def devices_show(
     device_id: Annotated[str, typer.Argument(metavar="ID", help="The device id.")],
     json_out: JsonFlag = False,
 ) -> None:
-    """Show one device with its attributes and flags."""
-    device = with_store(ctx, lambda s: s.get_device(device_id))
+    """Show one device with its attributes, flags, role, status and relaying gateways."""
+
+    async def get(store: Store) -> tuple[Device | None, list[DeviceLink], list[DeviceLink]]:
+        found = await store.get_device(device_id)
+        if found is None:
+            return None, [], []
+        return found, await store.device_links(device_id), await store.relayed_by(device_id)
+
+    device, links, relayed = with_store(ctx, get)
     if device is None:
         fail(f"no device {device_id!r}; `fieldbridge devices list` shows the known ones")
-    data = device_json(device)
+    data = {
+        **device_json(device),
+        **links_json(links),
+        "relayed": [{"device": r.via, "last_seen": iso(r.last_seen)} for r in relayed],
+    }
     if json_out:
         print_json(data)
         return
@@ -87,6 +99,17 @@ def _parse_flags(values: list[str]) -> dict[str, bool]:
             fail(f"--flag {key}={value}: the value must be on or off", code=2)
         flags[key] = value.lower() == "on"
     return flags
+
+
+def _parse_location(text: str) -> dict[str, float]:
+    lat_text, sep, lon_text = text.partition(",")
+    try:
+        lat, lon = float(lat_text), float(lon_text)
+    except ValueError:
+        lat = lon = float("nan")
+    if not sep or not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        fail(f"--location {text!r}: write LAT,LON in degrees, e.g. -36.83,174.83", code=2)
+    return {"latitude": lat, "longitude": lon}
 
 
 @devices.command("add")
@@ -128,16 +151,71 @@ def devices_set(
     ] = None,
     attr: Annotated[list[str] | None, typer.Option("--attr", help="KEY=VALUE.")] = None,
     name: Annotated[str | None, typer.Option(help="A human name for the device.")] = None,
+    message_type: Annotated[
+        str | None,
+        typer.Option(
+            "--message-type",
+            help="Name its CSV values with this message type; '' detaches it.",
+        ),
+    ] = None,
+    status: Annotated[
+        DeviceStatus | None,
+        typer.Option(help="current, down or maintenance (the liveness monitor skips the last)."),
+    ] = None,
+    allowed_downtime: Annotated[
+        int | None,
+        typer.Option(
+            "--allowed-downtime", min=1, help="Minutes it may stay silent before it is down."
+        ),
+    ] = None,
+    role: Annotated[Role | None, typer.Option(help="node, repeater or gateway.")] = None,
+    team: Annotated[
+        str | None, typer.Option(help="The team (project) it belongs to; '' clears it.")
+    ] = None,
+    location: Annotated[
+        str | None,
+        typer.Option(
+            help="LAT,LON: a fixed location shown instead of what it reports; '' removes it."
+        ),
+    ] = None,
     json_out: JsonFlag = False,
 ) -> None:
-    """Set flags (routing switches such as upload_trapnz), attributes or the name of a device."""
+    """Set flags (routing switches such as influx), attributes, name, message type, status,
+    allowed downtime, role, team or a location override of a device."""
     flags = _parse_flags(flag or [])
-    attrs = _parse_pairs(attr or [], "--attr")
-    if not flags and not attrs and name is None:
-        fail("nothing to set; give --flag KEY=on|off, --attr KEY=VALUE or --name", code=2)
+    attrs: dict[str, object] = dict(_parse_pairs(attr or [], "--attr"))
+    remove: tuple[str, ...] = ()
+    if location is not None:
+        if location.strip():
+            attrs["location_override"] = _parse_location(location)
+        else:
+            remove = ("location_override",)
+    columns = (message_type, status, allowed_downtime, role, team)
+    if not flags and not attrs and not remove and name is None and columns == (None,) * 5:
+        fail(
+            "nothing to set; give --flag KEY=on|off, --attr KEY=VALUE, --name, --message-type, "
+            "--status, --allowed-downtime, --role, --team or --location",
+            code=2,
+        )
 
     async def update(store: Store) -> Device | None:
-        return await store.update_device(device_id, flags=flags, attributes=attrs, name=name)
+        if message_type and await store.get_message_type(message_type) is None:
+            fail(
+                f"--message-type {message_type!r}: no such message type; add it with "
+                "`fieldbridge messagetypes add`"
+            )
+        return await store.update_device(
+            device_id,
+            flags=flags,
+            attributes=attrs,
+            name=name,
+            status=status,
+            allowed_downtime_min=allowed_downtime,
+            role=role,
+            message_type=UNSET if message_type is None else (message_type or None),
+            team=UNSET if team is None else (team or None),
+            remove_attributes=remove,
+        )
 
     device = with_store(ctx, update)
     if device is None:
