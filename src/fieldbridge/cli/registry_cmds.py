@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from fieldbridge.cli.context import with_store
 from fieldbridge.cli.output import fail, print_json, print_table
 from fieldbridge.cli.records import device_json, links_json, quarantine_json, stored_reading_json
-from fieldbridge.model import Device, DeviceLink, DeviceStatus, Role
+from fieldbridge.model import Device, DeviceStatus, Role
 from fieldbridge.store import Store
 from fieldbridge.store.registry import UNSET
 from fieldbridge.timefmt import iso, parse_iso
@@ -62,24 +62,28 @@ def devices_show(
 ) -> None:
     """Show one device with its attributes, flags, role, status and relaying gateways."""
 
-    async def get(store: Store) -> tuple[Device | None, list[DeviceLink], list[DeviceLink]]:
+    async def get(store: Store) -> dict[str, Any] | None:
         found = await store.get_device(device_id)
-        if found is None:
-            return None, [], []
-        return found, await store.device_links(device_id), await store.relayed_by(device_id)
+        return None if found is None else await _full_json(store, found)
 
-    device, links, relayed = with_store(ctx, get)
-    if device is None:
+    data = with_store(ctx, get)
+    if data is None:
         fail(f"no device {device_id!r}; `fieldbridge devices list` shows the known ones")
-    data = {
-        **device_json(device),
-        **links_json(links),
-        "relayed": [{"device": r.via, "last_seen": iso(r.last_seen)} for r in relayed],
-    }
     if json_out:
         print_json(data)
         return
     print_table(f"device {device_id}", ["field", "value"], list(data.items()))
+
+
+async def _full_json(store: Store, device: Device) -> dict[str, Any]:
+    """A device as `devices show` prints it: the list entry plus who relayed it, and what."""
+    links = await store.device_links(device.id)
+    relayed = await store.relayed_by(device.id)
+    return {
+        **device_json(device),
+        **links_json(links),
+        "relayed": [{"device": r.via, "last_seen": iso(r.last_seen)} for r in relayed],
+    }
 
 
 def _parse_pairs(values: list[str], option: str) -> dict[str, str]:
@@ -198,13 +202,13 @@ def devices_set(
             code=2,
         )
 
-    async def update(store: Store) -> Device | None:
+    async def update(store: Store) -> dict[str, Any] | None:
         if message_type and await store.get_message_type(message_type) is None:
             fail(
                 f"--message-type {message_type!r}: no such message type; add it with "
                 "`fieldbridge messagetypes add`"
             )
-        return await store.update_device(
+        device = await store.update_device(
             device_id,
             flags=flags,
             attributes=attrs,
@@ -216,14 +220,15 @@ def devices_set(
             team=UNSET if team is None else (team or None),
             remove_attributes=remove,
         )
+        return None if device is None else await _full_json(store, device)
 
-    device = with_store(ctx, update)
-    if device is None:
+    data = with_store(ctx, update)
+    if data is None:
         fail(f"no device {device_id!r}; devices appear once they sent a message")
     if json_out:
-        print_json(device_json(device))
+        print_json(data)
     else:
-        print_table(f"device {device_id}", ["field", "value"], list(device_json(device).items()))
+        print_table(f"device {device_id}", ["field", "value"], list(data.items()))
 
 
 @readings.command("list")
