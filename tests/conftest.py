@@ -63,7 +63,10 @@ def _no_fieldbridge_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-TABLES = "journal, readings, devices, sink_state, dead_letters, quarantine, downlinks"
+TABLES = (
+    "journal, readings, devices, sink_state, dead_letters, quarantine, downlinks, "
+    "message_types, message_type_fields, node_gateways"
+)
 
 
 @pytest.fixture(scope="session")

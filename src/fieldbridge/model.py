@@ -24,6 +24,49 @@ class Reading:
     key: str | None = None
 
 
+class Role(StrEnum):
+    """What a device is in a relayed network (the trap network): ranked node < repeater <
+    gateway; the registry keeps the highest role a device was seen in."""
+
+    NODE = "node"
+    REPEATER = "repeater"
+    GATEWAY = "gateway"
+
+
+class DeviceStatus(StrEnum):
+    """A device's liveness: current (heard within its allowed downtime), down, maintenance."""
+
+    CURRENT = "current"
+    DOWN = "down"
+    MAINTENANCE = "maintenance"
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """A gateway or repeater that carried a message: seen alive, linked to the sender."""
+
+    device: str
+    role: Role
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkReport:
+    """What a network message says beyond its readings; the commit applies it to the registry.
+
+    A pure codec cannot read the registry, so naming CSV values through the device's message
+    type (`fields`) also happens at commit, in the same transaction.
+    """
+
+    role: Role = Role.NODE  # the sender's role as this message shows it
+    fields: tuple[str, ...] | None = None  # CSV values in order, named by the message type
+    relays: tuple[Relay, ...] = ()  # who carried it, gateway first
+    team: str | None = None
+    battery_key: str = "VBat"  # the value that is the battery level, also among named fields
+    # False: update the device if it is registered, never create it (trap events: an unknown
+    # node stays unknown, as the original Trap.NZ uploader had it).
+    creates: bool = True
+
+
 @dataclass(frozen=True, slots=True)
 class Decoded:
     """What a codec made of (part of) a payload: one message from one device."""
@@ -37,6 +80,7 @@ class Decoded:
     # Accept only when `device` is already in the registry (else quarantined at commit); a pure
     # codec cannot look the registry up, so it asks the commit to.
     require_registered: bool = False
+    report: NetworkReport | None = None  # a network message's registry update (trapnet codec)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +162,48 @@ class Device:
     message_count: int
     attributes: Mapping[str, Any] = field(default_factory=dict)
     flags: Mapping[str, bool] = field(default_factory=dict)
+    role: Role | None = None  # None: not part of a relayed network
+    status: DeviceStatus = DeviceStatus.CURRENT
+    status_since: float | None = None
+    allowed_downtime_min: int = 60
+    message_type: str | None = None  # names its CSV values (`fieldbridge messagetypes`)
+    team: str | None = None
+
+
+class FieldType(StrEnum):
+    """How a message type reads one CSV value: S text, I integer, F float (I and F are both
+    stored as float readings, as the original system parsed them)."""
+
+    TEXT = "S"
+    INTEGER = "I"
+    FLOAT = "F"
+
+
+@dataclass(frozen=True, slots=True)
+class MessageField:
+    """One position of a message type: its name, how it is read, and whether it is a tag."""
+
+    name: str
+    type: FieldType
+    is_tag: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MessageType:
+    """Names for the values of a CSV line, in order; None in `fields` skips a position."""
+
+    name: str
+    fields: tuple[MessageField | None, ...]
+    description: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceLink:
+    """A gateway or repeater that relayed a device's messages, and when it last did."""
+
+    via: str
+    role: Role
+    last_seen: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from fieldbridge import __version__
 from fieldbridge.cli.context import run_async, settings_of, with_store
 from fieldbridge.cli.efento_cmds import decode_app, encode_app
 from fieldbridge.cli.efento_downlink_cmds import efento_app
+from fieldbridge.cli.messagetype_cmds import messagetypes
 from fieldbridge.cli.output import console, fail, print_json, print_table
 from fieldbridge.cli.registry_cmds import devices, quarantine, readings
 from fieldbridge.cli.sink_cmds import deadletters, sinks
@@ -40,6 +41,7 @@ db_app = typer.Typer(help="The store's schema and retention.", no_args_is_help=T
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 app.add_typer(devices, name="devices")
+app.add_typer(messagetypes, name="messagetypes")
 app.add_typer(readings, name="readings")
 app.add_typer(quarantine, name="quarantine")
 app.add_typer(sinks, name="sinks")

@@ -5,7 +5,15 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from fieldbridge.model import DeadLetter, Device, QuarantineEntry, StoredReading
+from fieldbridge.model import (
+    DeadLetter,
+    Device,
+    DeviceLink,
+    MessageType,
+    QuarantineEntry,
+    Role,
+    StoredReading,
+)
 from fieldbridge.reading_json import reading_json
 from fieldbridge.timefmt import iso
 
@@ -21,6 +29,53 @@ def device_json(d: Device) -> dict[str, Any]:
         "message_count": d.message_count,
         "attributes": dict(d.attributes),
         "flags": dict(d.flags),
+        "role": d.role,
+        "status": d.status,
+        "status_since": iso(d.status_since) if d.status_since is not None else None,
+        "allowed_downtime_min": d.allowed_downtime_min,
+        "message_type": d.message_type,
+        "team": d.team,
+        "location": location_json(d),
+    }
+
+
+def location_json(d: Device) -> dict[str, Any] | None:
+    """Where a device is: the manual override (`devices set --location`) over what it reports."""
+    override = d.attributes.get("location_override")
+    if isinstance(override, dict):
+        return {**override, "source": "override"}
+    lat, lon = d.attributes.get("latitude"), d.attributes.get("longitude")
+    if lat is None and lon is None:
+        return None
+    return {"latitude": lat, "longitude": lon, "source": "reported"}
+
+
+def links_json(links: list[DeviceLink]) -> dict[str, list[dict[str, Any]]]:
+    """A device's relays as `devices show` prints them: gateways and repeaters, latest first."""
+    return {
+        "gateways": [
+            {"gateway": link.via, "last_seen": iso(link.last_seen)}
+            for link in links
+            if link.role is Role.GATEWAY
+        ],
+        "repeaters": [
+            {"repeater": link.via, "last_seen": iso(link.last_seen)}
+            for link in links
+            if link.role is Role.REPEATER
+        ],
+    }
+
+
+def message_type_json(m: MessageType) -> dict[str, Any]:
+    return {
+        "name": m.name,
+        "description": m.description,
+        "fields": [
+            None
+            if spec is None
+            else {"name": spec.name, "type": spec.type.value, "is_tag": spec.is_tag}
+            for spec in m.fields
+        ],
     }
 
 

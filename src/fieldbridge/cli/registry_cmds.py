@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from fieldbridge.cli.context import with_store
 from fieldbridge.cli.output import fail, print_json, print_table
-from fieldbridge.cli.records import device_json, quarantine_json, stored_reading_json
-from fieldbridge.model import Device
+from fieldbridge.cli.records import device_json, links_json, quarantine_json, stored_reading_json
+from fieldbridge.model import Device, DeviceStatus, Role
 from fieldbridge.store import Store
+from fieldbridge.store.registry import UNSET
 from fieldbridge.timefmt import iso, parse_iso
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -59,15 +60,30 @@ def devices_show(
     device_id: Annotated[str, typer.Argument(metavar="ID", help="The device id.")],
     json_out: JsonFlag = False,
 ) -> None:
-    """Show one device with its attributes and flags."""
-    device = with_store(ctx, lambda s: s.get_device(device_id))
-    if device is None:
+    """Show one device with its attributes, flags, role, status and relaying gateways."""
+
+    async def get(store: Store) -> dict[str, Any] | None:
+        found = await store.get_device(device_id)
+        return None if found is None else await _full_json(store, found)
+
+    data = with_store(ctx, get)
+    if data is None:
         fail(f"no device {device_id!r}; `fieldbridge devices list` shows the known ones")
-    data = device_json(device)
     if json_out:
         print_json(data)
         return
     print_table(f"device {device_id}", ["field", "value"], list(data.items()))
+
+
+async def _full_json(store: Store, device: Device) -> dict[str, Any]:
+    """A device as `devices show` prints it: the list entry plus who relayed it, and what."""
+    links = await store.device_links(device.id)
+    relayed = await store.relayed_by(device.id)
+    return {
+        **device_json(device),
+        **links_json(links),
+        "relayed": [{"device": r.via, "last_seen": iso(r.last_seen)} for r in relayed],
+    }
 
 
 def _parse_pairs(values: list[str], option: str) -> dict[str, str]:
@@ -87,6 +103,17 @@ def _parse_flags(values: list[str]) -> dict[str, bool]:
             fail(f"--flag {key}={value}: the value must be on or off", code=2)
         flags[key] = value.lower() == "on"
     return flags
+
+
+def _parse_location(text: str) -> dict[str, float]:
+    lat_text, sep, lon_text = text.partition(",")
+    try:
+        lat, lon = float(lat_text), float(lon_text)
+    except ValueError:
+        lat = lon = float("nan")
+    if not sep or not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        fail(f"--location {text!r}: write LAT,LON in degrees, e.g. -36.83,174.83", code=2)
+    return {"latitude": lat, "longitude": lon}
 
 
 @devices.command("add")
@@ -128,24 +155,80 @@ def devices_set(
     ] = None,
     attr: Annotated[list[str] | None, typer.Option("--attr", help="KEY=VALUE.")] = None,
     name: Annotated[str | None, typer.Option(help="A human name for the device.")] = None,
+    message_type: Annotated[
+        str | None,
+        typer.Option(
+            "--message-type",
+            help="Name its CSV values with this message type; '' detaches it.",
+        ),
+    ] = None,
+    status: Annotated[
+        DeviceStatus | None,
+        typer.Option(help="current, down or maintenance (the liveness monitor skips the last)."),
+    ] = None,
+    allowed_downtime: Annotated[
+        int | None,
+        typer.Option(
+            "--allowed-downtime", min=1, help="Minutes it may stay silent before it is down."
+        ),
+    ] = None,
+    role: Annotated[Role | None, typer.Option(help="node, repeater or gateway.")] = None,
+    team: Annotated[
+        str | None, typer.Option(help="The team (project) it belongs to; '' clears it.")
+    ] = None,
+    location: Annotated[
+        str | None,
+        typer.Option(
+            help="LAT,LON: a fixed location shown instead of what it reports; '' removes it."
+        ),
+    ] = None,
     json_out: JsonFlag = False,
 ) -> None:
-    """Set flags (routing switches such as upload_trapnz), attributes or the name of a device."""
+    """Set flags (routing switches such as influx), attributes, name, message type, status,
+    allowed downtime, role, team or a location override of a device."""
     flags = _parse_flags(flag or [])
-    attrs = _parse_pairs(attr or [], "--attr")
-    if not flags and not attrs and name is None:
-        fail("nothing to set; give --flag KEY=on|off, --attr KEY=VALUE or --name", code=2)
+    attrs: dict[str, object] = dict(_parse_pairs(attr or [], "--attr"))
+    remove: tuple[str, ...] = ()
+    if location is not None:
+        if location.strip():
+            attrs["location_override"] = _parse_location(location)
+        else:
+            remove = ("location_override",)
+    columns = (message_type, status, allowed_downtime, role, team)
+    if not flags and not attrs and not remove and name is None and columns == (None,) * 5:
+        fail(
+            "nothing to set; give --flag KEY=on|off, --attr KEY=VALUE, --name, --message-type, "
+            "--status, --allowed-downtime, --role, --team or --location",
+            code=2,
+        )
 
-    async def update(store: Store) -> Device | None:
-        return await store.update_device(device_id, flags=flags, attributes=attrs, name=name)
+    async def update(store: Store) -> dict[str, Any] | None:
+        if message_type and await store.get_message_type(message_type) is None:
+            fail(
+                f"--message-type {message_type!r}: no such message type; add it with "
+                "`fieldbridge messagetypes add`"
+            )
+        device = await store.update_device(
+            device_id,
+            flags=flags,
+            attributes=attrs,
+            name=name,
+            status=status,
+            allowed_downtime_min=allowed_downtime,
+            role=role,
+            message_type=UNSET if message_type is None else (message_type or None),
+            team=UNSET if team is None else (team or None),
+            remove_attributes=remove,
+        )
+        return None if device is None else await _full_json(store, device)
 
-    device = with_store(ctx, update)
-    if device is None:
+    data = with_store(ctx, update)
+    if data is None:
         fail(f"no device {device_id!r}; devices appear once they sent a message")
     if json_out:
-        print_json(device_json(device))
+        print_json(data)
     else:
-        print_table(f"device {device_id}", ["field", "value"], list(device_json(device).items()))
+        print_table(f"device {device_id}", ["field", "value"], list(data.items()))
 
 
 @readings.command("list")

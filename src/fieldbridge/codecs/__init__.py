@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from fieldbridge.codecs import efento, http_json, json_mapping, smartcitizen
+from fieldbridge.codecs import efento, http_json, json_mapping, smartcitizen, trapnet
 from fieldbridge.errors import ConfigError
 from fieldbridge.model import Codec
 
@@ -33,6 +33,7 @@ CODECS: dict[str, CodecFactory] = {
     "efento": plain(efento.decode),
     "smartcitizen": smartcitizen.build,
     "json": json_mapping.build,
+    "trapnet": trapnet.build,
 }
 
 

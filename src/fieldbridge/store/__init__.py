@@ -9,6 +9,7 @@ from fieldbridge.store.db import Database, Timeout
 from fieldbridge.store.downlinks import DownlinkQueries
 from fieldbridge.store.journal import JournalQueries, Pending
 from fieldbridge.store.messages import MessageQueries
+from fieldbridge.store.messagetypes import MessageTypeQueries
 from fieldbridge.store.registry import RegistryQueries
 from fieldbridge.store.sinkstate import SinkStateQueries
 from fieldbridge.store.urls import StoreUrl, parse_store_url
@@ -16,7 +17,14 @@ from fieldbridge.store.urls import StoreUrl, parse_store_url
 __all__ = ["Pending", "Store", "StoreUrl", "Timeout", "open_store", "parse_store_url"]
 
 
-class Store(JournalQueries, RegistryQueries, SinkStateQueries, DownlinkQueries, MessageQueries):
+class Store(
+    JournalQueries,
+    RegistryQueries,
+    SinkStateQueries,
+    DownlinkQueries,
+    MessageQueries,
+    MessageTypeQueries,
+):
     """Every read and write of fieldbridge's state goes through here."""
 
     def __init__(self, db: Database) -> None:

@@ -13,9 +13,11 @@ from fieldbridge.model import (
     Reading,
     Refusal,
     Rejected,
+    Role,
 )
 from fieldbridge.store import jsoncol
 from fieldbridge.store.db import Database, Execute, ExecuteMany, Fetch, Plan, Row, Timeout
+from fieldbridge.store.network import ROLE_MERGE, Relays, apply_relays, higher_role, name_csv_values
 
 # Taken by every PostgreSQL ingest transaction: ids then commit in id order across processes,
 # so a sink reading "after its cursor" can never skip a row that commits late.
@@ -260,6 +262,10 @@ def _commit(dialect: str, batch: Sequence[Pending]) -> Plan[list[Outcome]]:
         yield Execute("SELECT pg_advisory_xact_lock(?)", (JOURNAL_LOCK,))
     if any(d.require_registered for p in batch for d in p.decoded or ()):
         batch = yield from _refuse_unregistered(batch)
+    networked = any(d.report is not None for p in batch for d in p.decoded or ())
+    if networked:
+        batch = yield from name_csv_values(batch)
+    relays = Relays()
     records = keyed = 0
     keys: set[tuple[str, str]] = set()
     for p in batch:
@@ -311,11 +317,12 @@ def _commit(dialect: str, batch: Sequence[Pending]) -> Plan[list[Outcome]]:
                 )  # fmt: skip
             entry = seen.get(device)
             if entry is None:
-                seen[device] = _Seen(
-                    d.kind, source, received_at, received_at, 1, dict(d.attributes or {})
+                entry = seen[device] = _Seen(
+                    d.kind, source, received_at, received_at, 0, {}, d.report is None
                 )
-            else:
-                entry.note(d, received_at)
+            entry.note(d, received_at)
+            if d.report is not None:
+                relays.note(d, received_at, source)
         outcomes.append(Accepted(tuple(message_ids), duplicates))
 
     if journal_rows:
@@ -334,6 +341,8 @@ def _commit(dialect: str, batch: Sequence[Pending]) -> Plan[list[Outcome]]:
         )
     if seen:
         yield from _upsert_devices(seen)
+    if networked:
+        yield from apply_relays(relays)
     for index, p in enumerate(batch):
         if p.decoded is None:
             rejected = yield from _quarantine(p, p.payload, p.reason, p.cause, p.malformed)
@@ -373,6 +382,9 @@ class _Seen:
     last: float
     count: int
     attributes: dict[str, object]
+    creates: bool  # False: only a registered device is updated (NetworkReport.creates)
+    role: Role | None = None
+    team: str | None = None
 
     def note(self, d: Decoded, received_at: float) -> None:
         if d.kind is not None:
@@ -381,6 +393,12 @@ class _Seen:
         self.count += 1
         if d.attributes:
             self.attributes.update(d.attributes)
+        report = d.report
+        if report is not None:
+            self.creates = self.creates or report.creates
+            self.role = higher_role(self.role, report.role)
+            if report.team is not None:
+                self.team = report.team
 
 
 def _slots(
@@ -406,9 +424,40 @@ def _slots(
 
 
 def _upsert_devices(seen: dict[str, _Seen]) -> Plan[None]:
+    known_only = [(e.last, e.last, e.count, dev) for dev, e in seen.items() if not e.creates]
+    if known_only:
+        yield ExecuteMany(
+            "UPDATE devices SET last_seen = CASE WHEN ? > last_seen THEN ? ELSE last_seen END, "
+            "message_count = message_count + ? WHERE id = ?",
+            known_only,
+        )
+    rows: list[tuple[object, ...]] = [
+        (dev, e.kind, e.source, e.first, e.last, e.count, e.role.value if e.role else None, e.team)
+        for dev, e in seen.items()
+        if e.creates
+    ]
+    if rows:
+        yield from _insert_devices(rows)
+    with_attrs = {dev: e.attributes for dev, e in seen.items() if e.attributes}
+    if not with_attrs:
+        return
+    marks = ",".join("?" * len(with_attrs))
+    sql = f"SELECT id, attributes FROM devices WHERE id IN ({marks})"
+    found = yield Fetch(sql, list(with_attrs))
+    updates = []
+    for dev, text in found or ():
+        merged = jsoncol.load(text)
+        merged.update(with_attrs[dev])
+        updates.append((jsoncol.dump(merged), dev))
+    if updates:
+        yield ExecuteMany("UPDATE devices SET attributes = ? WHERE id = ?", updates)
+
+
+def _insert_devices(rows: list[tuple[object, ...]]) -> Plan[None]:
     yield ExecuteMany(
-        "INSERT INTO devices (id, kind, source, first_seen, last_seen, message_count) "
-        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+        "INSERT INTO devices (id, kind, source, first_seen, last_seen, message_count, role, team) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+        f"role = {ROLE_MERGE}, team = COALESCE(excluded.team, devices.team), "
         "kind = COALESCE(excluded.kind, devices.kind), "
         # A device registered ahead (`devices add`) takes its first message's source and time.
         "source = CASE WHEN devices.message_count = 0 THEN excluded.source "
@@ -418,17 +467,5 @@ def _upsert_devices(seen: dict[str, _Seen]) -> Plan[None]:
         "last_seen = CASE WHEN excluded.last_seen > devices.last_seen "
         "THEN excluded.last_seen ELSE devices.last_seen END, "
         "message_count = devices.message_count + excluded.message_count",
-        [(dev, e.kind, e.source, e.first, e.last, e.count) for dev, e in seen.items()],
+        rows,
     )
-    with_attrs = {dev: e.attributes for dev, e in seen.items() if e.attributes}
-    if not with_attrs:
-        return
-    marks = ",".join("?" * len(with_attrs))
-    sql = f"SELECT id, attributes FROM devices WHERE id IN ({marks})"
-    rows = yield Fetch(sql, list(with_attrs))
-    updates = []
-    for dev, text in rows or ():
-        merged = jsoncol.load(text)
-        merged.update(with_attrs[dev])
-        updates.append((jsoncol.dump(merged), dev))
-    yield ExecuteMany("UPDATE devices SET attributes = ? WHERE id = ?", updates)

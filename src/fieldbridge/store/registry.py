@@ -5,11 +5,23 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
-from fieldbridge.model import Device, QuarantineEntry, Reading, StoredReading
+from fieldbridge.model import (
+    Device,
+    DeviceLink,
+    DeviceStatus,
+    QuarantineEntry,
+    Reading,
+    Role,
+    StoredReading,
+)
 from fieldbridge.store import jsoncol
 from fieldbridge.store.db import Database, Row
 
-DEVICE_COLUMNS = "id, kind, name, source, first_seen, last_seen, message_count, attributes, flags"
+DEVICE_COLUMNS = (
+    "id, kind, name, source, first_seen, last_seen, message_count, attributes, flags, "
+    "role, status, status_since, allowed_downtime_min, message_type, team"
+)
+UNSET: object = object()  # update_device: leave the column as it is
 
 
 class RegistryQueries:
@@ -57,26 +69,70 @@ class RegistryQueries:
         flags: Mapping[str, bool] | None = None,
         attributes: Mapping[str, object] | None = None,
         name: str | None = None,
+        role: Role | None = None,
+        status: DeviceStatus | None = None,
+        allowed_downtime_min: int | None = None,
+        message_type: str | object | None = UNSET,
+        team: str | object | None = UNSET,
+        remove_attributes: tuple[str, ...] = (),
+        at: float | None = None,
     ) -> Device | None:
-        """Merge flags and attributes into a device; None if there is no such device."""
+        """Merge flags and attributes into a device and set the given columns; None if there
+        is no such device. `message_type` and `team` take None to clear them. A status change
+        stamps status_since with `at` (default now)."""
         async with self.db.transaction() as tx:
             rows = await tx.fetchall(
-                "SELECT flags, attributes, name FROM devices WHERE id = ?", (device_id,)
+                "SELECT flags, attributes, name, status FROM devices WHERE id = ?", (device_id,)
             )
             if not rows:
                 return None
             merged_flags = {**jsoncol.load(rows[0][0]), **(flags or {})}
             merged_attrs = {**jsoncol.load(rows[0][1]), **(attributes or {})}
+            for key in remove_attributes:
+                merged_attrs.pop(key, None)
+            sets = ["flags = ?", "attributes = ?", "name = ?"]
+            params: list[object] = [
+                jsoncol.dump(merged_flags),
+                jsoncol.dump(merged_attrs),
+                name if name is not None else rows[0][2],
+            ]
+            if role is not None:
+                sets.append("role = ?")
+                params.append(role.value)
+            if status is not None and status.value != rows[0][3]:
+                sets += ["status = ?", "status_since = ?"]
+                params += [status.value, time.time() if at is None else at]
+            if allowed_downtime_min is not None:
+                sets.append("allowed_downtime_min = ?")
+                params.append(allowed_downtime_min)
+            if message_type is not UNSET:
+                sets.append("message_type = ?")
+                params.append(message_type)
+            if team is not UNSET:
+                sets.append("team = ?")
+                params.append(team)
             await tx.execute(
-                "UPDATE devices SET flags = ?, attributes = ?, name = ? WHERE id = ?",
-                (
-                    jsoncol.dump(merged_flags),
-                    jsoncol.dump(merged_attrs),
-                    name if name is not None else rows[0][2],
-                    device_id,
-                ),
+                f"UPDATE devices SET {', '.join(sets)} WHERE id = ?", [*params, device_id]
             )
         return await self.get_device(device_id)
+
+    async def device_links(self, device_id: str) -> list[DeviceLink]:
+        """The gateways and repeaters that relayed a device's messages, latest first."""
+        rows = await self.db.fetchall(
+            "SELECT via, role, last_seen FROM node_gateways WHERE node = ? "
+            "ORDER BY last_seen DESC, via",
+            (device_id,),
+        )
+        return [DeviceLink(via, Role(role), float(at)) for via, role, at in rows]
+
+    async def relayed_by(self, via: str) -> list[DeviceLink]:
+        """The devices a gateway or repeater relayed, latest first (`via` names the device)."""
+        rows = await self.db.fetchall(
+            "SELECT node, role, last_seen FROM node_gateways WHERE via = ? "
+            "ORDER BY last_seen DESC, node",
+            (via,),
+        )
+        return [DeviceLink(node, Role(role), float(at)) for node, role, at in rows]
 
     async def device_flags(self, device_ids: set[str]) -> dict[str, dict[str, bool]]:
         out: dict[str, dict[str, bool]] = {}
@@ -133,7 +189,8 @@ class RegistryQueries:
 
 
 def _device(row: Row) -> Device:
-    dev_id, kind, name, source, first, last, count, attrs, flags = row
+    dev_id, kind, name, source, first, last, count, attrs, flags = row[:9]
+    role, status, status_since, downtime, message_type, team = row[9:]
     return Device(
         id=dev_id,
         kind=kind,
@@ -144,4 +201,10 @@ def _device(row: Row) -> Device:
         message_count=int(count),
         attributes=jsoncol.load(attrs),
         flags={k: bool(v) for k, v in jsoncol.load(flags).items()},
+        role=Role(role) if role else None,
+        status=DeviceStatus(status),
+        status_since=status_since,
+        allowed_downtime_min=int(downtime),
+        message_type=message_type,
+        team=team,
     )

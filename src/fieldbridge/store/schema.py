@@ -60,6 +60,46 @@ devices = sa.Table(
     sa.Column("message_count", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("attributes", sa.Text, nullable=False, server_default="{}"),
     sa.Column("flags", sa.Text, nullable=False, server_default="{}"),
+    # The relayed network (trap network): role node/repeater/gateway, liveness and mapping.
+    sa.Column("role", sa.Text),
+    sa.Column("status", sa.Text, nullable=False, server_default="current"),
+    sa.Column("status_since", Time),
+    sa.Column("allowed_downtime_min", sa.Integer, nullable=False, server_default="60"),
+    sa.Column("message_type", sa.Text),
+    sa.Column("team", sa.Text),
+)
+
+message_types = sa.Table(
+    "message_types",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("description", sa.Text),
+    sa.Column("updated_at", Time, nullable=False),
+)
+
+message_type_fields = sa.Table(
+    "message_type_fields",
+    metadata,
+    sa.Column(
+        "message_type",
+        sa.Text,
+        sa.ForeignKey("message_types.name", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("position", sa.Integer, primary_key=True),  # 0-based among the mapped values
+    sa.Column("name", sa.Text),  # NULL: the position is skipped
+    sa.Column("type", sa.Text, nullable=False, server_default="F"),
+    sa.Column("is_tag", sa.Boolean, nullable=False, server_default=sa.false()),
+)
+
+node_gateways = sa.Table(
+    "node_gateways",
+    metadata,
+    sa.Column("node", sa.Text, primary_key=True),
+    sa.Column("via", sa.Text, primary_key=True),  # the gateway or repeater
+    sa.Column("role", sa.Text, nullable=False, server_default="gateway"),
+    sa.Column("last_seen", Time, nullable=False),
+    sa.Index("ix_node_gateways_via", "via"),
 )
 
 sink_state = sa.Table(
