@@ -203,7 +203,6 @@ def test_refusals_name_the_field(body: object, reason_starts: str) -> None:
         b'{"device": "d", "readings": {"t": NaN}}',
         b'{"device": "d", "readings": {"t": Infinity}}',
         b'{"device": "d", "readings": {"t": 1e400}}',  # overflows a double: refused as JSON
-        b'{"device": "\xff\xfe", "readings": {"t": 1}}',  # not UTF-8
         b'{"device": "a\\ud800", "readings": {"t": 1}}',  # lone surrogate
     ],
 )
@@ -249,12 +248,13 @@ def check_contract(raw: bytes) -> None:
     except DecodeError as error:
         assert isinstance(error.reason, str) and error.reason
         assert "\x00" not in error.reason  # the reason is stored as text in quarantine
+        assert error.reason.isprintable()  # shown escaped, never raw, on a terminal
         return
     assert isinstance(out, list) and out
     for message in out:
         assert isinstance(message, Decoded)
         assert isinstance(message.device, str) and 0 < len(message.device) <= MAX_TEXT
-        assert "\x00" not in message.device
+        assert message.device.isprintable()  # no control, format or invisible character
         assert message.readings
         for reading in message.readings:
             assert isinstance(reading, Reading)
@@ -297,6 +297,10 @@ def test_fuzz_arbitrary_json(value: object) -> None:
 
 # Text a valid message may carry: anything but NUL (refused, see test_nul_characters_are_refused).
 no_nul = st.characters(codec="utf-8", exclude_characters="\x00")
+# What a device id may hold: printable characters (str.isprintable), see test_device_ids_*.
+printable = st.characters(
+    codec="utf-8", exclude_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs")
+) | st.just(" ")
 quantities = st.text(no_nul, min_size=1, max_size=12)
 reading_specs = (
     st.floats(allow_nan=False, allow_infinity=False)
@@ -313,7 +317,7 @@ reading_specs = (
 )
 valid_messages = st.fixed_dictionaries(
     {
-        "device": st.text(no_nul, min_size=1, max_size=30).filter(str.strip),
+        "device": st.text(printable, min_size=1, max_size=30).filter(str.strip),
         "readings": st.dictionaries(quantities, reading_specs, min_size=1, max_size=4),
     },
     optional={

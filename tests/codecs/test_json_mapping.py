@@ -184,7 +184,7 @@ def test_device_path_problems_name_the_path() -> None:
         refusal({"device_path": "id"}, {"id": "a\u0000b"}) == "id: must not contain NUL characters"
     )
     assert "longer than 256" in refusal({"device_path": "id"}, {"id": "x" * 300})
-    assert refusal({"device_path": "id"}, [{"id": "a"}, {}]) == (
+    assert refusal({"device_path": "id"}, [{"id": "a", "t": 1}, {}]) == (
         "[1].id: no device id there (codec_options.device_path)"
     )
 
@@ -352,15 +352,16 @@ OPTION_SETS = [
         "readings": {"t": "d.t", "h": {"path": "d[0]", "unit": "%"}},
     },
     {"device_path": "a.b[1]", "timestamp_path": "a.ts", "time_unit": "ms", "exclude": ["x"]},
+    {"device_path": "id", "keep_without_readings": True},
 ]
-keys = st.sampled_from(["id", "n", "ts", "d", "t", "a", "b", "x", "é", ""])
+keys = st.sampled_from(["id", "n", "ts", "d", "t", "a", "b", "x", "é", "", "\x1b[31m", "\u202e"])
 leaf = (
     st.none()
     | st.booleans()
     | st.integers(-(2**63), 2**63 - 1)
     | st.floats()
     | st.text(max_size=10)
-    | st.sampled_from(["2027-01-15T08:00:00Z", "1800000000", "x\u0000"])
+    | st.sampled_from(["2027-01-15T08:00:00Z", "1800000000", "x\u0000", "a\x1bb", "\u200b"])
 )
 values = st.recursive(
     leaf,
@@ -369,15 +370,17 @@ values = st.recursive(
 )
 
 
-def outcome(options: dict[str, Any], payload: bytes) -> None:
+def outcome(options: dict[str, Any], payload: bytes, topic: str = "sensors/abc/data") -> None:
     try:
-        out = build(options)(payload, {"topic": "sensors/abc/data"}, RECEIVED)
+        out = build(options)(payload, {"topic": topic}, RECEIVED)
     except DecodeError as exc:
         assert exc.reason
+        assert exc.reason.isprintable()  # names and values from the payload are escaped
         return
     assert out and all(isinstance(m, Decoded) for m in out)
     for message in out:
-        assert message.device and "\x00" not in message.device
+        assert message.device and message.device.isprintable()
+        assert message.readings or options.get("keep_without_readings")
         for reading in message.readings:
             assert reading.value is None or math.isfinite(reading.value)
             assert 0 <= reading.measured_at < 253402300800
@@ -388,6 +391,16 @@ def outcome(options: dict[str, Any], payload: bytes) -> None:
 @given(st.sampled_from(OPTION_SETS), st.binary(max_size=200))
 def test_fuzz_bytes(options: dict[str, Any], payload: bytes) -> None:
     outcome(options, payload)
+
+
+@FUZZ
+@given(st.sampled_from(OPTION_SETS), st.text(max_size=30), values)
+def test_fuzz_topics(options: dict[str, Any], topic: str, value: object) -> None:
+    try:
+        payload = orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return
+    outcome(options, payload, topic)
 
 
 @FUZZ
