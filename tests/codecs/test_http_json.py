@@ -238,6 +238,56 @@ def test_refusal_reasons_never_carry_nul_from_field_names() -> None:
         assert "\x00" not in refusal(body).reason
 
 
+# --- device ids, duplicate keys, UTF-8 (issue 10) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (
+            {"device": "a\u001b[31m", "readings": {"t": 1}},
+            "device 'a\\x1b[31m' contains the control character U+001B at position 1",
+        ),
+        (
+            [
+                {"device": "ok", "readings": {"t": 1}},
+                {"device": "ad\u202emin", "readings": {"t": 1}},
+            ],
+            "[1].device 'ad\\u202emin' contains the invisible format character U+202E",
+        ),
+        ({"device": "dev\u200b", "readings": {"t": 1}}, "U+200B at position 3"),
+        ({"device": "dev\u0085", "readings": {"t": 1}}, "control character U+0085"),
+    ],
+)
+def test_device_ids_must_be_printable(body: object, reason: str) -> None:
+    error = refusal(body)
+    assert reason in error.reason, error.reason
+    assert error.cause == "bad_device_id" and not error.malformed  # 422, quarantined
+    assert error.reason.isprintable()
+
+
+def test_duplicate_keys_are_refused_with_the_key_and_place() -> None:
+    error = refusal(b'{"device": "a", "readings": {"t": 1}, "device": "b"}')
+    assert error.reason.startswith("body: key 'device' appears twice")
+    assert error.cause == "duplicate_key" and not error.malformed
+    nested = (
+        b'[{"device": "a", "readings": {"t": 1}}, {"device": "b", "readings": {"t": 1, "t": 2}}]'
+    )
+    assert refusal(nested).reason.startswith("[1].readings: key 't' appears twice")
+
+
+def test_colons_and_escapes_without_duplicates_are_accepted() -> None:
+    raw = b'{"device": "gw:01", "ts": "2024-03-01T10:00:00Z", "readings": {"t\\u00e9": 1}}'
+    [message] = decode(raw, META, RECEIVED)
+    assert message.device == "gw:01" and message.readings[0].quantity == "t\u00e9"
+
+
+def test_invalid_utf8_says_so_and_where() -> None:
+    error = refusal(b'{"device": "\xff\xfe", "readings": {"t": 1}}')
+    assert error.reason == "body is not UTF-8: invalid byte 0xff at offset 12"
+    assert error.malformed and error.cause == "not_utf8"
+
+
 # --- fuzzing ----------------------------------------------------------------------------------
 
 
@@ -342,6 +392,17 @@ def test_fuzz_valid_messages_decode(messages: list[dict[str, Any]], as_array: bo
     assert [d.kind for d in out] == [m.get("kind") for m in messages]
     keys = [None if m.get("id") is None else str(m["id"]) for m in messages]
     assert [d.idempotency_key for d in out] == keys
+
+
+@FUZZ
+@given(st.text(min_size=1, max_size=12))
+def test_fuzz_any_device_text_is_accepted_only_when_printable(device: str) -> None:
+    raw = orjson.dumps({"device": device, "readings": {"t": 1}})
+    check_contract(raw)
+    if device.strip() and device.isprintable():
+        assert decode(raw, META, RECEIVED)[0].device == device
+    else:
+        refusal(raw)
 
 
 MUTATION_KEYS = ["device", "kind", "ts", "readings", "id", "extra", "value", "unit", "channel"]

@@ -33,9 +33,17 @@ def loads(payload: bytes, subject: str) -> Any:
     except orjson.JSONDecodeError as exc:
         raise _syntax(payload, subject, exc) from None
     colons = payload.count(b":")
-    if colons > 1 and (b"\\u" in payload or orjson.dumps(data).count(b":") != colons):
+    if colons > 1 and (b"\\u" in payload or _colons_kept(data) != colons):
         _refuse_duplicates(payload, subject)
     return data
+
+
+def _colons_kept(data: Any) -> int:
+    """Colons in what orjson kept; -1 when orjson cannot write it back (over 254 levels)."""
+    try:
+        return orjson.dumps(data).count(b":")
+    except orjson.JSONEncodeError:
+        return -1
 
 
 def _syntax(payload: bytes, subject: str, exc: orjson.JSONDecodeError) -> DecodeError:
