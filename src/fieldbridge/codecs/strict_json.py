@@ -1,4 +1,6 @@
-"""JSON parsing for codecs that refuses duplicate keys and says where a body is not UTF-8.
+"""Strict JSON parsing for codecs: orjson's speed, with refusals that name the place.
+
+Duplicate keys are refused and a body that is not UTF-8 is located by byte offset.
 
 orjson is the fast path but keeps the last of duplicate keys without a word; the standard
 library's json reports every object's pairs (object_pairs_hook) but is several times slower.
