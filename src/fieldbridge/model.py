@@ -8,6 +8,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from fieldbridge.errors import DecodeError
+from fieldbridge.printable import describe, escape, first_unprintable
+
+SHOWN_ID = 80  # characters of a refused device id quoted in a reason
+
 
 @dataclass(frozen=True, slots=True)
 class Reading:
@@ -81,6 +86,30 @@ class Decoded:
     # codec cannot look the registry up, so it asks the commit to.
     require_registered: bool = False
     report: NetworkReport | None = None  # a network message's registry update (trapnet codec)
+
+    def __post_init__(self) -> None:
+        # Every codec's output passes here, so none can forget the rule.
+        if not self.device.isprintable():
+            check_device_id(self.device, "device id")
+
+
+def check_device_id(device: str, where: str) -> None:
+    """Refuse a device id that is not printable text, naming `where` it came from.
+
+    The rule is str.isprintable(): no control characters (C0, DEL, C1, so no ANSI escapes),
+    no invisible format characters (bidi overrides, zero-width characters, soft hyphen), no
+    separators but the plain space, no private-use or unassigned code points. An id shows on
+    a terminal as exactly what it is, and one id cannot pass for another.
+    """
+    index = first_unprintable(device)
+    if index is None:
+        return
+    shown = escape(device[:SHOWN_ID]) + ("..." if len(device) > SHOWN_ID else "")
+    raise DecodeError(
+        f"{where} '{shown}' contains the {describe(device[index])} at position {index}; "
+        "device ids must be printable text (no control, format or invisible characters)",
+        cause="bad_device_id",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -203,7 +203,6 @@ def test_refusals_name_the_field(body: object, reason_starts: str) -> None:
         b'{"device": "d", "readings": {"t": NaN}}',
         b'{"device": "d", "readings": {"t": Infinity}}',
         b'{"device": "d", "readings": {"t": 1e400}}',  # overflows a double: refused as JSON
-        b'{"device": "\xff\xfe", "readings": {"t": 1}}',  # not UTF-8
         b'{"device": "a\\ud800", "readings": {"t": 1}}',  # lone surrogate
     ],
 )
@@ -239,6 +238,56 @@ def test_refusal_reasons_never_carry_nul_from_field_names() -> None:
         assert "\x00" not in refusal(body).reason
 
 
+# --- device ids, duplicate keys, UTF-8 (issue 10) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (
+            {"device": "a\u001b[31m", "readings": {"t": 1}},
+            "device 'a\\x1b[31m' contains the control character U+001B at position 1",
+        ),
+        (
+            [
+                {"device": "ok", "readings": {"t": 1}},
+                {"device": "ad\u202emin", "readings": {"t": 1}},
+            ],
+            "[1].device 'ad\\u202emin' contains the invisible format character U+202E",
+        ),
+        ({"device": "dev\u200b", "readings": {"t": 1}}, "U+200B at position 3"),
+        ({"device": "dev\u0085", "readings": {"t": 1}}, "control character U+0085"),
+    ],
+)
+def test_device_ids_must_be_printable(body: object, reason: str) -> None:
+    error = refusal(body)
+    assert reason in error.reason, error.reason
+    assert error.cause == "bad_device_id" and not error.malformed  # 422, quarantined
+    assert error.reason.isprintable()
+
+
+def test_duplicate_keys_are_refused_with_the_key_and_place() -> None:
+    error = refusal(b'{"device": "a", "readings": {"t": 1}, "device": "b"}')
+    assert error.reason.startswith("body: key 'device' appears twice")
+    assert error.cause == "duplicate_key" and not error.malformed
+    nested = (
+        b'[{"device": "a", "readings": {"t": 1}}, {"device": "b", "readings": {"t": 1, "t": 2}}]'
+    )
+    assert refusal(nested).reason.startswith("[1].readings: key 't' appears twice")
+
+
+def test_colons_and_escapes_without_duplicates_are_accepted() -> None:
+    raw = b'{"device": "gw:01", "ts": "2024-03-01T10:00:00Z", "readings": {"t\\u00e9": 1}}'
+    [message] = decode(raw, META, RECEIVED)
+    assert message.device == "gw:01" and message.readings[0].quantity == "t\u00e9"
+
+
+def test_invalid_utf8_says_so_and_where() -> None:
+    error = refusal(b'{"device": "\xff\xfe", "readings": {"t": 1}}')
+    assert error.reason == "body is not UTF-8: invalid byte 0xff at offset 12"
+    assert error.malformed and error.cause == "not_utf8"
+
+
 # --- fuzzing ----------------------------------------------------------------------------------
 
 
@@ -249,12 +298,13 @@ def check_contract(raw: bytes) -> None:
     except DecodeError as error:
         assert isinstance(error.reason, str) and error.reason
         assert "\x00" not in error.reason  # the reason is stored as text in quarantine
+        assert error.reason.isprintable()  # shown escaped, never raw, on a terminal
         return
     assert isinstance(out, list) and out
     for message in out:
         assert isinstance(message, Decoded)
         assert isinstance(message.device, str) and 0 < len(message.device) <= MAX_TEXT
-        assert "\x00" not in message.device
+        assert message.device.isprintable()  # no control, format or invisible character
         assert message.readings
         for reading in message.readings:
             assert isinstance(reading, Reading)
@@ -297,6 +347,10 @@ def test_fuzz_arbitrary_json(value: object) -> None:
 
 # Text a valid message may carry: anything but NUL (refused, see test_nul_characters_are_refused).
 no_nul = st.characters(codec="utf-8", exclude_characters="\x00")
+# What a device id may hold: printable characters (str.isprintable), see test_device_ids_*.
+printable = st.characters(
+    codec="utf-8", exclude_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs")
+) | st.just(" ")
 quantities = st.text(no_nul, min_size=1, max_size=12)
 reading_specs = (
     st.floats(allow_nan=False, allow_infinity=False)
@@ -313,7 +367,7 @@ reading_specs = (
 )
 valid_messages = st.fixed_dictionaries(
     {
-        "device": st.text(no_nul, min_size=1, max_size=30).filter(str.strip),
+        "device": st.text(printable, min_size=1, max_size=30).filter(str.strip),
         "readings": st.dictionaries(quantities, reading_specs, min_size=1, max_size=4),
     },
     optional={
@@ -338,6 +392,17 @@ def test_fuzz_valid_messages_decode(messages: list[dict[str, Any]], as_array: bo
     assert [d.kind for d in out] == [m.get("kind") for m in messages]
     keys = [None if m.get("id") is None else str(m["id"]) for m in messages]
     assert [d.idempotency_key for d in out] == keys
+
+
+@FUZZ
+@given(st.text(min_size=1, max_size=12))
+def test_fuzz_any_device_text_is_accepted_only_when_printable(device: str) -> None:
+    raw = orjson.dumps({"device": device, "readings": {"t": 1}})
+    check_contract(raw)
+    if device.strip() and device.isprintable():
+        assert decode(raw, META, RECEIVED)[0].device == device
+    else:
+        refusal(raw)
 
 
 MUTATION_KEYS = ["device", "kind", "ts", "readings", "id", "extra", "value", "unit", "channel"]

@@ -82,6 +82,16 @@ def test_seed_000_trap_event_with_the_device_in_the_json() -> None:
     assert message.readings == (Reading("VBat", 3.71, RECEIVED),)
 
 
+def test_a_text_only_trap_event_is_refused_unless_kept_by_option() -> None:
+    body = {"NodeID": "Trap01", "Event": "H", "State": "C"}  # a heartbeat: no number
+    reason = refusal({"device_path": "NodeID"}, body, "EnvironmentalServices/traps")
+    assert reason.startswith("payload holds no readings (it has no number)")
+    assert "codec_options.keep_without_readings = true" in reason
+    options = {"device_path": "NodeID", "keep_without_readings": True}
+    [message] = run(options, body, "EnvironmentalServices/traps")
+    assert message.device == "Trap01" and message.readings == ()
+
+
 def test_seed_002_list_of_stream_entries_with_text_values_and_ids() -> None:
     entries = [
         {
@@ -184,7 +194,7 @@ def test_device_path_problems_name_the_path() -> None:
         refusal({"device_path": "id"}, {"id": "a\u0000b"}) == "id: must not contain NUL characters"
     )
     assert "longer than 256" in refusal({"device_path": "id"}, {"id": "x" * 300})
-    assert refusal({"device_path": "id"}, [{"id": "a"}, {}]) == (
+    assert refusal({"device_path": "id"}, [{"id": "a", "t": 1}, {}]) == (
         "[1].id: no device id there (codec_options.device_path)"
     )
 
@@ -261,6 +271,64 @@ def test_a_timestamped_message_is_keyed_by_its_bytes_so_redeliveries_collapse() 
     other = run(options, {"ts": 1_800_000_000, "v": 2})[0].idempotency_key
     assert first is not None and first == again != other
     assert run({}, {"v": 1})[0].idempotency_key is None  # no time: a repeat may be real
+
+
+# --- issue 10: no readings, NUL in names, device ids, duplicate keys, UTF-8 ------------------
+
+
+def test_a_payload_without_readings_is_refused_and_counted() -> None:
+    with pytest.raises(DecodeError) as caught:
+        run({}, {"s": "text"})
+    assert caught.value.reason.startswith("payload holds no readings (it has no number)")
+    assert caught.value.cause == "no_readings" and not caught.value.malformed
+    mapped = {"readings": {"t": "d.t"}}
+    assert "none of the mapped paths is in it" in refusal(mapped, {"d": {"h": 1}})
+    assert refusal({}, [{"v": 1}, {"s": "x"}]).startswith("[1]: it holds no readings")
+
+
+def test_a_nul_in_a_key_is_named_as_such() -> None:
+    reason = refusal({}, {"a\u0000b": 1})
+    assert reason.startswith("a\\x00b: the name contains a NUL character at position 1")
+    assert "at most" not in reason and "\x00" not in reason
+    assert "names are at most 256 characters" in refusal({}, {"k" * 300: 1})
+
+
+@pytest.mark.parametrize(
+    ("options", "body", "topic", "reason"),
+    [
+        ({}, {"v": 1}, "sensors/\x1b[2J", "topic 'sensors/\\x1b[2J' contains the control"),
+        (
+            {"device_topic_segment": 1},
+            {"v": 1},
+            "sensors/ad\u202emin/data",
+            "topic level 1 'ad\\u202emin' contains the invisible format character U+202E",
+        ),
+        (
+            {"device_path": "meta.id"},
+            {"meta": {"id": "Trap\u200b01"}, "v": 1},
+            "t",
+            "meta.id 'Trap\\u200b01' contains the invisible format character U+200B",
+        ),
+    ],
+)
+def test_device_ids_must_be_printable(
+    options: dict[str, Any], body: object, topic: str, reason: str
+) -> None:
+    with pytest.raises(DecodeError) as caught:
+        run(options, body, topic)
+    assert caught.value.reason.startswith(reason), caught.value.reason
+    assert caught.value.cause == "bad_device_id"
+
+
+def test_duplicate_keys_and_invalid_utf8_are_refused_with_the_place() -> None:
+    assert refusal({}, b'{"v": 1, "v": 2}').startswith("payload: key 'v' appears twice")
+    assert refusal({}, b'[{"v": 1}, {"d": {"t": 1, "t": 1}}]').startswith(
+        "[1].d: key 't' appears twice"
+    )
+    with pytest.raises(DecodeError) as caught:
+        run({}, b'{"name": "caf\xe9", "v": 1}')
+    assert caught.value.reason == "payload is not UTF-8: invalid byte 0xe9 at offset 13"
+    assert caught.value.malformed
 
 
 # --- refusals and options ---------------------------------------------------------------------
@@ -352,15 +420,16 @@ OPTION_SETS = [
         "readings": {"t": "d.t", "h": {"path": "d[0]", "unit": "%"}},
     },
     {"device_path": "a.b[1]", "timestamp_path": "a.ts", "time_unit": "ms", "exclude": ["x"]},
+    {"device_path": "id", "keep_without_readings": True},
 ]
-keys = st.sampled_from(["id", "n", "ts", "d", "t", "a", "b", "x", "é", ""])
+keys = st.sampled_from(["id", "n", "ts", "d", "t", "a", "b", "x", "é", "", "\x1b[31m", "\u202e"])
 leaf = (
     st.none()
     | st.booleans()
     | st.integers(-(2**63), 2**63 - 1)
     | st.floats()
     | st.text(max_size=10)
-    | st.sampled_from(["2027-01-15T08:00:00Z", "1800000000", "x\u0000"])
+    | st.sampled_from(["2027-01-15T08:00:00Z", "1800000000", "x\u0000", "a\x1bb", "\u200b"])
 )
 values = st.recursive(
     leaf,
@@ -369,15 +438,17 @@ values = st.recursive(
 )
 
 
-def outcome(options: dict[str, Any], payload: bytes) -> None:
+def outcome(options: dict[str, Any], payload: bytes, topic: str = "sensors/abc/data") -> None:
     try:
-        out = build(options)(payload, {"topic": "sensors/abc/data"}, RECEIVED)
+        out = build(options)(payload, {"topic": topic}, RECEIVED)
     except DecodeError as exc:
         assert exc.reason
+        assert exc.reason.isprintable()  # names and values from the payload are escaped
         return
     assert out and all(isinstance(m, Decoded) for m in out)
     for message in out:
-        assert message.device and "\x00" not in message.device
+        assert message.device and message.device.isprintable()
+        assert message.readings or options.get("keep_without_readings")
         for reading in message.readings:
             assert reading.value is None or math.isfinite(reading.value)
             assert 0 <= reading.measured_at < 253402300800
@@ -388,6 +459,16 @@ def outcome(options: dict[str, Any], payload: bytes) -> None:
 @given(st.sampled_from(OPTION_SETS), st.binary(max_size=200))
 def test_fuzz_bytes(options: dict[str, Any], payload: bytes) -> None:
     outcome(options, payload)
+
+
+@FUZZ
+@given(st.sampled_from(OPTION_SETS), st.text(max_size=30), values)
+def test_fuzz_topics(options: dict[str, Any], topic: str, value: object) -> None:
+    try:
+        payload = orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return
+    outcome(options, payload, topic)
 
 
 @FUZZ

@@ -520,6 +520,28 @@ def test_bad_readings_say_where(payload: bytes, reason: str) -> None:
     assert reason in refusal(payload, "device/sck/t/readings").reason
 
 
+def test_duplicate_keys_are_refused_with_the_place() -> None:
+    payload = (
+        b'{"data": [{"recorded_at": "2024-09-25T13:19:38Z", '
+        b'"sensors": [{"id": 10, "value": 1, "value": 2}]}]}'
+    )
+    error = refusal(payload, "device/sck/t/readings")
+    assert error.reason.startswith("readings: data[0].sensors[0]: key 'value' appears twice")
+    assert error.cause == "duplicate_key"
+    info = refusal(b'{"mac": "a", "mac": "b"}', "device/sck/t/info")
+    assert info.reason.startswith("info: payload: key 'mac' appears twice")
+
+
+def test_a_token_with_a_control_character_is_refused_by_code_point() -> None:
+    error = refusal(b"hi", "device/sck/ab\x1b[0m/hello")
+    assert error.reason.startswith(
+        "kit token in the topic 'ab\\x1b[0m' contains the control character U+001B"
+    )
+    assert error.cause == "bad_device_id"
+    nul = refusal(b"hi", "device/sck/a\x00b/hello").reason
+    assert "control character U+0000" in nul and "longer than" not in nul
+
+
 def test_info_must_be_a_json_object() -> None:
     assert refusal(b"[1]", "device/sck/t/info").reason.startswith("info: the payload must be")
     assert refusal(b"{", "device/sck/t/info").malformed
@@ -656,7 +678,7 @@ TOPICS = st.sampled_from(
         "device/sck/tok/info",
         "device/sck/tök/readings",
     ]
-)
+) | st.text(max_size=8).map(lambda token: f"device/sck/{token}/hello")
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 json_leaf = (
     st.none()
@@ -697,7 +719,7 @@ def check(out: list[Decoded | Refusal]) -> None:
     assert messages and all(isinstance(m, Decoded | Refusal) for m in out)
     assert all(r.reason for r in out if isinstance(r, Refusal))
     for message in messages:
-        assert message.device and "\x00" not in message.device
+        assert message.device and message.device.isprintable()
         for reading in message.readings:
             assert reading.value is None or math.isfinite(reading.value)
             assert math.isfinite(reading.measured_at)
@@ -710,7 +732,7 @@ def outcome(payload: bytes, topic: str) -> None:
     try:
         out = decode(payload, {"topic": topic}, RECEIVED)
     except DecodeError as exc:
-        assert exc.reason
+        assert exc.reason and "\x00" not in exc.reason
         return
     check(out)
 

@@ -296,3 +296,15 @@ def test_fuzz_any_payload_decodes_or_is_refused_with_a_reason(topic: str, payloa
     for d in out:
         for r in d.readings:
             assert r.value is None or isinstance(r.value, float)
+
+
+def test_json_messages_are_read_strictly_like_every_json_codec() -> None:
+    """Duplicate keys, bytes that are not UTF-8 and NUL in a name: each named as such."""
+    topic = {"topic": "AKLC/Node/Trap9"}
+    with pytest.raises(DecodeError, match="key .VBat. appears twice"):
+        CODEC(b'{"VBat": 4.1, "VBat": 3.9}', topic, AT)
+    with pytest.raises(DecodeError, match="not UTF-8") as info:
+        CODEC(b'{"VBat": 4.1, "x": "\xff"}', topic, AT)
+    assert info.value.malformed
+    with pytest.raises(DecodeError, match="NUL"):
+        CODEC(b'{"a\\u0000b": 1}', topic, AT)

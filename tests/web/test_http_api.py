@@ -246,6 +246,47 @@ async def test_wrong_shape_is_422_naming_the_field(
         assert await fb.store.list_devices() == []
 
 
+async def test_a_device_id_with_an_ansi_escape_is_422_quarantined_and_counted(
+    tmp_path: Path,
+) -> None:
+    async with serve(tmp_path) as fb:
+        body = {"device": "dev\u001b[31m", "readings": {"t": 1}}
+        response = await fb.post(body)
+        assert response.status_code == 422
+        answer = response.json()
+        assert answer["error"].startswith(
+            "device 'dev\\x1b[31m' contains the control character U+001B at position 3"
+        )
+        held = await fb.store.list_quarantine()
+        assert [(q.id, q.reason) for q in held] == [(answer["quarantine_id"], answer["error"])]
+        assert "\x1b" not in held[0].reason and json.loads(held[0].payload) == body
+        assert await fb.store.list_devices() == []
+        text = await fb.metrics()
+        assert (
+            sample(
+                text, "fieldbridge_rejected_payloads_total", source="http", cause="bad_device_id"
+            )
+            == 1
+        )
+
+
+async def test_duplicate_keys_are_422_and_bad_utf8_is_400_naming_the_offset(
+    tmp_path: Path,
+) -> None:
+    headers = {"Content-Type": "application/json"}
+    async with serve(tmp_path) as fb:
+        twice = b'{"device": "a", "readings": {"t": 1}, "device": "b"}'
+        response = await fb.client.post(INGEST, content=twice, headers=headers)
+        assert response.status_code == 422
+        assert response.json()["error"].startswith("body: key 'device' appears twice")
+        bad = b'{"device": "\xffa", "readings": {"t": 1}}'
+        response = await fb.client.post(INGEST, content=bad, headers=headers)
+        assert response.status_code == 400
+        assert response.json()["error"] == "body is not UTF-8: invalid byte 0xff at offset 12"
+        assert [q.payload for q in await fb.store.list_quarantine()] == [bad, twice]
+        assert await fb.store.head_id() == 0
+
+
 async def test_wrong_content_type_is_415(tmp_path: Path) -> None:
     async with serve(tmp_path) as fb:
         body = b'{"device": "d", "readings": {"t": 1}}'

@@ -9,7 +9,8 @@ import typer
 from fieldbridge.cli.context import with_store
 from fieldbridge.cli.output import fail, print_json, print_table
 from fieldbridge.cli.records import device_json, links_json, quarantine_json, stored_reading_json
-from fieldbridge.model import Device, DeviceStatus, Role
+from fieldbridge.errors import DecodeError
+from fieldbridge.model import Device, DeviceStatus, Role, check_device_id
 from fieldbridge.store import Store
 from fieldbridge.store.registry import UNSET
 from fieldbridge.timefmt import iso, parse_iso
@@ -128,8 +129,12 @@ def devices_add(
     json_out: JsonFlag = False,
 ) -> None:
     """Register a device before it sends anything (needed by codec_options.registered_only)."""
-    if not device_id.strip() or "\x00" in device_id:
+    if not device_id.strip():
         fail("ID must be non-empty text", code=2)
+    try:
+        check_device_id(device_id, "ID")  # the rule every codec's ids follow
+    except DecodeError as exc:
+        fail(exc.reason, code=2)
     attrs = _parse_pairs(attr or [], "--attr")
 
     async def add(store: Store) -> Device | None:

@@ -9,10 +9,11 @@ from urllib.parse import urlencode
 import httpx
 import orjson
 import typer
-from rich.markup import escape
+from rich.markup import escape as escape_markup
 
 from fieldbridge.cli.context import settings_of
 from fieldbridge.cli.output import console, errors, fail
+from fieldbridge.printable import escape as escape_unprintable
 from fieldbridge.web.spy import HEARTBEAT_S
 
 SHOWN_READINGS = 12  # per message in the text view; --json has them all
@@ -117,6 +118,11 @@ def _text(event: dict[str, Any]) -> str:
         reason = escape(str(part["reason"]))
         mark += f"; [red]refused[/red] {reason} (quarantine {part['quarantine_id']})"
     return f"{time} {where} " + "; ".join(parts) + mark
+
+
+def escape(text: str) -> str:
+    """Text fit for console.print: no markup, and unprintable characters shown as escapes."""
+    return escape_markup(escape_unprintable(text))
 
 
 def _number(value: object) -> str:

@@ -9,8 +9,10 @@ from typing import Any
 
 import orjson
 
+from fieldbridge.codecs import strict_json
 from fieldbridge.errors import DecodeError
-from fieldbridge.model import Decoded, Reading
+from fieldbridge.model import Decoded, Reading, check_device_id
+from fieldbridge.printable import escape
 
 FIELDS = ("device", "kind", "ts", "readings", "id")
 READING_FIELDS = ("value", "unit", "channel")
@@ -21,10 +23,7 @@ NO_NUL = "must not contain NUL characters"
 
 
 def decode(payload: bytes, meta: Mapping[str, Any], received_at: float) -> list[Decoded]:
-    try:
-        data = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise DecodeError(f"body is not valid JSON: {exc}", malformed=True) from None
+    data = strict_json.loads(payload, "body")
     if isinstance(data, dict):
         return [_message(data, "", received_at, None)]
     if isinstance(data, list):
@@ -48,10 +47,11 @@ def _message(item: object, where: str, received_at: float, raw: bytes | None) ->
         type(device) is not str
         or not 0 < len(device) <= MAX_TEXT
         or device.isspace()
-        or "\x00" in device
+        or not device.isprintable()
     ):
         device = _text(device, _at(where, "device"), required=True)
         assert device is not None
+        check_device_id(device, _at(where, "device"))
     kind = item.get("kind")
     if kind is not None:
         kind = _text(kind, _at(where, "kind"), required=False)
@@ -94,7 +94,7 @@ def _reading(quantity: str, spec: object, where: str, ts: float) -> Reading:
         raise DecodeError(f"{where}: quantity names must be 1 to {MAX_TEXT} characters")
     if "\x00" in quantity:
         raise DecodeError(f"{where}: quantity names {NO_NUL}")
-    here = f"{where}.{quantity}"
+    here = f"{where}.{_safe(quantity)}"
     unit: str | None = None
     channel = 0
     if isinstance(spec, dict):
@@ -166,8 +166,9 @@ def _text(value: object, where: str, *, required: bool) -> str | None:
 
 
 def _safe(name: str) -> str:
-    """A field name fit for a reason: quarantine keeps reasons as text, which cannot hold NUL."""
-    return name.replace("\x00", "\\x00")
+    """A field name fit for a reason: quarantine keeps reasons as text, which cannot hold NUL,
+    and terminals show them, so NUL and every other unprintable character is escaped."""
+    return escape(name)
 
 
 def _at(where: str, field: str) -> str:

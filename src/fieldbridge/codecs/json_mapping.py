@@ -18,10 +18,12 @@ from pydantic import (
     model_validator,
 )
 
+from fieldbridge.codecs import strict_json
 from fieldbridge.codecs.jsonpath import MISSING, Path, lookup, parse_path, show
 from fieldbridge.codecs.options import check_options
 from fieldbridge.errors import DecodeError
-from fieldbridge.model import Codec, Decoded, Reading
+from fieldbridge.model import Codec, Decoded, Reading, check_device_id
+from fieldbridge.printable import escape
 
 MAX_TEXT = 256
 MAX_READINGS = 10_000  # numeric leaves taken from one message
@@ -55,6 +57,8 @@ class JsonOptions(BaseModel):
     numeric_strings: bool = False  # "20.3" counts as a number
     id_path: str | None = None  # a message id, for idempotency
     kind: str | None = Field(default=None, min_length=1, max_length=64)
+    # A message with no reading (text only, e.g. a trap event) is stored, not refused.
+    keep_without_readings: bool = False
 
     @field_validator("device_path", "timestamp_path", "id_path")
     @classmethod
@@ -120,6 +124,7 @@ class JsonMappingCodec:
         "device_path",
         "exclude",
         "id_path",
+        "keep_empty",
         "kind",
         "mapped",
         "numeric_strings",
@@ -135,6 +140,7 @@ class JsonMappingCodec:
         self.time_unit = options.time_unit
         self.id_path = _maybe(options.id_path)
         self.kind = options.kind
+        self.keep_empty = options.keep_without_readings
         self.numeric_strings = options.numeric_strings
         self.mapped: tuple[tuple[str, Path, str | None], ...] | None = None
         if options.readings is not None:
@@ -148,10 +154,7 @@ class JsonMappingCodec:
     def __call__(
         self, payload: bytes, meta: Mapping[str, Any], received_at: float
     ) -> list[Decoded]:
-        try:
-            data = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            raise DecodeError(f"payload is not valid JSON: {exc}", malformed=True) from None
+        data = strict_json.loads(payload, "payload")
         if type(data) is list:  # e.g. seed 002: a list of measurement objects
             if not data:
                 raise DecodeError("the array is empty; send at least one object")
@@ -180,6 +183,8 @@ class JsonMappingCodec:
                 at = _timestamp(value, self.time_unit, _at(where, self.timestamp_path))
                 stamped = True
         readings = self._mapped(item, where, at) if self.mapped else self._leaves(item, where, at)
+        if not readings and not self.keep_empty:
+            raise DecodeError(self._no_readings(where), cause="no_readings")
         key = None
         if self.id_path is not None:
             value = lookup(item, self.id_path)
@@ -193,13 +198,20 @@ class JsonMappingCodec:
             device=device, readings=readings, kind=self.kind, idempotency_key=key, raw=raw
         )
 
+    def _no_readings(self, where: str) -> str:
+        what = "none of the mapped paths is in it" if self.mapped else "it has no number"
+        return (
+            f"{where + ': it' if where else 'payload'} holds no readings ({what}); set "
+            "codec_options.keep_without_readings = true to store text-only messages"
+        )
+
     def _device(self, item: dict[str, Any], where: str, meta: Mapping[str, Any]) -> str:
         if self.device_path is not None:
             value = lookup(item, self.device_path)
             here = _at(where, self.device_path)
             if value is MISSING or value is None:
                 raise DecodeError(f"{here}: no device id there (codec_options.device_path)")
-            return _text(value, here)
+            return _device_id(value, here)
         topic = meta.get("topic")
         if not isinstance(topic, str) or not topic:
             raise DecodeError(
@@ -207,10 +219,10 @@ class JsonMappingCodec:
                 "device id's place in the JSON"
             )
         if self.segment is None:
-            return _text(topic, "topic")
+            return _device_id(topic, "topic")
         levels = topic.split("/")
         try:
-            return _text(levels[self.segment], f"topic level {self.segment}")
+            return _device_id(levels[self.segment], f"topic level {self.segment}")
         except IndexError:
             raise DecodeError(
                 f"topic {topic[:120]!r} has no level {self.segment} "
@@ -244,9 +256,7 @@ class JsonMappingCodec:
                     continue
                 name = show(path)
                 if len(name) > MAX_TEXT or "\x00" in name:
-                    raise DecodeError(
-                        f"{_at(where, name[:40])}...: names are at most {MAX_TEXT} characters"
-                    )
+                    raise DecodeError(_bad_name(where, name))
                 out.append(Reading(name, number, at))
                 if len(out) > MAX_READINGS:
                     raise DecodeError(f"{where or 'payload'}: more than {MAX_READINGS} numbers")
@@ -334,6 +344,23 @@ def _text(value: object, where: str) -> str:
     if "\x00" in value:
         raise DecodeError(f"{where}: must not contain NUL characters")
     return value
+
+
+def _device_id(value: object, where: str) -> str:
+    device = _text(value, where)
+    check_device_id(device, where)
+    return device
+
+
+def _bad_name(where: str, name: str) -> str:
+    """Why a reading's name (its path) is refused; a NUL is shown escaped, never raw."""
+    if "\x00" in name:
+        shown = escape(name[:40]) + ("..." if len(name) > 40 else "")
+        return (
+            f"{_at(where, shown)}: the name contains a NUL character at position "
+            f"{name.index(chr(0))}; rename the key (stores cannot hold NUL in text)"
+        )
+    return f"{_at(where, escape(name[:40]))}...: names are at most {MAX_TEXT} characters"
 
 
 def _at(where: str, path: Path | str) -> str:

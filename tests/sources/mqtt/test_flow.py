@@ -113,7 +113,52 @@ async def test_quarantined_payload_is_acknowledged(
     finally:
         conn.close()
     assert f'"topic":"{TOPIC}/7"' in meta.replace(" ", "")
-    assert "JSON" in reason
+    assert reason == "body is not UTF-8: invalid byte 0xff at offset 0"
+
+
+async def test_json_codec_edges_are_quarantined_with_their_reasons(
+    tmp_path: Path, broker: Mosquitto, store: Store
+) -> None:
+    """A device id with a bidi override, a message without readings and a duplicate key: each
+    is quarantined with its reason and acknowledged."""
+    db = tmp_path / "store.db"
+    sent = [
+        (f"{TOPIC}/ad\u202emin", b'{"v": 1}'),
+        (f"{TOPIC}/tank-1", b'{"s": "text"}'),
+        (f"{TOPIC}/tank-2", b'{"v": 1, "v": 2}'),
+    ]
+    options = {"codec": "json", "codec_options": {"device_topic_segment": 2}}
+    with MqttTap(broker.port) as tap:
+        async with (
+            Ingest(store) as ingest,
+            MqttSource(settings(tap.url, **options), ingest) as source,
+        ):
+            await eventually(lambda: source.subscribed, "the subscription", timeout=20)
+            sender = client(broker.port, "edges")
+            try:
+                for topic, payload in sent:
+                    sender.publish(topic, payload, qos=1).wait_for_publish(5)
+            finally:
+                sender.disconnect()
+                sender.loop_stop()
+            await eventually(lambda: tap.to_broker[PUBACK] == 3, "the PUBACKs", timeout=10)
+    conn = sqlite3.connect(db)
+    try:
+        reasons = [r for (r,) in conn.execute("SELECT reason FROM quarantine ORDER BY id")]
+        stored = conn.execute("SELECT count(*) FROM journal").fetchone()[0]
+    finally:
+        conn.close()
+    assert stored == 0
+    assert sorted(reasons) == sorted(
+        [
+            "topic level 2 'ad\\u202emin' contains the invisible format character U+202E at "
+            "position 2; device ids must be printable text (no control, format or invisible "
+            "characters)",
+            "payload holds no readings (it has no number); set "
+            "codec_options.keep_without_readings = true to store text-only messages",
+            "payload: key 'v' appears twice; send each key once in an object",
+        ]
+    )
 
 
 async def test_stop_answers_what_it_took(tmp_path: Path, broker: Mosquitto, store: Store) -> None:

@@ -11,10 +11,11 @@ from typing import Any
 
 import orjson
 
+from fieldbridge.codecs import strict_json
 from fieldbridge.codecs.smartcitizen.catalogue import Sensor
 from fieldbridge.codecs.smartcitizen.raw import parse_raw
 from fieldbridge.errors import DecodeError
-from fieldbridge.model import Decoded, Reading, Refusal
+from fieldbridge.model import Decoded, Reading, Refusal, check_device_id
 
 KIND = "smartcitizen"
 # The platform takes the token with `device/sck/(.*?)/`; a prefix before `device/` (the
@@ -92,8 +93,9 @@ class SmartCitizenCodec:
                 f"topic {topic[:120]!r} is not device/sck/<token>/readings, readings/raw, "
                 "hello or info, nor device/inventory"
             )
-        if len(token) > MAX_TOKEN or "\x00" in token:
+        if len(token) > MAX_TOKEN:
             raise DecodeError(f"token in topic {topic[:120]!r} is longer than {MAX_TOKEN}")
+        check_device_id(token, "kit token in the topic")
         if self.tokens is not None and token not in self.tokens:
             raise DecodeError(
                 f"token {token!r} is not in codec_options.tokens of this source; add it there "
@@ -223,10 +225,14 @@ def _stamp(at: float) -> str:
 
 
 def _json(text: bytes, what: str) -> object:
+    """The payload's JSON (non-ASCII is stripped already, so it is UTF-8); duplicate keys are
+    refused."""
     try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise DecodeError(f"{what}: payload is not valid JSON: {exc}", malformed=True) from None
+        return strict_json.loads(text, "payload")
+    except DecodeError as exc:
+        raise DecodeError(
+            f"{what}: {exc.reason}", malformed=exc.malformed, cause=exc.cause
+        ) from None
 
 
 def _recorded_at(value: object, index: int | None, received_at: float) -> float:

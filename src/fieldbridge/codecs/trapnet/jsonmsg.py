@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import orjson
-
+from fieldbridge.codecs import strict_json
 from fieldbridge.codecs.trapnet.attributes import MAX_TEXT
 from fieldbridge.errors import DecodeError
 from fieldbridge.model import Reading
@@ -16,10 +15,7 @@ MAX_READINGS = 1000
 
 def load_object(payload: bytes, what: str) -> dict[str, Any]:
     """The payload as a JSON object, or a DecodeError naming the topic family."""
-    try:
-        data = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise DecodeError(f"{what}: payload is not valid JSON: {exc}", malformed=True) from None
+    data = strict_json.loads(payload, f"{what} payload")
     if type(data) is not dict:
         raise DecodeError(f"{what}: the payload must be a JSON object")
     return data
@@ -31,7 +27,9 @@ def readings_of(data: dict[str, Any], at: float, skip: frozenset[str]) -> tuple[
     for key, value in data.items():
         if key in skip or (type(value) is not int and type(value) is not float):
             continue
-        if not key or len(key) > MAX_TEXT or "\x00" in key:
+        if "\x00" in key:
+            raise DecodeError(f"{key[:40]!r}: a value's name must not contain NUL characters")
+        if not key or len(key) > MAX_TEXT:
             raise DecodeError(f"{key[:40]!r}: a value's name must be 1 to {MAX_TEXT} characters")
         try:
             number = float(value)
