@@ -23,7 +23,7 @@ from fieldbridge.sources.access import StoreAccess
 from fieldbridge.sources.base import ServesHttp
 from fieldbridge.store import Store, Timeout, open_store, parse_store_url
 from fieldbridge.store.lock import ServiceLock
-from fieldbridge.store.migrate import head_revision, upgrade
+from fieldbridge.store.migrate import head_revision, upgrade, within
 from fieldbridge.store.urls import mask_url
 from fieldbridge.timefmt import iso
 from fieldbridge.web.auth import BearerTokens
@@ -44,8 +44,15 @@ HEALTH_STORE_CHECK = Timeout(1.5, "the /healthz store check")
 
 async def migrate(settings: Settings) -> list[str]:
     """Bring the store's schema to the newest revision."""
-    url = parse_store_url(settings.store.url)
-    return await asyncio.to_thread(upgrade, url, busy_timeout_ms=settings.store.busy_timeout_ms)
+    store = settings.store
+    url = parse_store_url(store.url)
+    return await within(
+        store.migrate_timeout_s,
+        url,
+        lambda: upgrade(
+            url, busy_timeout_ms=store.busy_timeout_ms, libpq_params=store.libpq_params()
+        ),
+    )
 
 
 def build_store(settings: Settings) -> Store:

@@ -52,6 +52,7 @@ class StoreSettings(Section):
     # is a failed store; devices are told to retry.
     commit_timeout_s: float = Field(default=10.0, gt=0)
     maintenance_timeout_s: float = Field(default=600.0, gt=0)
+    migrate_timeout_s: float = Field(default=300.0, gt=0)
     connect_timeout_s: int = Field(default=5, ge=2)  # libpq rounds 1 up to 2
     statement_timeout_ms: int = Field(default=0, ge=0)  # 0: the server's own setting
     keepalive_idle_s: int = Field(default=10, ge=0)  # 0: no TCP keepalive

@@ -104,3 +104,31 @@ def test_a_hung_postgresql_gets_503_in_time_then_recovers(tmp_path: Path, pg_url
     # its deadline would have been found by its idempotency key, not stored twice).
     keys = [key for _, key in rows]
     assert len(keys) == len(set(keys)) == len(acknowledged)
+
+
+def test_a_service_started_against_a_hung_postgresql_exits_at_the_migration_deadline(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Start-up migrates first: against a store that does not answer, `fieldbridge run` exits 1
+    within store.migrate_timeout_s naming the store and the setting, instead of hanging (a
+    service manager restarts it); once the store answers, it starts. The connect timeout is
+    set longer than the deadline here so that the deadline, not libpq, ends the wait."""
+    target = urlsplit(pg_url)
+    with FreezableProxy((target.hostname or "127.0.0.1", target.port or 5432)) as proxy:
+        proxied = f"postgresql://postgres@127.0.0.1:{proxy.port}{target.path}"
+        store = {"url": proxied, "migrate_timeout_s": 3.0, "connect_timeout_s": 60}
+        with FieldbridgeProcess(tmp_path / "svc", store=store) as fb:
+            proxy.freeze()
+            started = time.monotonic()
+            fb.spawn()
+            code = fb.wait(3.0 + 3 * MARGIN)
+            took = time.monotonic() - started
+            output = fb.output_since_start()
+            assert code == 1, output
+            assert took < 3.0 + 3 * MARGIN, f"exited after {took:.1f} s"
+            assert "store.migrate_timeout_s" in output, output
+            assert f"127.0.0.1:{proxy.port}" in output and "Traceback" not in output, output
+
+            proxy.thaw()
+            fb.start()
+            assert httpx.get(f"{fb.base_url}/healthz", timeout=10.0).status_code == 200

@@ -23,7 +23,7 @@ from fieldbridge.config import CONFIG_ENV, Settings
 from fieldbridge.retention import RetentionReport, prune_once
 from fieldbridge.store import parse_store_url
 from fieldbridge.store.lock import StoreInUse
-from fieldbridge.store.migrate import head_revision, pending_revisions, upgrade
+from fieldbridge.store.migrate import head_revision, pending_revisions, upgrade, within
 from fieldbridge.store.urls import mask_url
 from fieldbridge.timefmt import iso
 
@@ -145,19 +145,33 @@ def config_show(ctx: typer.Context, json_out: JsonFlag = False) -> None:
 def db_migrate(ctx: typer.Context, json_out: JsonFlag = False) -> None:
     """Apply pending schema migrations (run also does this at start)."""
     settings: Settings = settings_of(ctx)
-    url = parse_store_url(settings.store.url)
-    wait = settings.store.busy_timeout_ms
+    store = settings.store
+    url = parse_store_url(store.url)
+    wait, params, deadline = store.busy_timeout_ms, store.libpq_params(), store.migrate_timeout_s
 
     async def go() -> list[str]:
-        pending = await asyncio.to_thread(pending_revisions, url, busy_timeout_ms=wait)
+        pending = await within(
+            deadline,
+            url,
+            lambda: pending_revisions(url, busy_timeout_ms=wait, libpq_params=params),
+        )
         if not pending or json_out or not sys.stderr.isatty():
-            return await asyncio.to_thread(upgrade, url, busy_timeout_ms=wait)
+            return await within(
+                deadline, url, lambda: upgrade(url, busy_timeout_ms=wait, libpq_params=params)
+            )
         with Progress(
             TextColumn("migrating"), BarColumn(), MofNCompleteColumn(), console=console
         ) as bar:
             task = bar.add_task("migrate", total=len(pending))
-            return await asyncio.to_thread(
-                upgrade, url, lambda _: bar.advance(task), busy_timeout_ms=wait
+            return await within(
+                deadline,
+                url,
+                lambda: upgrade(
+                    url,
+                    lambda _: bar.advance(task),
+                    busy_timeout_ms=wait,
+                    libpq_params=params,
+                ),
             )
 
     applied = run_async(go())

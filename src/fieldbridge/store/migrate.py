@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import psycopg
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
@@ -17,6 +21,7 @@ from fieldbridge.errors import StoreError
 from fieldbridge.store.sqlite import ensure_wal
 from fieldbridge.store.urls import StoreUrl, mask_url
 
+T = TypeVar("T")
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Taken by every PostgreSQL migration, for its whole transaction: processes migrating one fresh
 # database at once (CREATE TABLE/TYPE race on pg_type) wait, then find it done, as SQLite's
@@ -30,10 +35,18 @@ def _config() -> Config:
     return cfg
 
 
-def _engine(url: StoreUrl, *, ddl: bool, busy_timeout_ms: int) -> sa.Engine:
-    """An engine for reading the revision (`ddl=False`: takes no lock) or for migrating."""
+def _engine(
+    url: StoreUrl, *, ddl: bool, busy_timeout_ms: int, libpq_params: Mapping[str, str] | None
+) -> sa.Engine:
+    """An engine for reading the revision (`ddl=False`: takes no lock) or for migrating.
+
+    On PostgreSQL `libpq_params` (connect timeout, keepalives) apply where the URL does not
+    set the same keyword itself, as for the store's own connections.
+    """
     if url.sqlite_path is None:
-        return sa.create_engine(url.sqlalchemy_url, poolclass=sa.pool.NullPool)
+        given = psycopg.conninfo.conninfo_to_dict(url.libpq_url)
+        extra = {k: v for k, v in (libpq_params or {}).items() if k not in given}
+        return sa.create_engine(url.sqlalchemy_url, poolclass=sa.pool.NullPool, connect_args=extra)
     url.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(
         url.sqlalchemy_url,
@@ -76,11 +89,17 @@ def head_revision() -> str:
     return head
 
 
-def pending_revisions(url: StoreUrl, *, busy_timeout_ms: int = 5000) -> list[str]:
+def pending_revisions(
+    url: StoreUrl,
+    *,
+    busy_timeout_ms: int = 5000,
+    libpq_params: Mapping[str, str] | None = None,
+) -> list[str]:
     """Revisions not yet applied, oldest first. A plain read: it waits for no writer."""
     script = ScriptDirectory.from_config(_config())
+    engine = _engine(url, ddl=False, busy_timeout_ms=busy_timeout_ms, libpq_params=libpq_params)
     try:
-        with _engine(url, ddl=False, busy_timeout_ms=busy_timeout_ms).connect() as conn:
+        with engine.connect() as conn:
             current = MigrationContext.configure(conn).get_current_revision()
     except sa.exc.DBAPIError as exc:
         raise _unreachable(url, exc) from exc
@@ -98,13 +117,14 @@ def upgrade(
     on_step: Callable[[str], None] | None = None,
     *,
     busy_timeout_ms: int = 5000,
+    libpq_params: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Apply every pending revision; call on_step after each. Return what was applied.
 
     An up-to-date store is only read, so every CLI command (each migrates first) works beside
     another process holding the write lock; the write lock is taken only to migrate.
     """
-    if not pending_revisions(url, busy_timeout_ms=busy_timeout_ms):
+    if not pending_revisions(url, busy_timeout_ms=busy_timeout_ms, libpq_params=libpq_params):
         return []
     applied: list[str] = []
 
@@ -117,7 +137,8 @@ def upgrade(
     cfg = _config()
     cfg.attributes["on_version_apply"] = step
     try:
-        with _engine(url, ddl=True, busy_timeout_ms=busy_timeout_ms).begin() as conn:
+        engine = _engine(url, ddl=True, busy_timeout_ms=busy_timeout_ms, libpq_params=libpq_params)
+        with engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 # Before Alembic reads the revision: a second migrator sees the first one's work.
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATE_LOCK})
@@ -126,3 +147,41 @@ def upgrade(
     except sa.exc.DBAPIError as exc:
         raise _unreachable(url, exc) from exc
     return applied
+
+
+async def within(seconds: float, url: StoreUrl, work: Callable[[], T]) -> T:
+    """Run blocking migration `work` (Alembic on a synchronous driver) under a deadline:
+    StoreError naming store.migrate_timeout_s once `seconds` pass.
+
+    A synchronous statement cannot be interrupted, and a proxy or network that stops passing
+    bytes still acknowledges at TCP level, so no driver timeout ends it. The work runs on a
+    daemon thread of its own (not the loop's executor, whose threads are joined at exit), so
+    a process that gives up on a hung store can exit.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(value: T | None, error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(value)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            value, error = work(), None
+        except BaseException as exc:  # handed to the waiting coroutine
+            value, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            loop.call_soon_threadsafe(settle, value, error)
+
+    threading.Thread(target=run, name="fieldbridge-migrate", daemon=True).start()
+    try:
+        return await asyncio.wait_for(asyncio.shield(done), seconds)
+    except TimeoutError:
+        raise StoreError(
+            f"the store {mask_url(url.url)} did not answer the migration within {seconds:g} s "
+            "(store.migrate_timeout_s); check that the database answers, then start again"
+        ) from None
