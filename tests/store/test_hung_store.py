@@ -11,6 +11,9 @@ import httpx
 import psycopg
 
 from tests.conftest import TABLES, wait_until
+from tests.support.efento_sim import Sensor, code_text, free_udp_port, measurements, serial_bytes
+from tests.support.mqtt_broker import Mosquitto, Publisher
+from tests.support.mqtt_tap import MqttTap
 from tests.support.processes import FieldbridgeProcess
 from tests.support.tcp_proxy import FreezableProxy
 
@@ -132,3 +135,108 @@ def test_a_service_started_against_a_hung_postgresql_exits_at_the_migration_dead
             proxy.thaw()
             fb.start()
             assert httpx.get(f"{fb.base_url}/healthz", timeout=10.0).status_code == 200
+
+
+MQTT_TOPIC = "site/hung"
+
+
+def journal_keys(pg_url: str) -> list[str]:
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute("SELECT idem_key FROM journal WHERE source = 'mqtt'").fetchall()
+    return [key for (key,) in rows]
+
+
+def efento_frames(pg_url: str, device: str) -> int:
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute("SELECT count(*) FROM journal WHERE device = %s", (device,))
+        return int(rows.fetchone()[0])  # type: ignore[index]
+
+
+def test_a_hung_postgresql_gets_coap_5_00_and_no_puback_then_both_recover(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """The same hang as above seen by the two device protocols that retry by themselves: a
+    CoAP sensor gets 5.00 within the deadline, and an MQTT message gets no PUBACK, so the
+    broker redelivers it; after the thaw both are stored once."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY")
+    target = urlsplit(pg_url)
+    serial = serial_bytes(0x5E1)
+    device = serial.hex().upper()
+    coap_port = free_udp_port()
+    with (
+        FreezableProxy((target.hostname or "127.0.0.1", target.port or 5432)) as proxy,
+        Mosquitto(tmp_path / "broker") as broker,
+        MqttTap(broker.port) as tap,
+    ):
+        proxied = f"postgresql://postgres@127.0.0.1:{proxy.port}{target.path}"
+        mqtt = {
+            "name": "mqtt",
+            "url": tap.url,
+            "client_id": "fb-hung-store",
+            "topics": [f"{MQTT_TOPIC}/#"],
+            "codec": "http-json",
+            "keepalive": 5,
+            "max_backoff": 1.0,
+        }
+        # separate_after above the deadline: the 5.00 is piggy-backed on the ACK.
+        efento = {"name": "efento", "listen": f"127.0.0.1:{coap_port}", "separate_after": 30}
+        store = {"url": proxied, "commit_timeout_s": COMMIT_TIMEOUT_S, "connect_timeout_s": 2}
+        with (
+            FieldbridgeProcess(
+                tmp_path / "svc", store=store, sources={"mqtt": [mqtt], "efento": [efento]}
+            ) as fb,
+            Sensor(coap_port) as sensor,
+        ):
+            publisher = Publisher(broker.port, MQTT_TOPIC)
+            try:
+                fb.start()
+                wait_until(lambda: "; subscribed to" in fb.output(), "the MQTT subscription")
+                answer = sensor.exchange("m", measurements(serial, 1_700_000_000), timeout=10.0)
+                assert answer is not None and code_text(answer.code) == "2.01"
+                publisher.burst(3)
+                publisher.wait_all_acked()
+                wait_until(lambda: tap.pubacks() >= 3, "the first PUBACKs")
+                before = tap.pubacks()
+
+                proxy.freeze()
+                frame = measurements(serial, 1_700_000_300)
+                started = time.monotonic()
+                refused = sensor.exchange("m", frame, timeout=COMMIT_TIMEOUT_S + MARGIN)
+                took = time.monotonic() - started
+                assert refused is not None, "no CoAP answer within the deadline"
+                assert code_text(refused.code) == "5.00", code_text(refused.code)
+                assert took < COMMIT_TIMEOUT_S + MARGIN, f"5.00 after {took:.1f} s"
+
+                publisher.burst(3)
+                publisher.wait_all_acked()  # the broker has them; fieldbridge must not ack yet
+                wait_until(lambda: tap.publishes() >= 6, "the broker to deliver the burst")
+                # A window in which nothing may happen: no PUBACK while the store hangs.
+                time.sleep(COMMIT_TIMEOUT_S + 1.0)
+                assert tap.pubacks() == before, "a PUBACK left while the store did not answer"
+
+                proxy.thaw()
+                # The sensor retries its frame; the broker redelivers the unacknowledged burst.
+                retried = wait_until(
+                    lambda: (
+                        (a := sensor.exchange("m", frame, timeout=5.0)) is not None
+                        and code_text(a.code) == "2.01"
+                    ),
+                    "2.01 for the retried frame",
+                    timeout=60.0,
+                    step=0.5,
+                )
+                assert retried
+                wait_until(
+                    lambda: publisher.acked() <= set(journal_keys(pg_url)),
+                    "every acknowledged MQTT message stored",
+                    timeout=60.0,
+                    step=0.5,
+                )
+                wait_until(lambda: tap.pubacks() >= before + 3, "PUBACKs after the thaw", 30.0)
+                keys = journal_keys(pg_url)
+                assert len(keys) == len(set(keys)) == 6, sorted(keys)
+                assert efento_frames(pg_url, device) == 2  # each frame once, the retried one too
+                assert fb.running
+            finally:
+                publisher.close()
