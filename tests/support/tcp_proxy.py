@@ -100,6 +100,7 @@ class FreezableProxy:
                     dst.shutdown(socket.SHUT_WR)
                     return
                 dst.sendall(data)
-        except OSError:
+        # ValueError: the other direction's pump closed this socket (its fd is -1 now).
+        except (OSError, ValueError):
             with contextlib.suppress(OSError):
                 dst.close()
