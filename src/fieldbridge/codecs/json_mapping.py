@@ -20,6 +20,7 @@ from pydantic import (
 
 from fieldbridge.codecs import strict_json
 from fieldbridge.codecs.jsonpath import MISSING, Path, lookup, parse_path, show
+from fieldbridge.codecs.numbers import finite_number
 from fieldbridge.codecs.options import check_options
 from fieldbridge.errors import DecodeError
 from fieldbridge.model import Codec, Decoded, Reading, check_device_id
@@ -251,7 +252,7 @@ class JsonMappingCodec:
             elif isinstance(value, list):
                 stack.extend(((*path, n), v) for n, v in reversed(list(enumerate(value))))
             elif type(value) in (int, float) or (self.numeric_strings and type(value) is str):
-                number = _finite(value)
+                number = finite_number(value)
                 if number is None:
                     continue
                 name = show(path)
@@ -272,7 +273,7 @@ class JsonMappingCodec:
                 f"{where}: {value[:40]!r} is text; set codec_options.numeric_strings = true "
                 "to read numbers sent as text"
             )
-        number = _finite(value)
+        number = finite_number(value)
         if number is None:
             raise DecodeError(f"{where}: must be a finite number, got {_type(value)}")
         return number
@@ -287,29 +288,17 @@ def _maybe(text: str | None) -> Path | None:
     return parse_path(text) if text is not None else None
 
 
-def _finite(value: object) -> float | None:
-    if type(value) is str:
-        try:
-            number = float(value)
-        except ValueError:
-            return None
-    elif type(value) is int or type(value) is float:
-        try:
-            number = float(value)
-        except OverflowError:
-            return None
-    else:
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _timestamp(value: object, unit: TimeUnit, where: str) -> float:
     """Unix seconds of ISO 8601 text or an epoch number (unit "auto": see the docs)."""
     number: float | None = None
     if type(value) is int or type(value) is float:
-        number = _finite(value)
+        number = finite_number(value)
     elif type(value) is str:
-        number = _finite(value) if value.strip().lstrip("-").replace(".", "", 1).isdigit() else None
+        number = (
+            finite_number(value)
+            if value.strip().lstrip("-").replace(".", "", 1).isdigit()
+            else None
+        )
         if number is None:
             try:
                 moment = datetime.fromisoformat(value.strip())

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
+
+from fieldbridge.codecs.numbers import finite_number
 
 MAX_TEXT = 256
 
@@ -21,11 +22,11 @@ def registry_attributes(values: Mapping[str, object], battery_key: str) -> dict[
         if text is not None:
             out[name] = text
     for key, scale in (("Uptime", 1.0), ("Uptime(m)", 1.0), ("Uptime(s)", 1 / 60)):
-        number = number_of(values.get(key))
+        number = finite_number(values.get(key))
         if number is not None:
             out["uptime_min"] = number * scale
     for key, name in (("RSSI", "rssi"), (battery_key, "battery")):
-        number = number_of(values.get(key))
+        number = finite_number(values.get(key))
         if number is not None:
             out[name] = number
     for keys, name in (
@@ -33,7 +34,7 @@ def registry_attributes(values: Mapping[str, object], battery_key: str) -> dict[
         (("longitude", "Longitude"), "longitude"),
     ):
         for key in keys:
-            number = number_of(values.get(key))
+            number = finite_number(values.get(key))
             if number is not None:
                 out[name] = number
     for key, name in (("location", "place"), ("Location", "place"), ("Project", "project")):
@@ -44,23 +45,6 @@ def registry_attributes(values: Mapping[str, object], battery_key: str) -> dict[
     if trap is not None and type(trap) in (str, int):
         out["trap_id"] = str(trap)[:MAX_TEXT]
     return out
-
-
-def number_of(value: object) -> float | None:
-    """A finite number from a number or numeric text; None otherwise (booleans included)."""
-    if type(value) is str:
-        try:
-            number = float(value)
-        except ValueError:
-            return None
-    elif type(value) is int or type(value) is float:
-        try:
-            number = float(value)
-        except OverflowError:
-            return None
-    else:
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _text(value: object) -> str | None:

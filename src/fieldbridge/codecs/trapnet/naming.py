@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from fieldbridge.codecs.trapnet.attributes import MAX_TEXT, number_of, registry_attributes
+from fieldbridge.codecs.numbers import finite_number
+from fieldbridge.codecs.trapnet.attributes import MAX_TEXT, registry_attributes
 from fieldbridge.model import FieldType, MessageType, Reading
 
 
@@ -33,7 +34,7 @@ def name_fields(
             numeric.append((spec.name, text))
     readings = []
     for name, text in numeric:
-        number = number_of(text)
+        number = finite_number(text)
         extra: dict[str, Any] = {}
         if tags:
             extra["tags"] = tags
