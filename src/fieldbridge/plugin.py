@@ -20,6 +20,7 @@ BUILTIN_MODULES = (
     "fieldbridge.sinks.webhook",
     "fieldbridge.sources.mqtt",
     "fieldbridge.sinks.thingworx",
+    "fieldbridge.sinks.thingsboard",
     "fieldbridge.sources.coap",
     "fieldbridge.sources.http",
 )
