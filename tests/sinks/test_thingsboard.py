@@ -24,6 +24,7 @@ from fieldbridge.sinks.thingsboard_settings import ThingsBoardSettings
 from fieldbridge.store import Store
 from tests.conftest import eventually
 from tests.fakes.thingsboard import FakeThingsBoard
+from tests.fakes.thingsboard_http import FakeThingsBoardHttp
 from tests.support.sinks import run_sink
 
 SINK = "tb"
@@ -211,3 +212,67 @@ def test_settings_check_mode_url_and_token() -> None:
         ThingsBoardSettings(name="t", url="mqtt://user:pw@127.0.0.1:1883", token="x")
     shown = ThingsBoardSettings(name="t", url="mqtt://h:1", token="s3cret").model_dump(mode="json")
     assert shown["token"] == "**********"
+
+
+TOKENS = {"TokA1": "trap-a", "TokB2": "trap-b"}
+
+
+async def tokens_and_flags(store: Store) -> None:
+    """trap-a and trap-b have good tokens, trap-c a wrong one, trap-d none."""
+    await flag(store, "trap-a", "trap-b", "trap-c", "trap-d")
+    for token, device in TOKENS.items():
+        await store.update_device(device, attributes={"thingsboard_token": token})
+    await store.update_device("trap-c", attributes={"thingsboard_token": "WrongTok"})
+    await store.update_device("trap-a", attributes={"place": "Hunua"})
+
+
+async def check_dead_letters(store: Store, ids: list[int], answer: str) -> None:
+    """trap-c's and trap-d's messages (every 3rd and 4th of each four) are dead letters."""
+    dead = {d.message_id: d for d in await store.list_dead_letters(sink=SINK)}
+    assert sorted(dead) == sorted(ids[i] for i in range(len(ids)) if i % 4 in (2, 3))
+    for i, message_id in enumerate(ids):
+        if i % 4 == 2:
+            assert f"refused the token of device trap-c ({answer})" in dead[message_id].body
+        elif i % 4 == 3:
+            assert "trap-d has no thingsboard_token attribute" in dead[message_id].body
+
+
+async def test_device_mode_bad_token_dead_letters_that_device_only(
+    store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    devices = ("trap-a", "trap-b", "trap-c", "trap-d")
+    ids = await ingest(store, [message(d, n) for n in range(30) for d in devices])
+    await tokens_and_flags(store)
+    with FakeThingsBoard(tmp_path / "tb", device_tokens=TOKENS) as tb:
+        sink = settings(tb.url, mode="device", token=None, batch_size=20, attributes=["place"])
+        async with running(store, sink):
+            await cursor_is(store, ids[-1])
+        assert tb.violations == []
+        for device in ("trap-a", "trap-b"):
+            assert tb.series(device) == {round((T0 + n) * 1000): expected(n) for n in range(30)}
+        assert tb.recorded.attributes == {"trap-a": {"place": "Hunua"}}
+    await check_dead_letters(store, ids, "CONNACK 5")
+    assert not any(t in caplog.text for t in [*TOKENS, "WrongTok"])
+
+
+async def test_http_mode_token_in_path_and_bad_token_dead_lettered(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    # fieldbridge's own logs; httpx logs request URLs (with the token) at INFO, and fieldbridge
+    # keeps it at WARNING (logs.py).
+    caplog.set_level(logging.DEBUG, logger="fieldbridge")
+    devices = ("trap-a", "trap-b", "trap-c", "trap-d")
+    ids = await ingest(store, [message(d, n) for n in range(30) for d in devices])
+    await tokens_and_flags(store)
+    async with FakeThingsBoardHttp(TOKENS) as tb:
+        sink = settings(tb.url, mode="http", token=None, batch_size=20, attributes=["place"])
+        async with running(store, sink):
+            await cursor_is(store, ids[-1])
+    assert tb.violations == []
+    for device in ("trap-a", "trap-b"):
+        assert tb.timeseries[device] == {round((T0 + n) * 1000): expected(n) for n in range(30)}
+    assert tb.attributes == {"trap-a": {"place": "Hunua"}}
+    assert tb.refused and all("/WrongTok/" in path for path in tb.refused)
+    await check_dead_letters(store, ids, "HTTP 401")
+    assert not any(t in caplog.text for t in [*TOKENS, "WrongTok"])

@@ -91,10 +91,8 @@ class MqttDevices:
         self._drop(key)
         refused = self._refused.get(token)
         if refused is not None and time.monotonic() - refused[0] < REFUSED_FOR:
-            raise PermanentDeliveryError(
-                refused_token(self._what, device, f"CONNACK {refused[1]}", self.settings),
-                body=f"CONNACK {refused[1]}: the device token was refused",
-            )
+            reason = refused_token(self._what, device, f"CONNACK {refused[1]}", self.settings)
+            raise PermanentDeliveryError(reason, body=reason)
         while len(self._conns) >= self.settings.max_connections:
             self._drop(next(iter(self._conns)))
         digest = hashlib.sha256(f"{self.settings.name}/{device}".encode()).hexdigest()[:16]
@@ -111,10 +109,8 @@ class MqttDevices:
             await conn.open()
         except TokenRefused as exc:
             self._refused[token] = (time.monotonic(), exc.code)
-            raise PermanentDeliveryError(
-                refused_token(self._what, device, f"CONNACK {exc.code}", self.settings),
-                body=f"CONNACK {exc.code}: the device token was refused",
-            ) from None
+            reason = refused_token(self._what, device, f"CONNACK {exc.code}", self.settings)
+            raise PermanentDeliveryError(reason, body=reason) from None
         self._refused.pop(token, None)
         self._conns[key] = conn
         return conn
@@ -162,10 +158,8 @@ class HttpDevices:
                 f"({type(exc).__name__})"
             ) from None
         if response.status_code == 401:
-            raise PermanentDeliveryError(
-                refused_token(self._what, device, "HTTP 401", self.settings),
-                body=f"HTTP 401: the device token was refused {response.text[:200]}".strip(),
-            )
+            reason = refused_token(self._what, device, "HTTP 401", self.settings)
+            raise PermanentDeliveryError(reason, body=f"{reason} {response.text[:200]}".strip())
         check_response(response, what)
 
     async def close(self) -> None:
