@@ -105,6 +105,7 @@ def test_example_is_valid_settings() -> None:
     assert [(t, s.name) for t, s in settings.sink_settings] == [
         ("webhook", "example-webhook"),
         ("thingworx", "example-thingworx"),
+        ("thingsboard", "example-thingsboard"),
     ]
     hook = settings.sink_settings[0][1]
     assert isinstance(hook, WebhookSettings)
@@ -216,4 +217,4 @@ def test_cli_config_check_accepts_example() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "settings are valid" in done.stdout
-    assert "2 sinks" in done.stdout
+    assert "3 sinks" in done.stdout
