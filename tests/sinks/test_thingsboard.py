@@ -167,6 +167,29 @@ async def test_broker_stopped_mid_batch_loses_nothing(store: Store, tb: FakeThin
         assert tb.series(device) == {round((T0 + n) * 1000): expected(n) for n in range(count)}
 
 
+async def test_hung_broker_times_out_and_resends(store: Store, tb: FakeThingsBoard) -> None:
+    """No PUBACK within `timeout`: the connection is dropped, the batch kept and resent."""
+    first = await ingest(store, [message("trap-a", n) for n in range(3)])
+    await flag(store, "trap-a")
+    async with running(store, settings(tb.url, timeout=1.0)) as runner:
+        await cursor_is(store, first[-1])
+        tb.broker.freeze()
+        try:
+            second = await ingest(store, [message("trap-a", n) for n in range(3, 6)])
+
+            async def timed_out() -> bool:
+                state = await store.sink_state(SINK)
+                return "no PUBACK of" in (state.last_error or "")
+
+            await eventually(timed_out, "the PUBACK deadline")
+            assert runner.state in (SinkRunState.BACKOFF, SinkRunState.RUNNING)
+            assert (await store.sink_state(SINK)).cursor == first[-1]
+        finally:
+            tb.broker.thaw()
+        await cursor_is(store, second[-1])
+    assert tb.series("trap-a") == {round((T0 + n) * 1000): expected(n) for n in range(6)}
+
+
 async def test_rate_limit_notice_backs_off_and_resends(
     store: Store, tb: FakeThingsBoard, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -97,6 +97,15 @@ class Mosquitto:
             self._proc.kill()
             self._proc.wait(10)
 
+    def freeze(self) -> None:
+        """SIGSTOP: the broker keeps its sockets but answers nothing (a hung broker)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGCONT)
+
     def restart(self, down_for: float = 0.0) -> None:
         self.stop()
         time.sleep(down_for)

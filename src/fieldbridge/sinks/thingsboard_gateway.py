@@ -118,7 +118,11 @@ class GatewayLink:
                 "set token to the access token of a device with 'Is gateway' on",
                 status=401,
             ) from None
-        await conn.subscribe(DISCONNECT)
+        try:
+            await conn.subscribe(DISCONNECT)
+        except RetryableDeliveryError:
+            conn.drop()  # without the rate-limit notices the connection is not used
+            raise
         log.info("%s: connected to %s as a gateway", self._what, self.settings.url)
         return conn
 
