@@ -10,9 +10,12 @@ subprocess of its own so its checking does not share this process:
   * the reference: a bare paho publisher (paho's own network thread, the same in-flight window
     of 100) sending the same prebuilt payloads (the v1/gateway/connect and v1/gateway/telemetry
     payloads of the same batches, rendered beforehand) at QoS 1, timed until the last PUBACK.
-The peer users pick today (ThingsBoard IoT Gateway) is not run: see docs/benchmarks.md.
+  * the peer: ThingsBoard IoT Gateway (`thingsboard-gateway` from PyPI, installed on first use
+    in its own venv under var/bench/thingsboard-gateway/, never a project dependency) with its
+    MQTT connector taking the same readings from a Mosquitto of its own and sending them to the
+    same fake (which answers its getSessionLimits RPC); msg/s and lost points.
 
-Run: .venv/bin/python bench/thingsboard.py   (about a minute on 2 cores)
+Run: .venv/bin/python bench/thingsboard.py   (about two minutes on 2 cores; --no-peer skips it)
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -50,6 +54,7 @@ from fieldbridge.store import Store, open_store, parse_store_url
 from fieldbridge.store.migrate import upgrade
 
 TOKEN = "BenchGatewayToken"
+KEYS = ("VBat", "count", "RSSI")
 DEVICES = 100
 T0 = 1_767_225_600.0  # 2026-01-01 UTC; message n is measured at T0 + n / 10
 SINK = "tb-bench"
@@ -209,18 +214,174 @@ class Fake:
         self.proc.wait(30)
 
 
+PEER_VERSION = "3.8.5"
+PEER_DIR = ROOT / "var" / "bench" / "thingsboard-gateway"
+PEER_TOKEN = "PeerGatewayToken"
+
+
+def peer_command() -> Path:
+    """thingsboard-gateway in its own venv under the scratch folder, installed if missing."""
+    venv = PEER_DIR / f"venv-{PEER_VERSION}"
+    command = venv / "bin" / "thingsboard-gateway"
+    if not command.exists():
+        print(f"installing thingsboard-gateway {PEER_VERSION} into {venv} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "-q", f"thingsboard-gateway=={PEER_VERSION}"],
+            check=True,
+        )
+    return command
+
+
+def peer_config(cfg: Path, tb_port: int, source_port: int, command: Path) -> None:
+    """The gateway's settings: the fake as its ThingsBoard, an MQTT connector on the source
+    broker mapping trap/<device>/data JSON to the three telemetry keys."""
+    cfg.mkdir(parents=True, exist_ok=True)
+    gateway = {
+        "thingsboard": {
+            "host": "127.0.0.1",
+            "port": tb_port,
+            "remoteShell": False,
+            "remoteConfiguration": False,
+            "statistics": {"enable": False, "statsSendPeriodInSeconds": 3600},
+            "deviceFiltering": {"enable": False},
+            "maxPayloadSizeBytes": 65536,
+            "minPackSendDelayMS": 50,
+            "minPackSizeToSend": 500,
+            "checkConnectorsConfigurationInSeconds": 3600,
+            "handleDeviceRenaming": False,
+            "security": {"type": "accessToken", "accessToken": PEER_TOKEN},
+            "qos": 1,
+            "reportStrategy": {"type": "ON_RECEIVED"},
+            "checkingDeviceActivity": {"checkDeviceInactivity": False},
+        },
+        "storage": {"type": "memory", "read_records_count": 100, "max_records_count": 1_000_000},
+        "grpc": {"enabled": False},
+        "connectors": [{"type": "mqtt", "name": "MQTT", "configuration": "mqtt.json"}],
+    }
+    timeseries = [{"type": "double", "key": k, "value": f"${{{k}}}"} for k in KEYS]
+    connector = {
+        "broker": {
+            "host": "127.0.0.1",
+            "port": source_port,
+            "clientId": "bench-peer-gateway",
+            "version": 4,
+            "maxMessageNumberPerWorker": 10,
+            "maxNumberOfWorkers": 100,
+            "cleanSession": True,
+            "security": {"type": "anonymous"},
+        },
+        "mapping": [
+            {
+                "topicFilter": "trap/+/data",
+                "subscriptionQos": 1,
+                "converter": {
+                    "type": "json",
+                    "deviceInfo": {
+                        "deviceNameExpressionSource": "topic",
+                        "deviceNameExpression": "(?<=trap/)(.*?)(?=/data)",
+                        "deviceProfileExpressionSource": "constant",
+                        "deviceProfileExpression": "trapnet",
+                    },
+                    "sendDataOnlyOnChange": False,
+                    "timeout": 60000,
+                    "attributes": [],
+                    "timeseries": timeseries,
+                },
+            }
+        ],
+        "requestsMapping": {},
+    }
+    (cfg / "tb_gateway.json").write_text(json.dumps(gateway))
+    (cfg / "mqtt.json").write_text(json.dumps(connector))
+    package = next(command.parent.parent.glob("lib/python*/site-packages/thingsboard_gateway"))
+    (cfg / "logs.json").write_text((package / "config" / "logs.json").read_text())
+
+
+def run_peer(work: Path, fake: Fake, count: int) -> dict[str, Any]:
+    """The peer's msg/s and lost points for `count` readings published on its source broker."""
+    from tests.support.mqtt_broker import Mosquitto, client
+
+    command = peer_command()
+    source = Mosquitto(work / "peer-source")
+    source.start()
+    peer_config(work / "peer-cfg", fake.info["port"], source.port, command)
+    env = {**os.environ, "TB_GW_CONFIG_DIR": str(work / "peer-cfg")}
+    with (work / "peer.log").open("wb") as log:
+        peer = subprocess.Popen(
+            [str(command)], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    publisher = client(source.port, "bench-peer-source")
+    try:
+        # Warm up: the gateway is ready once a first reading came through it.
+        before = fake.ask()
+        deadline = time.monotonic() + 60
+        while fake.ask()["warmup"] == before["warmup"]:
+            if time.monotonic() > deadline or peer.poll() is not None:
+                raise RuntimeError(f"the peer sent nothing; see {work / 'peer.log'}")
+            publisher.publish("trap/warmup/data", reading(0), qos=1)
+            time.sleep(0.5)
+        start = fake.ask()
+        began = time.perf_counter()
+        for n in range(count):
+            publisher.publish(f"trap/trap-{n % DEVICES:03d}/data", reading(n), qos=1)
+        last, last_at = start["points"], time.perf_counter()
+        while last - start["points"] < count:
+            time.sleep(0.2)
+            now = fake.ask()["points"]
+            if now != last:
+                last, last_at = now, time.perf_counter()
+            elif time.perf_counter() - last_at > 15:
+                break
+        received = last - start["points"]
+        distinct = fake.ask()["peer_readings"] - start["peer_readings"]
+        return {
+            "rate": received / (last_at - began),
+            "seconds": last_at - began,
+            "received": received,
+            "lost": count - distinct,
+            "violations": fake.ask()["violations"] - before["violations"],
+        }
+    finally:
+        publisher.disconnect()
+        publisher.loop_stop()
+        peer.terminate()
+        try:
+            peer.wait(20)
+        except subprocess.TimeoutExpired:
+            peer.kill()
+        source.kill()
+
+
+PEER_MARK = '"count": 1'  # the peer's readings have count 1000000 + n: each one is distinct
+
+
+def reading(n: int) -> bytes:
+    """Reading n as a device publishes it to the peer's source broker."""
+    body = {"VBat": 3.5 + (n % 50) / 100, "count": 1_000_000 + n, "RSSI": -60 - n % 30}
+    return json.dumps(body).encode()
+
+
 def serve_fake(workdir: Path) -> None:
     from tests.fakes.thingsboard import FakeThingsBoard
 
-    with FakeThingsBoard(workdir, gateway_tokens={TOKEN: "gateway"}) as fake:
+    tokens = {TOKEN: "gateway", PEER_TOKEN: "peer-gateway"}
+    with FakeThingsBoard(workdir, gateway_tokens=tokens) as fake:
         print(json.dumps({"url": fake.url, "port": fake.port}), flush=True)
         for line in sys.stdin:
             if line.strip() != "count":
                 break
             series = dict(fake.recorded.timeseries)
-            distinct = sum(len(s) for s in series.values())
-            points = sum(fake.recorded.points.values())
-            answer = {"points": points, "distinct": distinct, "violations": len(fake.violations)}
+            counted = dict(fake.recorded.points)
+            answer = {
+                "points": sum(v for k, v in counted.items() if k.startswith("trap-")),
+                "distinct": sum(len(v) for k, v in series.items() if k.startswith("trap-")),
+                "warmup": counted.get("warmup", 0),
+                "peer_readings": sum(
+                    1 for d, v in list(fake.recorded.distinct_values) if PEER_MARK in v
+                ),
+                "violations": len(fake.violations),
+            }
             print(json.dumps(answer), flush=True)
 
 
@@ -228,12 +389,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=50_000)
     parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--peer-messages", type=int, default=20_000)
+    parser.add_argument("--no-peer", action="store_true", help="skip ThingsBoard IoT Gateway")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         fake = Fake(work / "tb")
         try:
             result = asyncio.run(run(work, fake, args.messages, args.batch_size))
+            peer = None if args.no_peer else run_peer(work, fake, args.peer_messages)
         finally:
             fake.close()
     rate, reference = result["rate"], result["reference"]
@@ -254,7 +418,17 @@ def main() -> None:
              f"{result['large_rate'] / reference:.2f}"],
         ],
     )  # fmt: skip
-    print(f"\nfake ThingsBoard contract violations: {result['violations']}")
+    if peer is not None:
+        print_table(
+            f"peer: ThingsBoard IoT Gateway {PEER_VERSION} (MQTT connector), "
+            f"{args.peer_messages:,} readings published at QoS 1 on its source broker",
+            ["sender", "seconds", "points received", "msg/s", "lost readings",
+             "fieldbridge / peer"],
+            [["thingsboard-gateway", peer["seconds"], peer["received"], peer["rate"],
+              peer["lost"], f"{rate / peer['rate']:.1f}"]],
+        )  # fmt: skip
+        print(f"\ncontract violations by the peer: {peer['violations']}")
+    print(f"contract violations by fieldbridge and the bare publisher: {result['violations']}")
     final_line("thingsboard", rate, "msg/s", reference, rate / reference)
 
 

@@ -42,6 +42,10 @@ class Recorded:
 
     timeseries: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
     points: dict[str, int] = field(default_factory=dict)  # points received, duplicates counted
+    untimed: dict[str, int] = field(default_factory=dict)  # flat points without ts
+    # (device, values as sorted JSON) of every point: counts distinct readings whatever ts
+    # a sender stamps on them (ThingsBoard IoT Gateway stamps its own receive time)
+    distinct_values: set[tuple[str, str]] = field(default_factory=set)
     attributes: dict[str, dict[str, Any]] = field(default_factory=dict)
     created: dict[str, str | None] = field(default_factory=dict)  # connect: device -> type
     publishes: int = 0
@@ -93,9 +97,12 @@ class FakeThingsBoard:
             subprocess.run(
                 ["mosquitto_passwd", "-b", str(self._passwords), user, password], check=True
             )
-        lines = [f"user {CHECKER}", "topic read #", "topic write v1/gateway/disconnect", ""]
+        lines = [f"user {CHECKER}", "topic read #", "topic write v1/gateway/disconnect"]
+        lines += ["topic write v1/devices/me/rpc/response/#", ""]
         for token in self.gateway_tokens:
-            lines += [f"user {token}", "topic readwrite v1/gateway/#", ""]
+            # A gateway is a device too: it may ask the device API (session limits, RPC).
+            lines += [f"user {token}", "topic readwrite v1/gateway/#", "topic read v1/devices/me/#"]
+            lines += [""]
         # Device tokens reach the broker through the front, which prefixes tb/<token>/.
         lines += ["pattern write tb/%u/v1/devices/me/#", ""]
         self._acl.write_text("\n".join(lines))
@@ -169,8 +176,8 @@ class FakeThingsBoard:
         self.violations.append(text)
 
     def _take(self, topic: str, payload: bytes, qos: int) -> None:
-        if topic == "v1/gateway/disconnect":
-            return  # our own notice
+        if topic == "v1/gateway/disconnect" or topic.startswith("v1/devices/me/rpc/response/"):
+            return  # our own notices and answers
         self.recorded.publishes += 1
         if qos > 1:
             self._violation(f"{topic}: QoS {qos}; ThingsBoard takes QoS 0 and 1 only")
@@ -187,8 +194,10 @@ class FakeThingsBoard:
             self._gateway_attributes(body)
         elif topic.startswith("tb/"):
             token, _, rest = topic[3:].partition("/")
-            device = self.device_tokens.get(token)
-            if device is None:
+            device = self.device_tokens.get(token) or self.gateway_tokens.get(token)
+            if rest.startswith("v1/devices/me/rpc/request/") and device is not None:
+                self._client_rpc(rest.rsplit("/", 1)[1], body)
+            elif device is None:
                 self._violation(f"{topic}: token not a device's")
             elif rest == "v1/devices/me/telemetry":
                 self._telemetry(device, body)
@@ -198,6 +207,17 @@ class FakeThingsBoard:
                 self._violation(f"{topic}: not a device API topic")
         else:
             self._violation(f"{topic}: not a ThingsBoard topic")
+
+    def _client_rpc(self, request_id: str, body: object) -> None:
+        """Answer a client-side RPC; ThingsBoard IoT Gateway asks getSessionLimits first."""
+        if not isinstance(body, dict) or not isinstance(body.get("method"), str):
+            self._violation(f"rpc request {request_id}: {body!r} has no method")
+            return
+        if body["method"] != "getSessionLimits":
+            return
+        answer = {"maxPayloadSize": 65536, "maxInflightMessages": 100, "rateLimits": {}}
+        assert self._checker is not None
+        self._checker.publish(f"v1/devices/me/rpc/response/{request_id}", json.dumps(answer), 1)
 
     def _gateway_connect(self, body: object) -> None:
         if not isinstance(body, dict) or not isinstance(body.get("device"), str):
@@ -228,8 +248,12 @@ class FakeThingsBoard:
     def _telemetry(self, device: str, found: object) -> None:
         points = found if isinstance(found, list) else [found]
         for point in points:
+            if isinstance(point, dict) and point and "ts" not in point and "values" not in point:
+                # {"key": value, ...}: allowed, ThingsBoard stamps it with its receive time
+                self.recorded.untimed[device] = self.recorded.untimed.get(device, 0) + 1
+                continue
             if not isinstance(point, dict) or set(point) != {"ts", "values"}:
-                self._violation(f"{device}: {point!r} is not {{ts, values}}")
+                self._violation(f"{device}: {point!r} is neither {{ts, values}} nor flat")
                 continue
             ts, values = point["ts"], point["values"]
             if type(ts) is not int:
@@ -240,6 +264,7 @@ class FakeThingsBoard:
             if not isinstance(values, dict) or not values:
                 self._violation(f"{device}: values {values!r} is not a non-empty object")
                 continue
+            self.recorded.distinct_values.add((device, json.dumps(values, sort_keys=True)))
             series = self.recorded.timeseries.setdefault(device, {})
             series.setdefault(ts, {}).update(values)
             self.recorded.points[device] = self.recorded.points.get(device, 0) + 1

@@ -11,7 +11,9 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from pydantic import ValidationError
 
 from fieldbridge.codecs import http_json
@@ -22,7 +24,7 @@ from fieldbridge.sinks.engine import SinkRunner
 from fieldbridge.sinks.thingsboard import ThingsBoardDestination
 from fieldbridge.sinks.thingsboard_settings import ThingsBoardSettings
 from fieldbridge.store import Store
-from tests.conftest import eventually
+from tests.conftest import eventually, wait_until
 from tests.fakes.thingsboard import FakeThingsBoard
 from tests.fakes.thingsboard_http import FakeThingsBoardHttp
 from tests.support.sinks import run_sink
@@ -227,6 +229,35 @@ async def test_any_source_and_kinds_route(store: Store, tb: FakeThingsBoard) -> 
     assert tb.series("plain") == {round((T0 + 3) * 1000): expected(3)}
     assert tb.series("efento-1") == {}
     assert tb.recorded.created == {"sck-1": "smartcitizen", "plain": None}
+
+
+def test_fake_answers_session_limits_over_mqtt5(tb: FakeThingsBoard) -> None:
+    """ThingsBoard IoT Gateway (the benchmark's peer) asks getSessionLimits, over MQTT 5,
+    before it sends anything; the fake answers it on the matching id."""
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id="peer", protocol=MQTTProtocolVersion.MQTTv5
+    )
+    client.username_pw_set(GATEWAY_TOKEN, "")
+    answers: list[tuple[str, dict[str, Any]]] = []
+    client.on_message = lambda c, u, m: answers.append((m.topic, json.loads(m.payload)))
+    client.on_connect = lambda c, *a: c.subscribe("v1/devices/me/rpc/response/+", 1)
+    client.connect("127.0.0.1", tb.port)
+    client.loop_start()
+    try:
+        wait_until(lambda: client.is_connected(), "the gateway connected")
+        request = json.dumps({"method": "getSessionLimits", "params": {"timeout": 5000}})
+        wait_until(
+            lambda: (
+                client.publish("v1/devices/me/rpc/request/7", request, 1).rc == 0 and bool(answers)
+            ),
+            "the session limits",
+        )
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    topic, answer = answers[0]
+    assert topic == "v1/devices/me/rpc/response/7"
+    assert answer["maxInflightMessages"] == 100
 
 
 def test_settings_check_mode_url_and_token() -> None:

@@ -1,7 +1,7 @@
 """A TCP front for Mosquitto that makes it authenticate ThingsBoard-style (token as username,
 no password) and tells its subscribers which device token published what.
 
-Hand-written (no library does this): it parses the client's MQTT 3.1.1 packets only far
+Hand-written (no library does this): it parses the client's MQTT 3.1.1 or 5 packets only far
 enough to (1) answer CONNACK 4 to an empty username as ThingsBoard does, and add the
 password the fake gave that token to CONNECT (Mosquitto's password file cannot hold users
 without a password; an unknown token gets a password no user has, so Mosquitto itself
@@ -48,13 +48,24 @@ async def _packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 
 
 def _connect(body: bytes, passwords: Mapping[str, str]) -> tuple[str, bytes]:
-    """The username of a CONNECT, and the CONNECT with the token's password set."""
+    """The username of a CONNECT, and the CONNECT with the token's password set (a CONNECT
+    with a will is read as MQTT 3.1.1 lays it out: neither client here sends one)."""
     name_len = int.from_bytes(body[0:2], "big")
     at = 2 + name_len + 1
     flags = body[at]
-    head = bytearray(body[: at + 3])  # name, level, flags, keepalive
+    pos = at + 3  # after name, level, flags, keepalive
+    if body[at - 1] == 5:  # MQTT 5: the CONNECT properties follow (length as a varint)
+        length, shift = 0, 0
+        while True:
+            byte = body[pos]
+            pos += 1
+            length |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                break
+            shift += 7
+        pos += length
+    head = bytearray(body[:pos])
     fields: list[bytes] = []
-    pos = at + 3
     count = 1 + (2 if flags & 0x04 else 0) + (1 if flags & 0x80 else 0) + (1 if flags & 0x40 else 0)
     for _ in range(count):
         size = int.from_bytes(body[pos : pos + 2], "big")
