@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -23,7 +24,7 @@ from fieldbridge.sources.access import StoreAccess
 from fieldbridge.sources.base import ServesHttp
 from fieldbridge.store import Store, Timeout, open_store, parse_store_url
 from fieldbridge.store.lock import ServiceLock
-from fieldbridge.store.migrate import head_revision, upgrade, within
+from fieldbridge.store.migrate import head_revision, pending_revisions, upgrade, within
 from fieldbridge.store.urls import mask_url
 from fieldbridge.timefmt import iso
 from fieldbridge.web.auth import BearerTokens
@@ -42,16 +43,28 @@ SINK_STOP_GRACE = 3.0  # seconds a sink may take to finish a send at shutdown
 HEALTH_STORE_CHECK = Timeout(1.5, "the /healthz store check")
 
 
-async def migrate(settings: Settings) -> list[str]:
-    """Bring the store's schema to the newest revision."""
+async def migrate(settings: Settings, on_step: Callable[[str], None] | None = None) -> list[str]:
+    """Bring the store's schema to the newest revision (within store.migrate_timeout_s);
+    `on_step` is called after each revision applied."""
     store = settings.store
     url = parse_store_url(store.url)
+    params = store.libpq_params()
     return await within(
         store.migrate_timeout_s,
         url,
-        lambda: upgrade(
-            url, busy_timeout_ms=store.busy_timeout_ms, libpq_params=store.libpq_params()
-        ),
+        lambda: upgrade(url, on_step, busy_timeout_ms=store.busy_timeout_ms, libpq_params=params),
+    )
+
+
+async def pending_migrations(settings: Settings) -> list[str]:
+    """The revisions `migrate` would apply, oldest first (within store.migrate_timeout_s)."""
+    store = settings.store
+    url = parse_store_url(store.url)
+    params = store.libpq_params()
+    return await within(
+        store.migrate_timeout_s,
+        url,
+        lambda: pending_revisions(url, busy_timeout_ms=store.busy_timeout_ms, libpq_params=params),
     )
 
 

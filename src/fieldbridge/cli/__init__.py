@@ -21,9 +21,8 @@ from fieldbridge.cli.sink_cmds import deadletters, sinks
 from fieldbridge.cli.spy_cmd import spy
 from fieldbridge.config import CONFIG_ENV, Settings
 from fieldbridge.retention import RetentionReport, prune_once
-from fieldbridge.store import parse_store_url
 from fieldbridge.store.lock import StoreInUse
-from fieldbridge.store.migrate import head_revision, pending_revisions, upgrade, within
+from fieldbridge.store.migrate import head_revision
 from fieldbridge.store.urls import mask_url
 from fieldbridge.timefmt import iso
 
@@ -144,35 +143,19 @@ def config_show(ctx: typer.Context, json_out: JsonFlag = False) -> None:
 @db_app.command("migrate")
 def db_migrate(ctx: typer.Context, json_out: JsonFlag = False) -> None:
     """Apply pending schema migrations (run also does this at start)."""
+    from fieldbridge.app import migrate, pending_migrations
+
     settings: Settings = settings_of(ctx)
-    store = settings.store
-    url = parse_store_url(store.url)
-    wait, params, deadline = store.busy_timeout_ms, store.libpq_params(), store.migrate_timeout_s
 
     async def go() -> list[str]:
-        pending = await within(
-            deadline,
-            url,
-            lambda: pending_revisions(url, busy_timeout_ms=wait, libpq_params=params),
-        )
+        pending = await pending_migrations(settings)
         if not pending or json_out or not sys.stderr.isatty():
-            return await within(
-                deadline, url, lambda: upgrade(url, busy_timeout_ms=wait, libpq_params=params)
-            )
+            return await migrate(settings)
         with Progress(
             TextColumn("migrating"), BarColumn(), MofNCompleteColumn(), console=console
         ) as bar:
             task = bar.add_task("migrate", total=len(pending))
-            return await within(
-                deadline,
-                url,
-                lambda: upgrade(
-                    url,
-                    lambda _: bar.advance(task),
-                    busy_timeout_ms=wait,
-                    libpq_params=params,
-                ),
-            )
+            return await migrate(settings, lambda _: bar.advance(task))
 
     applied = run_async(go())
     if json_out:
