@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class FieldbridgeError(Exception):
     """Base class of every error fieldbridge raises on purpose."""
@@ -55,6 +57,18 @@ class PermanentDeliveryError(DeliveryError):
     """The destination refused the batch for good (4xx other than 408/425/429)."""
 
     retryable = False
+
+
+class PartialDeliveryError(PermanentDeliveryError):
+    """The destination kept part of a batch and refused the rest for good (an InfluxDB partial
+    write): `rejected` maps the refused messages' journal ids to the reason; the others were
+    delivered."""
+
+    def __init__(
+        self, message: str, rejected: Mapping[int, str], *, status: int | None = None
+    ) -> None:
+        super().__init__(message, status=status, body="; ".join(sorted(set(rejected.values()))))
+        self.rejected = dict(rejected)
 
 
 class IncompatibleDependency(ConfigError):

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from fieldbridge.errors import (
     DeliveryError,
+    PartialDeliveryError,
     PermanentDeliveryError,
     RetryableDeliveryError,
     StoreError,
@@ -192,6 +193,10 @@ class SinkRunner:
                 continue
             try:
                 await self._send_with_retry(chunk)
+            except PartialDeliveryError as exc:  # kept in part: only the refused are dead
+                await self._partly_delivered(chunk, exc)
+                await self._settle(held)
+                continue
             except PermanentDeliveryError as exc:
                 if len(chunk) > 1:
                     middle = len(chunk) // 2
@@ -220,6 +225,21 @@ class SinkRunner:
                 sink=self.name, message_ids=[e.id for e in chunk]
             )
             self._dead_letters = max(0, self._dead_letters - forgotten)
+
+    async def _partly_delivered(
+        self, chunk: Sequence[JournalEntry], exc: PartialDeliveryError
+    ) -> None:
+        kept = [e for e in chunk if e.id not in exc.rejected]
+        for entry in chunk:
+            if entry.id in exc.rejected:
+                reason = exc.rejected[entry.id]
+                await self._dead_letter(
+                    entry, PermanentDeliveryError(reason, status=exc.status, body=reason)
+                )
+        if kept:
+            if self._metrics is not None:
+                self._metrics.sink_sent.labels(self.name).inc(len(kept))
+            await self._delivered(kept)
 
     async def _settle(self, held: list[tuple[JournalEntry, PermanentDeliveryError]]) -> None:
         """The destination judges messages again: offer each held one once more, alone, and

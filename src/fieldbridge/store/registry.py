@@ -135,15 +135,24 @@ class RegistryQueries:
         return [DeviceLink(node, Role(role), float(at)) for node, role, at in rows]
 
     async def device_flags(self, device_ids: set[str]) -> dict[str, dict[str, bool]]:
-        out: dict[str, dict[str, bool]] = {}
+        rows = await self._device_column(device_ids, "flags")
+        return {dev: {k: bool(v) for k, v in jsoncol.load(f).items()} for dev, f in rows}
+
+    async def device_teams(self, device_ids: set[str]) -> dict[str, str | None]:
+        """The team (project) of each known device: a tag some sinks write."""
+        return {dev: team for dev, team in await self._device_column(device_ids, "team")}
+
+    async def _device_column(self, device_ids: set[str], column: str) -> list[Row]:
+        out: list[Row] = []
         ids = sorted(device_ids)
         for i in range(0, len(ids), 500):
             chunk = ids[i : i + 500]
             marks = ",".join("?" * len(chunk))
-            rows = await self.db.fetchall(
-                f"SELECT id, flags FROM devices WHERE id IN ({marks})", chunk
+            out.extend(
+                await self.db.fetchall(
+                    f"SELECT id, {column} FROM devices WHERE id IN ({marks})", chunk
+                )
             )
-            out.update({dev: {k: bool(v) for k, v in jsoncol.load(f).items()} for dev, f in rows})
         return out
 
     async def list_readings(

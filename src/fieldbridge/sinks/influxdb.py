@@ -1,0 +1,219 @@
+"""InfluxDB sink: writes readings as line protocol to v1 `/write` or v2 `/api/v2/write`.
+
+A batch's lines go out in requests of at most `lines_per_request` lines and `max_request_bytes`
+bytes, gzipped, up to `max_in_flight` at once. Order-safe: the lines of one series (measurement
+and tag set) always travel in the same request, or in requests sent one after the other, so a
+later value of a point never overtakes an earlier one. `send` returns only when every request
+of the batch was confirmed, so the cursor moves over confirmed messages only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+import httpx
+import orjson
+
+from fieldbridge.errors import (
+    PartialDeliveryError,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+)
+from fieldbridge.model import JournalEntry
+from fieldbridge.plugin import SinkType, register_sink
+from fieldbridge.sinks.base import Destination
+from fieldbridge.sinks.http_client import sink_client
+from fieldbridge.sinks.http_errors import check_response, transport_failure
+from fieldbridge.sinks.influxdb_lines import Line, render
+from fieldbridge.sinks.influxdb_partial import rejected_lines
+from fieldbridge.sinks.influxdb_settings import InfluxDBSettings
+from fieldbridge.store import Store
+
+V1_PRECISION = {"s": "s", "ms": "ms", "us": "u", "ns": "n"}
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    body: bytes  # uncompressed
+    lines: list[Line]
+
+
+def plan_requests(lines: Sequence[Line], max_lines: int, max_bytes: int) -> list[list[Request]]:
+    """Lanes of requests: a lane's requests go one after the other, lanes go side by side. A
+    series is hashed to one lane, so its points keep their order."""
+    lanes_wanted = max(1, -(-len(lines) // max_lines))
+    lanes: list[list[Line]] = [[] for _ in range(lanes_wanted)]
+    for line in lines:
+        lanes[zlib.crc32(line.series.encode()) % lanes_wanted].append(line)
+    out: list[list[Request]] = []
+    for lane in lanes:
+        requests: list[Request] = []
+        raws: list[bytes] = []
+        members: list[Line] = []
+        size = 0
+        for line in lane:
+            raw = line.text.encode() + b"\n"
+            if raws and (len(raws) >= max_lines or size + len(raw) > max_bytes):
+                requests.append(Request(b"".join(raws), members))
+                raws, members, size = [], [], 0
+            raws.append(raw)
+            members.append(line)
+            size += len(raw)
+        if raws:
+            requests.append(Request(b"".join(raws), members))
+        if requests:
+            out.append(requests)
+    return out
+
+
+class InfluxDBDestination(Destination):
+    """One POST per request body; `transport` replaces httpx's network transport."""
+
+    def __init__(
+        self, settings: InfluxDBSettings, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self.settings = settings
+        self._layout = settings.layout()
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+        self._store: Store | None = None
+        base = str(settings.url).rstrip("/")
+        if settings.v2:
+            self._endpoint = f"{base}/api/v2/write"
+            self._params = {
+                "org": settings.org or "",
+                "bucket": settings.bucket or "",
+                "precision": settings.precision,
+            }
+        else:
+            self._endpoint = f"{base}/write"
+            self._params = {
+                "db": settings.database or "",
+                "precision": V1_PRECISION[settings.precision],
+            }
+            if settings.retention_policy:
+                self._params["rp"] = settings.retention_policy
+        self._what = f"influxdb {settings.name}"
+
+    def bind(self, store: Store) -> None:
+        self._store = store
+
+    async def __aenter__(self) -> InfluxDBDestination:
+        headers = {"Content-Type": "text/plain; charset=utf-8"}
+        if self.settings.gzip:
+            headers["Content-Encoding"] = "gzip"
+        if self.settings.token is not None:
+            headers["Authorization"] = f"Token {self.settings.token.get_secret_value()}"
+        limits = httpx.Limits(
+            max_connections=self.settings.max_in_flight,
+            max_keepalive_connections=self.settings.max_in_flight,
+            keepalive_expiry=30.0,
+        )
+        self._client = sink_client(self.settings, headers, transport=self._transport, limits=limits)
+        if self.settings.username is not None and self.settings.password is not None:
+            self._client.auth = httpx.BasicAuth(
+                self.settings.username, self.settings.password.get_secret_value()
+            )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def _teams(self, entries: Sequence[JournalEntry]) -> dict[str, str | None]:
+        if self._store is None or not self.settings.uses_team():
+            return {}
+        return await self._store.device_teams({e.device for e in entries})
+
+    async def send(self, entries: Sequence[JournalEntry]) -> None:
+        lines = render(entries, self._layout, await self._teams(entries))
+        if not lines:
+            return  # messages without readings: nothing to write
+        lanes = plan_requests(
+            lines, self.settings.lines_per_request, self.settings.max_request_bytes
+        )
+        window = asyncio.Semaphore(self.settings.max_in_flight)
+        results = await asyncio.gather(
+            *(self._lane(requests, window) for requests in lanes), return_exceptions=True
+        )
+        partial: list[PartialDeliveryError] = []
+        for result in results:  # an outage first: the whole batch is tried again later
+            if isinstance(result, RetryableDeliveryError):
+                raise result
+        for result in results:
+            if isinstance(result, PartialDeliveryError):
+                partial.append(result)
+            elif isinstance(result, BaseException):
+                raise result  # refused as a whole (the engine bisects) or a bug
+        if partial:
+            rejected = {k: v for failure in partial for k, v in failure.rejected.items()}
+            raise PartialDeliveryError(
+                f"{self._what} refused {len(rejected)} of {len(entries)} messages",
+                rejected,
+                status=partial[0].status,
+            )
+
+    async def _lane(self, requests: list[Request], window: asyncio.Semaphore) -> None:
+        """A lane's requests in order; the partial refusals of all of them together."""
+        rejected: dict[int, str] = {}
+        status: int | None = None
+        for request in requests:
+            async with window:
+                try:
+                    await self._post(request)
+                except PartialDeliveryError as exc:
+                    rejected.update(exc.rejected)
+                    status = exc.status
+        if rejected:
+            raise PartialDeliveryError(f"{self._what}: partial write", rejected, status=status)
+
+    async def _post(self, request: Request) -> None:
+        assert self._client is not None, "use the destination inside `async with`"
+        body = request.body
+        content = gzip.compress(body, compresslevel=1) if self.settings.gzip else body
+        try:
+            response = await self._client.post(self._endpoint, params=self._params, content=content)
+        except httpx.TransportError as exc:
+            raise transport_failure(exc, self._what) from exc
+        if response.status_code in (400, 422):
+            message = _error_text(response)
+            if "partial write" in message or "unable to parse" in message:
+                self._partial(request.lines, message, response.status_code)
+        check_response(response, self._what)
+
+    def _partial(self, lines: list[Line], message: str, status: int) -> None:
+        """Raise PartialDeliveryError naming the messages of the refused lines, or a plain
+        refusal of the request when they cannot be told apart (the engine then bisects)."""
+        rejected = rejected_lines(message, lines)
+        if rejected is None or len(rejected) == len({line.entry_id for line in lines}):
+            raise PermanentDeliveryError(
+                f"{self._what} answered HTTP {status}", status=status, body=message[:4096]
+            )
+        raise PartialDeliveryError(f"{self._what}: partial write", rejected, status=status)
+
+
+def _error_text(response: httpx.Response) -> str:
+    """The error of an InfluxDB answer: v1 {"error"}, v2 {"code", "message"}, or the text."""
+    try:
+        parsed = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return response.text
+    if isinstance(parsed, dict):
+        for key in ("error", "message"):
+            if isinstance(parsed.get(key), str):
+                return str(parsed[key])
+    return response.text
+
+
+register_sink("influxdb", SinkType(InfluxDBSettings, InfluxDBDestination))

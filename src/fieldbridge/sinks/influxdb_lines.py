@@ -1,0 +1,161 @@
+"""InfluxDB line protocol of stored messages (spec integrations.md §4.3).
+
+Pure: messages in, lines out. Hand-written because the escaping rules differ per element and
+the official clients (influxdb-client, influxdb-python) bring their own HTTP stacks and retry
+loops, which would bypass the sink engine's cursor and back-off.
+
+A message's readings become points: measurement and field name from the sink's templates, tags
+from the message and the registry, time = measured time in the sink's precision. Readings of one
+message that share measurement, tags and time go into one line, so each line belongs to exactly
+one message (a rejected line names the message to dead-letter).
+"""
+
+from __future__ import annotations
+
+import math
+import string
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fieldbridge.model import JournalEntry, Reading
+
+# Where a tag's value comes from; `tags` lists which of these a sink writes.
+TAG_NAMES = ("device", "kind", "source", "channel", "team", "unit")
+TEMPLATE_NAMES = frozenset({"quantity", "source", "kind", "device", "team", "channel"})
+SCALE = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+
+_KEY_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "\r": r"\r"})
+_MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n", "\r": r"\r"})
+_STRING_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"'})
+# InfluxDB refuses "time" as a tag or field key (the whole point is dropped): renamed.
+_RESERVED = {"time": "time_"}
+
+
+def template_names(template: str) -> set[str]:
+    """The {names} a measurement or field template uses."""
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+
+
+def escape_measurement(name: str) -> str:
+    """Comma and space escaped; a leading '#' (a comment line) escaped; a trailing backslash,
+    which line protocol cannot represent, dropped."""
+    name = name.rstrip("\\").translate(_MEASUREMENT_ESCAPES)
+    return "\\" + name if name.startswith("#") else name
+
+
+def escape_key(key: str) -> str:
+    """A tag key, tag value or field key: comma, equals sign and space escaped; newlines
+    written as \\n; a trailing backslash dropped; the reserved key "time" renamed time_."""
+    key = _RESERVED.get(key, key)
+    return key.rstrip("\\").translate(_KEY_ESCAPES)
+
+
+def string_field(value: str) -> str:
+    return '"' + value.translate(_STRING_ESCAPES) + '"'
+
+
+def field_value(value: Any) -> str | None:
+    """Numbers as floats (so a field never changes type between 1 and 1.5), booleans, text;
+    None for what has no line protocol form (non-finite numbers, objects)."""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int | float):
+        number = float(value)
+        return repr(number) if math.isfinite(number) else None
+    if isinstance(value, str):
+        return string_field(value)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """How readings map to points: the sink's naming settings, checked at start."""
+
+    measurement: str  # template, e.g. "{quantity}"
+    field: str  # template for a reading's number, e.g. "value"
+    tags: tuple[str, ...]  # names from TAG_NAMES
+    static_tags: Mapping[str, str]
+    precision: str  # s, ms, us or ns
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    entry_id: int
+    measurement: str  # as in the line (escaped)
+    series: str  # measurement and tag set: points of one series go in one request
+    fields: Mapping[str, str]  # escaped key -> rendered value
+    text: str
+
+
+def _names(entry: JournalEntry, reading: Reading, team: str | None) -> dict[str, str]:
+    return {
+        "quantity": reading.quantity,
+        "source": entry.source,
+        "kind": entry.kind or "",
+        "device": entry.device,
+        "team": team or "",
+        "channel": str(reading.channel),
+    }
+
+
+def _tags(layout: Layout, names: Mapping[str, str], reading: Reading) -> list[tuple[str, str]]:
+    values: dict[str, str] = dict(layout.static_tags)
+    for tag in layout.tags:
+        values[tag] = (reading.unit or "") if tag == "unit" else names[tag]
+    extra_tags = (reading.extra or {}).get("tags")
+    if isinstance(extra_tags, Mapping):  # a message type's is-tag items (trap network CSV)
+        for key, value in extra_tags.items():
+            values.setdefault(str(key), str(value))
+    pairs = ((escape_key(k), escape_key(v)) for k, v in values.items())
+    return sorted((k, v) for k, v in pairs if k and v)  # sorted by key, as InfluxDB advises
+
+
+def _fields(layout: Layout, names: Mapping[str, str], reading: Reading) -> dict[str, str]:
+    out: dict[str, str] = {}
+    if reading.value is not None:
+        rendered = field_value(reading.value)
+        key = escape_key(layout.field.format_map(names))
+        if rendered is not None and key:
+            out[key] = rendered
+        return out
+    for key, value in (reading.extra or {}).items():  # a reading without a number: its details
+        if key == "tags":
+            continue
+        rendered = field_value(value)
+        escaped = escape_key(str(key))
+        if rendered is not None and escaped:
+            out[escaped] = rendered
+    return out
+
+
+def entry_lines(entry: JournalEntry, layout: Layout, team: str | None = None) -> list[Line]:
+    """The lines of one message, in the order their first reading appears."""
+    scale = SCALE[layout.precision]
+    grouped: dict[tuple[str, str, int], dict[str, str]] = {}
+    for reading in entry.readings:
+        names = _names(entry, reading, team)
+        fields = _fields(layout, names, reading)
+        if not fields:
+            continue
+        measurement = escape_measurement(layout.measurement.format_map(names)) or "unknown"
+        tags = _tags(layout, names, reading)
+        series = measurement + "".join(f",{k}={v}" for k, v in tags)
+        stamp = round(reading.measured_at * scale)
+        grouped.setdefault((series, measurement, stamp), {}).update(fields)
+    lines = []
+    for (series, measurement, stamp), fields in grouped.items():
+        body = ",".join(f"{k}={v}" for k, v in fields.items())
+        lines.append(Line(entry.id, measurement, series, fields, f"{series} {body} {stamp}"))
+    return lines
+
+
+def render(
+    entries: Sequence[JournalEntry], layout: Layout, teams: Mapping[str, str | None]
+) -> list[Line]:
+    out: list[Line] = []
+    for entry in entries:
+        out.extend(entry_lines(entry, layout, teams.get(entry.device)))
+    return out

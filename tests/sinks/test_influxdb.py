@@ -1,0 +1,258 @@
+"""The InfluxDB sink against a real influxd 1.x started by the tests (tests/support/influxd.py):
+every point read back with InfluxQL, exactly once, with its tags and time."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from fieldbridge.codecs import build_codec, http_json
+from fieldbridge.ingest import Ingest
+from fieldbridge.model import Accepted, SinkRunState
+from fieldbridge.plugin import RouteSettings
+from fieldbridge.sinks.engine import SinkRunner
+from fieldbridge.sinks.influxdb import InfluxDBDestination
+from fieldbridge.sinks.influxdb_settings import InfluxDBSettings
+from fieldbridge.store import Store
+from tests.conftest import eventually
+from tests.support.influxd import ADMIN, Influxd
+from tests.support.sinks import run_sink
+
+SINK = "influx"
+DB = "aklc"
+T0 = 1_764_800_000.0  # 2025-12-03; message n is measured at T0 + n + 0.25 s
+NS = 1_000_000_000
+
+pytestmark = pytest.mark.xdist_group("influxd")
+
+
+def message(device: str, n: int, readings: dict[str, Any] | None = None) -> bytes:
+    body = {
+        "device": device,
+        "kind": "trap",
+        "ts": T0 + n + 0.25,
+        "readings": readings if readings is not None else {"level": n, "temp": n / 10},
+        "id": f"{device}-{n}",
+    }
+    return json.dumps(body).encode()
+
+
+async def ingest(store: Store, payloads: list[bytes]) -> list[int]:
+    ids: list[int] = []
+    async with Ingest(store) as feed:
+        for payload in payloads:
+            outcome = await feed.submit("http", payload, http_json.decode, {})
+            assert isinstance(outcome, Accepted), outcome
+            ids.extend(outcome.ids)
+    return ids
+
+
+def settings(url: str, **overrides: Any) -> InfluxDBSettings:
+    values: dict[str, Any] = {
+        "name": SINK,
+        "url": url,
+        "database": DB,
+        "timeout": 5.0,
+        "max_backoff": 0.5,
+    }
+    values.update(overrides)
+    return InfluxDBSettings(**values)
+
+
+@contextlib.asynccontextmanager
+async def running(store: Store, sink: InfluxDBSettings) -> AsyncIterator[SinkRunner]:
+    destination = InfluxDBDestination(sink)
+    runner = SinkRunner("influxdb", sink, destination, store, backoff_base=0.05, idle_poll=0.1)
+    async with run_sink(runner):
+        yield runner
+
+
+async def cursor_is(store: Store, value: int, within: float = 30.0) -> None:
+    async def check() -> bool:
+        return (await store.sink_state(SINK)).cursor == value
+
+    await eventually(check, f"the cursor at {value}", timeout=within)
+
+
+@pytest.fixture(scope="module")
+def influx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Influxd]:
+    with Influxd(tmp_path_factory.mktemp("influxd")) as server:
+        yield server
+
+
+@pytest.fixture
+def db(influx: Influxd) -> Iterator[str]:
+    influx.create_database(DB)
+    yield DB
+    influx._query(f'DROP DATABASE "{DB}"')
+
+
+async def test_flagged_devices_arrive_once_with_tags_and_time(
+    store: Store, influx: Influxd, db: str
+) -> None:
+    payloads = [message(d, n) for n in range(30) for d in ("trap-a", "trap-b", "trap-c")]
+    ids = await ingest(store, payloads)
+    for device in ("trap-a", "trap-b"):  # trap-c's flag stays off
+        await store.update_device(device, flags={"influx": True}, team="Hunua")
+    sink = settings(influx.url, batch_size=7, route=RouteSettings(flag="influx"))
+    async with running(store, sink):
+        await cursor_is(store, ids[-1])
+    level = influx.series(db, 'SELECT "value" FROM "level" GROUP BY *')
+    assert {s["tags"]["device"] for s in level} == {"trap-a", "trap-b"}
+    for series in level:
+        assert series["tags"] == {
+            "device": series["tags"]["device"],
+            "kind": "trap",
+            "channel": "0",
+            "team": "Hunua",
+        }
+        expected = [[round((T0 + n + 0.25) * 1000) * 1_000_000, float(n)] for n in range(30)]
+        assert series["values"] == expected  # ms precision, each point once, in time order
+    temp = influx.query(db, 'SELECT count("value") FROM "temp"')
+    assert temp[0][1] == 60
+
+
+@pytest.mark.parametrize(
+    ("precision", "scale"), [("s", NS), ("ms", 1_000_000), ("us", 1_000), ("ns", 1)]
+)
+async def test_precision_is_the_measured_time(
+    store: Store, influx: Influxd, db: str, precision: str, scale: int
+) -> None:
+    ids = await ingest(store, [message("p", 1, {"level": 1.5})])
+    async with running(store, settings(influx.url, precision=precision)):
+        await cursor_is(store, ids[-1])
+    per_unit = NS // scale
+    expected = round((T0 + 1.25) * per_unit) * scale
+    assert influx.query(db, 'SELECT "value" FROM "level"') == [[expected, 1.5]]
+
+
+async def test_every_character_class_survives_the_line_protocol(
+    store: Store, influx: Influxd, db: str
+) -> None:
+    """Spec §4.3: measurement (comma, space), tag keys and values and field keys (comma,
+    equals sign, space), string fields (quote, backslash), unicode, a leading '#', newlines."""
+    readings = {
+        "a,b c=d": 1.0,  # quantity -> measurement and channel tag
+        "ünï cødé ✓": 2.0,
+        "#hash": 3.0,
+        "tail\\": 4.0,  # a trailing backslash cannot be written: dropped
+    }
+    device = 'dev ice,x=y"q\\z'
+    body = {"device": device, "ts": T0, "readings": readings, "id": "esc-1"}
+    ids = await ingest(store, [json.dumps(body).encode()])
+    await store.update_device(device, team="line\nbreak")
+    sink = settings(influx.url, static_tags={"site=1, a": "b,c =d"})
+    async with running(store, sink):
+        await cursor_is(store, ids[-1])
+    names = {row[0] for row in influx.query(db, "SHOW MEASUREMENTS")}
+    assert names == {"a,b c=d", "ünï cødé ✓", "\\#hash", "tail"}
+    series = influx.series(db, 'SELECT "value" FROM "a,b c=d" GROUP BY *')
+    assert series[0]["tags"] == {
+        "device": device,
+        "channel": "0",
+        "team": "line\\nbreak",  # newlines cannot be in a tag: written as \\n
+        "site=1, a": "b,c =d",
+    }
+    assert series[0]["values"] == [[round(T0 * 1000) * 1_000_000, 1.0]]
+
+
+async def test_trap_events_become_text_fields_with_quotes_and_backslashes(
+    store: Store, influx: Influxd, db: str
+) -> None:
+    """A reading without a number (a trap-network trap event) is written as its details."""
+    codec = build_codec("trapnet", {}, setting="sources.mqtt[0].codec")
+    gateway = 'GW "1" \\ back\\slash'
+    event = {"NodeID": "Trap9", "Event": "T", "State": "C", "Gateway": gateway}
+    async with Ingest(store) as feed:
+        outcome = await feed.submit(
+            "aklc", json.dumps(event).encode(), codec, {"topic": "EnvironmentalServices/x"}, T0
+        )
+    assert isinstance(outcome, Accepted), outcome
+    async with running(store, settings(influx.url)):
+        await cursor_is(store, outcome.ids[-1])
+    [series] = influx.series(db, 'SELECT "event", "state", "gateway" FROM "trap_event" GROUP BY *')
+    assert series["tags"]["device"] == "Trap9"
+    assert series["values"] == [[round(T0 * 1000) * 1_000_000, "T", "C", gateway]]
+
+
+async def test_partial_write_dead_letters_only_the_refused_messages(
+    store: Store, influx: Influxd, db: str
+) -> None:
+    # "level" already holds text in InfluxDB: a number for it is a field type conflict.
+    async with httpx.AsyncClient() as client:
+        answer = await client.post(
+            f"{influx.url}/write",
+            params={"db": db},
+            content=f'level value="text" {int(T0) * NS}'.encode(),
+        )
+    answer.raise_for_status()
+    payloads = [
+        message("mix", n, {"level": n, "temp": n / 10} if n % 3 == 0 else {"temp": n / 10})
+        for n in range(30)
+    ]
+    ids = await ingest(store, payloads)
+    async with running(store, settings(influx.url, batch_size=30)):
+        await cursor_is(store, ids[-1])
+    dead = await store.list_dead_letters(sink=SINK)
+    assert sorted(d.message_id for d in dead) == [ids[n] for n in range(0, 30, 3)]
+    assert all("field type conflict" in d.body for d in dead)
+    assert influx.query(db, 'SELECT count("value") FROM "temp"')[0][1] == 30
+    assert influx.query(db, 'SELECT count("value") FROM "level"')[0][1] == 1  # the text only
+
+
+async def test_wrong_credentials_keep_messages_and_show_failing(
+    store: Store, tmp_path: Path
+) -> None:
+    with Influxd(tmp_path / "auth", auth=True) as secured:
+        secured.create_database(DB)
+        ids = await ingest(store, [message("a", n) for n in range(5)])
+        wrong = settings(secured.url, username=ADMIN[0], password="wrong")
+        async with running(store, wrong) as runner:
+
+            async def failing() -> bool:
+                state = await store.sink_state(SINK)
+                return runner.state == SinkRunState.FAILING and "401" in (state.last_error or "")
+
+            await eventually(failing, "the sink failing with 401")
+        assert (await store.sink_state(SINK)).cursor == 0
+        assert await store.count_dead_letters(SINK) == 0
+        right = settings(secured.url, username=ADMIN[0], password=ADMIN[1])
+        async with running(store, right):
+            await cursor_is(store, ids[-1])
+        assert secured.query(DB, 'SELECT count("value") FROM "level"')[0][1] == 5
+
+
+async def test_unknown_database_is_failing_not_dead_letters(store: Store, influx: Influxd) -> None:
+    ids = await ingest(store, [message("a", n) for n in range(3)])
+    async with running(store, settings(influx.url, database="nope")) as runner:
+
+        async def failing() -> bool:
+            return runner.state == SinkRunState.FAILING
+
+        await eventually(failing, "the sink failing on a missing database")
+        influx.create_database("nope")
+        await cursor_is(store, ids[-1])
+    assert await store.count_dead_letters(SINK) == 0
+    influx._query('DROP DATABASE "nope"')
+
+
+def test_settings_name_what_is_wrong() -> None:
+    with pytest.raises(ValidationError, match="database: set `database`"):
+        InfluxDBSettings(name="x", url="http://127.0.0.1:8086")
+    with pytest.raises(ValidationError, match="not both"):
+        InfluxDBSettings(name="x", url="http://h:1", database="d", bucket="b")
+    with pytest.raises(ValidationError, match=r"org: InfluxDB 2\.x needs"):
+        InfluxDBSettings(name="x", url="http://h:1", bucket="b", token="t")
+    with pytest.raises(ValidationError, match="unknown tag 'colour'"):
+        InfluxDBSettings(name="x", url="http://h:1", database="d", tags=["colour"])
+    with pytest.raises(ValidationError, match=r"unknown name \{colour\}"):
+        InfluxDBSettings(name="x", url="http://h:1", database="d", measurement="{colour}")
+    with pytest.raises(ValidationError, match="lines_per_request"):
+        InfluxDBSettings(name="x", url="http://h:1", database="d", lines_per_request=5001)

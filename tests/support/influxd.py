@@ -1,0 +1,131 @@
+"""A real InfluxDB 1.x (`influxd` from Debian's influxdb package) of the tests' own: free ports,
+data in a temp folder, optional auth; stop and start again on the same port for outages."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from tests.support.processes import free_port
+
+START_TIMEOUT = 30.0
+ADMIN = ("admin", "admin-secret")
+
+
+class Influxd:
+    """influxd on 127.0.0.1:<free port>; `auth=True` turns on auth with the ADMIN user."""
+
+    def __init__(self, workdir: Path, *, auth: bool = False, start: bool = True) -> None:
+        binary = shutil.which("influxd")
+        if binary is None:
+            raise RuntimeError("influxd is not installed (scripts/system-deps.sh: influxdb)")
+        self.binary = binary
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.rpc_port = free_port()
+        self.auth = auth
+        self.log_path = workdir / "influxd.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._admin_made = False
+        if start:
+            self.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def config(self) -> str:
+        d = self.workdir
+        return (
+            "reporting-disabled = true\n"
+            f'bind-address = "127.0.0.1:{self.rpc_port}"\n'
+            f'[meta]\n  dir = "{d}/meta"\n'
+            f'[data]\n  dir = "{d}/data"\n  wal-dir = "{d}/wal"\n'
+            '  query-log-enabled = false\n  wal-fsync-delay = "0s"\n'
+            "[monitor]\n  store-enabled = false\n"
+            f'[http]\n  bind-address = "127.0.0.1:{self.port}"\n  log-enabled = false\n'
+            f"  auth-enabled = {'true' if self.auth else 'false'}\n"
+            "[continuous_queries]\n  enabled = false\n"
+        )
+
+    def start(self) -> None:
+        conf = self.workdir / "influxd.conf"
+        conf.write_text(self.config())
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                [self.binary, "-config", str(conf)], stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self._pings():
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"influxd did not start:\n{self.log_path.read_text()[-3000:]}")
+            time.sleep(0.05)
+        if self.auth and not self._admin_made:
+            # With auth on and no user yet, InfluxDB lets exactly one CREATE USER through.
+            self._query(f"CREATE USER {ADMIN[0]} WITH PASSWORD '{ADMIN[1]}' WITH ALL PRIVILEGES")
+            self._admin_made = True
+
+    def _pings(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/ping", timeout=1.0).status_code == 204
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(10)
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def _query(self, q: str, database: str | None = None) -> dict[str, Any]:
+        params = {"q": q, "epoch": "ns"}
+        if database:
+            params["db"] = database
+        auth = ADMIN if self.auth and self._admin_made else None
+        response = httpx.post(f"{self.url}/query", params=params, auth=auth, timeout=30.0)
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        for result in body.get("results", []):
+            if "error" in result:
+                raise RuntimeError(f"InfluxQL {q!r}: {result['error']}")
+        return body
+
+    def create_database(self, name: str) -> None:
+        self._query(f'CREATE DATABASE "{name}"')
+
+    def query(self, database: str, q: str) -> list[list[Any]]:
+        """The rows of the first series (time as integer ns), [] when there is none."""
+        series = self._query(q, database)["results"][0].get("series", [])
+        return list(series[0]["values"]) if series else []
+
+    def series(self, database: str, q: str) -> list[dict[str, Any]]:
+        """Every series of the first statement: name, tags, columns, values."""
+        return list(self._query(q, database)["results"][0].get("series", []))
+
+    def __enter__(self) -> Influxd:
+        if not self.running:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
