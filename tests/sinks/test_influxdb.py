@@ -3,6 +3,7 @@ every point read back with InfluxQL, exactly once, with its tags and time."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
@@ -22,6 +23,7 @@ from fieldbridge.sinks.influxdb import InfluxDBDestination
 from fieldbridge.sinks.influxdb_settings import InfluxDBSettings
 from fieldbridge.store import Store
 from tests.conftest import eventually
+from tests.fakes.influxdb_v2 import FakeInfluxDBv2
 from tests.support.influxd import ADMIN, Influxd
 from tests.support.sinks import run_sink
 
@@ -45,13 +47,20 @@ def message(device: str, n: int, readings: dict[str, Any] | None = None) -> byte
 
 
 async def ingest(store: Store, payloads: list[bytes]) -> list[int]:
+    """Through the real ingest path, 500 at a time (one group commit each); journal ids."""
     ids: list[int] = []
     async with Ingest(store) as feed:
-        for payload in payloads:
-            outcome = await feed.submit("http", payload, http_json.decode, {})
-            assert isinstance(outcome, Accepted), outcome
-            ids.extend(outcome.ids)
-    return ids
+        for start in range(0, len(payloads), 500):
+            outcomes = await asyncio.gather(
+                *(
+                    feed.submit("http", payload, http_json.decode, {})
+                    for payload in payloads[start : start + 500]
+                )
+            )
+            for outcome in outcomes:
+                assert isinstance(outcome, Accepted), outcome
+                ids.extend(outcome.ids)
+    return sorted(ids)
 
 
 def settings(url: str, **overrides: Any) -> InfluxDBSettings:
@@ -256,3 +265,84 @@ def test_settings_name_what_is_wrong() -> None:
         InfluxDBSettings(name="x", url="http://h:1", database="d", measurement="{colour}")
     with pytest.raises(ValidationError, match="lines_per_request"):
         InfluxDBSettings(name="x", url="http://h:1", database="d", lines_per_request=5001)
+
+
+# --- InfluxDB 2.x: the v2 write API against tests/fakes/influxdb_v2.py ------------------------
+
+
+def v2_settings(fake: FakeInfluxDBv2, **overrides: Any) -> InfluxDBSettings:
+    values: dict[str, Any] = {
+        "name": SINK,
+        "url": fake.url,
+        "org": fake.org,
+        "bucket": "sensors",
+        "token": fake.token,
+        "timeout": 5.0,
+        "max_backoff": 0.5,
+    }
+    values.update(overrides)
+    return InfluxDBSettings(**values)
+
+
+@pytest.fixture
+async def v2() -> AsyncIterator[FakeInfluxDBv2]:
+    async with FakeInfluxDBv2() as fake:
+        yield fake
+    assert fake.violations == []
+
+
+async def test_v2_writes_in_requests_of_at_most_5000_lines(
+    store: Store, v2: FakeInfluxDBv2
+) -> None:
+    ids = await ingest(store, [message(f"d{n % 10}", n) for n in range(6_000)])
+    async with running(store, v2_settings(v2, batch_size=6_000)):
+        await cursor_is(store, ids[-1])
+    assert len(v2.series("level")) == 6_000 and len(v2.series("temp")) == 6_000
+    assert max(lines for _, _, lines in v2.requests) <= 5_000
+    assert v2.gzipped == len(v2.requests)
+    first = min(v2.series("level"), key=lambda p: p.time_ns)
+    assert first.tags == {"device": "d0", "kind": "trap", "channel": "0"}
+    assert first.fields == {"value": 0.0}
+    assert first.time_ns == round((T0 + 0.25) * 1000) * 1_000_000
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_v2_retry_after_is_honoured(store: Store, v2: FakeInfluxDBv2, status: int) -> None:
+    ids = await ingest(store, [message("a", n) for n in range(3)])
+    v2.busy(status, "1", times=2)
+    async with running(store, v2_settings(v2)):
+        await cursor_is(store, ids[-1])
+    times = [at for at, _, _ in v2.requests]
+    assert [s for _, s, _ in v2.requests] == [status, status, 204]
+    assert times[1] - times[0] >= 0.95 and times[2] - times[1] >= 0.95  # not the 0.5 s cap
+    assert len(v2.series("level")) == 3
+
+
+async def test_v2_partial_write_422_dead_letters_the_refused(
+    store: Store, v2: FakeInfluxDBv2
+) -> None:
+    texts = json.dumps({"device": "x", "ts": T0, "readings": {"level": 1}, "id": "x"}).encode()
+    ids = await ingest(store, [texts])
+    async with running(store, v2_settings(v2, field="{quantity}", measurement="{source}")):
+        await cursor_is(store, ids[-1])
+    v2._types[("http", "temp")] = "string"  # as if another writer had put text there
+    ids = await ingest(store, [message("m", n) for n in range(4)])
+    async with running(store, v2_settings(v2, field="{quantity}", measurement="{source}")):
+        await cursor_is(store, ids[-1])
+    dead = await store.list_dead_letters(sink=SINK)
+    assert sorted(d.message_id for d in dead) == ids
+    assert all(d.status == 422 and "field type conflict" in d.body for d in dead)
+
+
+async def test_v2_bad_token_or_bucket_is_failing(store: Store, v2: FakeInfluxDBv2) -> None:
+    ids = await ingest(store, [message("a", n) for n in range(3)])
+    for wrong in ({"token": "nope"}, {"bucket": "missing"}):
+        async with running(store, v2_settings(v2, **wrong)) as runner:
+
+            async def failing(r: SinkRunner = runner) -> bool:
+                return r.state == SinkRunState.FAILING
+
+            await eventually(failing, f"the sink failing with {wrong}")
+    assert v2.points == [] and await store.count_dead_letters(SINK) == 0
+    async with running(store, v2_settings(v2)):
+        await cursor_is(store, ids[-1])
