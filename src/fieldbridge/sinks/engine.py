@@ -35,6 +35,13 @@ FIRST_PROBES = 4
 MAX_PROBES = 64
 
 
+async def _discard(task: asyncio.Task[list[JournalEntry]]) -> None:
+    """Cancel a read ahead that is no longer wanted, and swallow its outcome."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+
+
 class _Stop(Exception):
     """The runner was asked to stop while waiting."""
 
@@ -85,6 +92,7 @@ class SinkRunner:
         self._wake = asyncio.Event()
         self._stopping = False
         self._cursor = 0
+        self._ahead: tuple[int, asyncio.Task[list[JournalEntry]]] | None = None
         self._last_send = 0.0
         self._last_lag = 0.0
         self._dead_letters = 0  # how many this sink has, as far as this runner knows
@@ -113,6 +121,9 @@ class SinkRunner:
                     await self._set_state(SinkRunState.ERROR, f"{type(exc).__name__}: {exc}")
                 with contextlib.suppress(_Stop):
                     await self._pause_for(5.0)
+        if self._ahead is not None:
+            await _discard(self._ahead[1])
+            self._ahead = None
         self.state = SinkRunState.STOPPED
 
     async def _run_open(self) -> None:
@@ -146,9 +157,7 @@ class SinkRunner:
             if self.settings.interval and self._last_send:
                 # Wait before reading, so what arrives meanwhile goes in this send.
                 await self._pause_for(self._last_send + self.settings.interval - time.monotonic())
-            entries = await self._store.read_journal(
-                self._cursor, self.settings.batch_size, with_payload=self._destination.wants_payload
-            )
+            entries = await self._read()
             if not entries:
                 await self._set_state(SinkRunState.IDLE, None)
                 await self._measure_lag(force=False)
@@ -158,6 +167,8 @@ class SinkRunner:
             # until the destination takes something.
             if self.state not in (SinkRunState.RUNNING, SinkRunState.FAILING):
                 await self._set_state(SinkRunState.RUNNING, None)
+            if not self.settings.interval:
+                self._read_ahead(entries[-1].id)
             try:
                 await self._deliver(entries)
             except _Refusing as refusing:
@@ -169,6 +180,27 @@ class SinkRunner:
             self._cursor = entries[-1].id
             await self._set_state(SinkRunState.RUNNING, None, cursor=self._cursor)
             await self._measure_lag(force=False)
+
+    async def _read(self) -> list[JournalEntry]:
+        """The batch after the cursor: the one read while the last was sent, if it starts
+        there (a replay or a refusal moved the cursor elsewhere: read again)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            start, task = ahead
+            if start == self._cursor:
+                return await task
+            await _discard(task)
+        return await self._store.read_journal(
+            self._cursor, self.settings.batch_size, with_payload=self._destination.wants_payload
+        )
+
+    def _read_ahead(self, cursor: int) -> None:
+        """Read the next batch while this one is sent: the store and the destination work at
+        the same time. At most one batch ahead, so memory stays bounded by two batches."""
+        read = self._store.read_journal(
+            cursor, self.settings.batch_size, with_payload=self._destination.wants_payload
+        )
+        self._ahead = (cursor, asyncio.create_task(read, name=f"sink-{self.name}-read-ahead"))
 
     async def _deliver(self, entries: Sequence[JournalEntry]) -> None:
         route = self.settings.route

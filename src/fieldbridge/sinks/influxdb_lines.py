@@ -12,6 +12,7 @@ one message (a rejected line names the message to dead-letter).
 
 from __future__ import annotations
 
+import functools
 import math
 import string
 from collections.abc import Mapping, Sequence
@@ -77,7 +78,7 @@ class Layout:
     measurement: str  # template, e.g. "{quantity}"
     field: str  # template for a reading's number, e.g. "value"
     tags: tuple[str, ...]  # names from TAG_NAMES
-    static_tags: Mapping[str, str]
+    static_tags: tuple[tuple[str, str], ...]
     precision: str  # s, ms, us or ns
 
 
@@ -131,11 +132,46 @@ def _fields(layout: Layout, names: Mapping[str, str], reading: Reading) -> dict[
     return out
 
 
+@functools.lru_cache(maxsize=65_536)
+def _naming(
+    layout: Layout,
+    quantity: str,
+    channel: int,
+    unit: str | None,
+    entry: tuple[str, str | None, str, str | None],
+) -> tuple[str, str, str]:
+    """(measurement, series, field key) of a reading without is-tag items: the same few
+    combinations repeat across a batch, so they are worked out once."""
+    source, kind, device, team = entry
+    names = {
+        "quantity": quantity,
+        "source": source,
+        "kind": kind or "",
+        "device": device,
+        "team": team or "",
+        "channel": str(channel),
+    }
+    probe = Reading(quantity, None, 0.0, channel, unit)
+    measurement = escape_measurement(layout.measurement.format_map(names)) or "unknown"
+    series = measurement + "".join(f",{k}={v}" for k, v in _tags(layout, names, probe))
+    return measurement, series, escape_key(layout.field.format_map(names))
+
+
 def entry_lines(entry: JournalEntry, layout: Layout, team: str | None = None) -> list[Line]:
     """The lines of one message, in the order their first reading appears."""
     scale = SCALE[layout.precision]
     grouped: dict[tuple[str, str, int], dict[str, str]] = {}
+    about = (entry.source, entry.kind, entry.device, team)
     for reading in entry.readings:
+        stamp = round(reading.measured_at * scale)
+        if reading.value is not None and not reading.extra:  # the common case, cached
+            rendered = field_value(reading.value)
+            measurement, series, key = _naming(
+                layout, reading.quantity, reading.channel, reading.unit, about
+            )
+            if rendered is not None and key:
+                grouped.setdefault((series, measurement, stamp), {})[key] = rendered
+            continue
         names = _names(entry, reading, team)
         fields = _fields(layout, names, reading)
         if not fields:
@@ -143,7 +179,6 @@ def entry_lines(entry: JournalEntry, layout: Layout, team: str | None = None) ->
         measurement = escape_measurement(layout.measurement.format_map(names)) or "unknown"
         tags = _tags(layout, names, reading)
         series = measurement + "".join(f",{k}={v}" for k, v in tags)
-        stamp = round(reading.measured_at * scale)
         grouped.setdefault((series, measurement, stamp), {}).update(fields)
     lines = []
     for (series, measurement, stamp), fields in grouped.items():

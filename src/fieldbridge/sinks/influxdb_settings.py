@@ -91,7 +91,7 @@ class InfluxDBSettings(HttpSinkSettings):
             measurement=self.measurement,
             field=self.field,
             tags=tuple(self.tags),
-            static_tags=dict(self.static_tags),
+            static_tags=tuple(self.static_tags.items()),
             precision=self.precision,
         )
 
