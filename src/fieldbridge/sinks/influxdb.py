@@ -29,7 +29,7 @@ from fieldbridge.plugin import SinkType, register_sink
 from fieldbridge.sinks.base import Destination
 from fieldbridge.sinks.http_client import sink_client
 from fieldbridge.sinks.http_errors import check_response, transport_failure
-from fieldbridge.sinks.influxdb_lines import Line, render
+from fieldbridge.sinks.influxdb_lines import Line, Renderer
 from fieldbridge.sinks.influxdb_partial import rejected_lines
 from fieldbridge.sinks.influxdb_settings import InfluxDBSettings
 from fieldbridge.store import Store
@@ -48,27 +48,34 @@ def plan_requests(lines: Sequence[Line], max_lines: int, max_bytes: int) -> list
     series is hashed to one lane, so its points keep their order."""
     lanes_wanted = max(1, -(-len(lines) // max_lines))
     lanes: list[list[Line]] = [[] for _ in range(lanes_wanted)]
+    lane_of: dict[str, int] = {}
     for line in lines:
-        lanes[zlib.crc32(line.series.encode()) % lanes_wanted].append(line)
+        lane = lane_of.get(line.series)
+        if lane is None:
+            lane = lane_of[line.series] = zlib.crc32(line.series.encode()) % lanes_wanted
+        lanes[lane].append(line)
     out: list[list[Request]] = []
-    for lane in lanes:
+    for lane_lines in lanes:
         requests: list[Request] = []
-        raws: list[bytes] = []
         members: list[Line] = []
         size = 0
-        for line in lane:
-            raw = line.text.encode() + b"\n"
-            if raws and (len(raws) >= max_lines or size + len(raw) > max_bytes):
-                requests.append(Request(b"".join(raws), members))
-                raws, members, size = [], [], 0
-            raws.append(raw)
+        for line in lane_lines:
+            text = line.text
+            grow = (len(text) if text.isascii() else len(text.encode())) + 1
+            if members and (len(members) >= max_lines or size + grow > max_bytes):
+                requests.append(_request(members))
+                members, size = [], 0
             members.append(line)
-            size += len(raw)
-        if raws:
-            requests.append(Request(b"".join(raws), members))
+            size += grow
+        if members:
+            requests.append(_request(members))
         if requests:
             out.append(requests)
     return out
+
+
+def _request(members: list[Line]) -> Request:
+    return Request(("\n".join(line.text for line in members) + "\n").encode(), members)
 
 
 class InfluxDBDestination(Destination):
@@ -78,7 +85,7 @@ class InfluxDBDestination(Destination):
         self, settings: InfluxDBSettings, transport: httpx.AsyncBaseTransport | None = None
     ) -> None:
         self.settings = settings
-        self._layout = settings.layout()
+        self._renderer = Renderer(settings.layout())
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._store: Store | None = None
@@ -137,7 +144,7 @@ class InfluxDBDestination(Destination):
         return await self._store.device_teams({e.device for e in entries})
 
     async def send(self, entries: Sequence[JournalEntry]) -> None:
-        lines = render(entries, self._layout, await self._teams(entries))
+        lines = self._renderer.render(entries, await self._teams(entries))
         if not lines:
             return  # messages without readings: nothing to write
         lanes = plan_requests(

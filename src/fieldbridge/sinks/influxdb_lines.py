@@ -12,7 +12,6 @@ one message (a rejected line names the message to dead-letter).
 
 from __future__ import annotations
 
-import functools
 import math
 import string
 from collections.abc import Mapping, Sequence
@@ -132,65 +131,86 @@ def _fields(layout: Layout, names: Mapping[str, str], reading: Reading) -> dict[
     return out
 
 
-@functools.lru_cache(maxsize=65_536)
 def _naming(
-    layout: Layout,
-    quantity: str,
-    channel: int,
-    unit: str | None,
-    entry: tuple[str, str | None, str, str | None],
+    layout: Layout, reading: Reading, about: tuple[str, str | None, str, str | None]
 ) -> tuple[str, str, str]:
-    """(measurement, series, field key) of a reading without is-tag items: the same few
-    combinations repeat across a batch, so they are worked out once."""
-    source, kind, device, team = entry
+    """(measurement, series, field key) of a reading without is-tag items."""
+    source, kind, device, team = about
     names = {
-        "quantity": quantity,
+        "quantity": reading.quantity,
         "source": source,
         "kind": kind or "",
         "device": device,
         "team": team or "",
-        "channel": str(channel),
+        "channel": str(reading.channel),
     }
-    probe = Reading(quantity, None, 0.0, channel, unit)
     measurement = escape_measurement(layout.measurement.format_map(names)) or "unknown"
-    series = measurement + "".join(f",{k}={v}" for k, v in _tags(layout, names, probe))
+    series = measurement + "".join(f",{k}={v}" for k, v in _tags(layout, names, reading))
     return measurement, series, escape_key(layout.field.format_map(names))
 
 
-def entry_lines(entry: JournalEntry, layout: Layout, team: str | None = None) -> list[Line]:
-    """The lines of one message, in the order their first reading appears."""
-    scale = SCALE[layout.precision]
-    grouped: dict[tuple[str, str, int], dict[str, str]] = {}
-    about = (entry.source, entry.kind, entry.device, team)
-    for reading in entry.readings:
-        stamp = round(reading.measured_at * scale)
-        if reading.value is not None and not reading.extra:  # the common case, cached
-            rendered = field_value(reading.value)
-            measurement, series, key = _naming(
-                layout, reading.quantity, reading.channel, reading.unit, about
-            )
-            if rendered is not None and key:
-                grouped.setdefault((series, measurement, stamp), {})[key] = rendered
-            continue
-        names = _names(entry, reading, team)
-        fields = _fields(layout, names, reading)
-        if not fields:
-            continue
-        measurement = escape_measurement(layout.measurement.format_map(names)) or "unknown"
-        tags = _tags(layout, names, reading)
-        series = measurement + "".join(f",{k}={v}" for k, v in tags)
-        grouped.setdefault((series, measurement, stamp), {}).update(fields)
-    lines = []
-    for (series, measurement, stamp), fields in grouped.items():
-        body = ",".join(f"{k}={v}" for k, v in fields.items())
-        lines.append(Line(entry.id, measurement, series, fields, f"{series} {body} {stamp}"))
-    return lines
+NAMING_CACHE = 65_536  # combinations of device, quantity, channel and unit kept worked out
+
+
+class Renderer:
+    """Lines of messages for one layout. The same few combinations of device, quantity,
+    channel and unit repeat across batches: their naming is worked out once and kept."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self._scale = SCALE[layout.precision]
+        self._naming: dict[tuple[object, ...], tuple[str, str, str]] = {}
+
+    def entry_lines(self, entry: JournalEntry, team: str | None = None) -> list[Line]:
+        """The lines of one message, in the order their first reading appears."""
+        scale, cache, layout = self._scale, self._naming, self.layout
+        grouped: dict[tuple[str, str, int], dict[str, str]] = {}
+        about = (entry.source, entry.kind, entry.device, team)
+        for reading in entry.readings:
+            stamp = round(reading.measured_at * scale)
+            value = reading.value
+            if value is not None and not reading.extra:  # the common case
+                if not math.isfinite(value):
+                    continue
+                key = (reading.quantity, reading.channel, reading.unit, about)
+                named = cache.get(key)
+                if named is None:
+                    if len(cache) >= NAMING_CACHE:
+                        cache.clear()
+                    named = cache[key] = _naming(layout, reading, about)
+                measurement, series, field = named
+                if field:
+                    grouped.setdefault((series, measurement, stamp), {})[field] = repr(value)
+                continue
+            names = _names(entry, reading, team)
+            fields = _fields(layout, names, reading)
+            if not fields:
+                continue
+            measurement = escape_measurement(layout.measurement.format_map(names)) or "unknown"
+            tags = _tags(layout, names, reading)
+            series = measurement + "".join(f",{k}={v}" for k, v in tags)
+            grouped.setdefault((series, measurement, stamp), {}).update(fields)
+        lines = []
+        for (series, measurement, stamp), fields in grouped.items():
+            if len(fields) == 1:
+                [(name, rendered)] = fields.items()
+                text = f"{series} {name}={rendered} {stamp}"
+            else:
+                text = f"{series} {','.join(f'{k}={v}' for k, v in fields.items())} {stamp}"
+            lines.append(Line(entry.id, measurement, series, fields, text))
+        return lines
+
+    def render(
+        self, entries: Sequence[JournalEntry], teams: Mapping[str, str | None]
+    ) -> list[Line]:
+        out: list[Line] = []
+        for entry in entries:
+            out.extend(self.entry_lines(entry, teams.get(entry.device)))
+        return out
 
 
 def render(
     entries: Sequence[JournalEntry], layout: Layout, teams: Mapping[str, str | None]
 ) -> list[Line]:
-    out: list[Line] = []
-    for entry in entries:
-        out.extend(entry_lines(entry, layout, teams.get(entry.device)))
-    return out
+    """The lines of a batch (a Renderer of its own: use one Renderer to keep its cache)."""
+    return Renderer(layout).render(entries, teams)
