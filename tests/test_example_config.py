@@ -106,6 +106,7 @@ def test_example_is_valid_settings() -> None:
         ("webhook", "example-webhook"),
         ("thingworx", "example-thingworx"),
         ("thingsboard", "example-thingsboard"),
+        ("influxdb", "example-influxdb"),
     ]
     hook = settings.sink_settings[0][1]
     assert isinstance(hook, WebhookSettings)
@@ -217,4 +218,4 @@ def test_cli_config_check_accepts_example() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "settings are valid" in done.stdout
-    assert "3 sinks" in done.stdout
+    assert "4 sinks" in done.stdout

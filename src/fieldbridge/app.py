@@ -101,7 +101,9 @@ class Service:
             SinkRunner(type_name, s, SINK_TYPES[type_name].build(s), self.store, self.metrics)
             for type_name, s in settings.sink_settings
         ]
-        access = StoreAccess(devices=self.store, journal=self.store, downlinks=self.store)
+        access = StoreAccess(
+            devices=self.store, journal=self.store, downlinks=self.store, liveness=self.store
+        )
         self.sources = [
             SOURCE_TYPES[type_name].build(s, self.ingest, access)
             for type_name, s in settings.source_settings

@@ -199,6 +199,35 @@ class Device:
     team: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A change of a device's status, and when its notifications were published."""
+
+    id: int
+    device: str
+    from_status: DeviceStatus
+    to_status: DeviceStatus
+    at: float
+    reason: str = ""
+    notified_at: float | None = None
+
+
+class NotifyChannel(StrEnum):
+    EMAIL = "email"
+    SMS = "sms"
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    """Who is told when a device goes down or comes back up."""
+
+    channel: NotifyChannel
+    address: str
+
+    def __str__(self) -> str:
+        return f"{self.channel.value}:{self.address}"
+
+
 class FieldType(StrEnum):
     """How a message type reads one CSV value: S text, I integer, F float (I and F are both
     stored as float readings, as the original system parsed them)."""

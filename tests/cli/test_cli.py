@@ -379,8 +379,8 @@ def test_store_reading_commands(tmp_path: Path, store_url: str) -> None:
     assert first["source"] == "http"
     assert first["flags"] == {} and first["attributes"] == {}
     assert [d["id"] for d in ws.json("devices", "list", "--kind", "gate")] == ["dev-2"]
-    # show adds who relayed the device (a relayed network's links; none here).
-    relays = {"gateways": [], "repeaters": [], "relayed": []}
+    # show adds who relayed the device, who is notified and its status changes (none here).
+    relays = {"gateways": [], "repeaters": [], "relayed": [], "notify": [], "transitions": []}
     assert ws.json("devices", "show", "dev-1") == {**first, **relays}
 
     readings = ws.json("readings", "list", "--device", "dev-1")

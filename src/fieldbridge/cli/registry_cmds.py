@@ -10,7 +10,14 @@ from fieldbridge.cli.context import with_store
 from fieldbridge.cli.output import fail, print_json, print_table
 from fieldbridge.cli.records import device_json, links_json, quarantine_json, stored_reading_json
 from fieldbridge.errors import DecodeError
-from fieldbridge.model import Device, DeviceStatus, Role, check_device_id
+from fieldbridge.model import (
+    Device,
+    DeviceStatus,
+    NotifyChannel,
+    Role,
+    Subscriber,
+    check_device_id,
+)
 from fieldbridge.store import Store
 from fieldbridge.store.registry import UNSET
 from fieldbridge.timefmt import iso, parse_iso
@@ -80,11 +87,37 @@ async def _full_json(store: Store, device: Device) -> dict[str, Any]:
     """A device as `devices show` prints it: the list entry plus who relayed it, and what."""
     links = await store.device_links(device.id)
     relayed = await store.relayed_by(device.id)
+    subscribers = (await store.subscribers([device.id])).get(device.id, [])
     return {
         **device_json(device),
         **links_json(links),
         "relayed": [{"device": r.via, "last_seen": iso(r.last_seen)} for r in relayed],
+        "notify": [str(s) for s in subscribers],
+        "transitions": [
+            {
+                "from": t.from_status.value,
+                "to": t.to_status.value,
+                "at": iso(t.at),
+                "reason": t.reason,
+                "notified_at": None if t.notified_at is None else iso(t.notified_at),
+            }
+            for t in await store.transitions(device.id)
+        ],
     }
+
+
+def _parse_subscribers(values: list[str], option: str) -> list[Subscriber]:
+    out = []
+    for value in values:
+        channel, _, address = value.partition(":")
+        if channel not in ("email", "sms") or not address.strip():
+            fail(f"{option} {value!r}: give email:ADDRESS or sms:NUMBER", code=2)
+        if channel == "email" and "@" not in address:
+            fail(f"{option} {value!r}: an email address has an @", code=2)
+        if channel == "sms" and not address.lstrip("+").replace(" ", "").isdigit():
+            fail(f"{option} {value!r}: an sms number is digits, e.g. sms:+64211234567", code=2)
+        out.append(Subscriber(NotifyChannel(channel), address.strip()))
+    return out
 
 
 def _parse_pairs(values: list[str], option: str) -> dict[str, str]:
@@ -187,10 +220,21 @@ def devices_set(
             help="LAT,LON: a fixed location shown instead of what it reports; '' removes it."
         ),
     ] = None,
+    notify: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--notify",
+            help="email:ADDRESS or sms:NUMBER told when it goes down or comes back up.",
+        ),
+    ] = None,
+    no_notify: Annotated[
+        list[str] | None,
+        typer.Option("--no-notify", help="email:ADDRESS or sms:NUMBER no longer told."),
+    ] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Set flags (routing switches such as influx), attributes, name, message type, status,
-    allowed downtime, role, team or a location override of a device."""
+    allowed downtime, role, team, a location override or who is notified of a device."""
     flags = _parse_flags(flag or [])
     attrs: dict[str, object] = dict(_parse_pairs(attr or [], "--attr"))
     remove: tuple[str, ...] = ()
@@ -199,11 +243,14 @@ def devices_set(
             attrs["location_override"] = _parse_location(location)
         else:
             remove = ("location_override",)
+    add = _parse_subscribers(notify or [], "--notify")
+    drop = _parse_subscribers(no_notify or [], "--no-notify")
     columns = (message_type, status, allowed_downtime, role, team)
-    if not flags and not attrs and not remove and name is None and columns == (None,) * 5:
+    nothing = not flags and not attrs and not remove and not add and not drop
+    if nothing and name is None and columns == (None,) * 5:
         fail(
             "nothing to set; give --flag KEY=on|off, --attr KEY=VALUE, --name, --message-type, "
-            "--status, --allowed-downtime, --role, --team or --location",
+            "--status, --allowed-downtime, --role, --team, --location, --notify or --no-notify",
             code=2,
         )
 
@@ -225,7 +272,11 @@ def devices_set(
             team=UNSET if team is None else (team or None),
             remove_attributes=remove,
         )
-        return None if device is None else await _full_json(store, device)
+        if device is None:
+            return None
+        if add or drop:
+            await store.set_subscribers(device_id, add=add, remove=drop)
+        return await _full_json(store, device)
 
     data = with_store(ctx, update)
     if data is None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from fieldbridge.model import Device, Downlink, DownlinkState, JournalEntry
+from fieldbridge.model import Device, Downlink, DownlinkState, JournalEntry, Subscriber, Transition
 
 
 class DeviceReader(Protocol):
@@ -56,6 +56,20 @@ class DownlinkQueue(Protocol):
     async def requeue_downlinks(self, ids: Sequence[int]) -> int: ...
 
 
+class Liveness(Protocol):
+    """Marks silent devices down and publishes each status change's notifications once."""
+
+    async def mark_silent_down(
+        self, now: float, *, source: str | None = None
+    ) -> list[Transition]: ...
+
+    async def pending_transitions(self, limit: int = 100) -> list[Transition]: ...
+
+    async def mark_notified(self, transition_id: int, at: float) -> None: ...
+
+    async def subscribers(self, devices: Iterable[str]) -> dict[str, list[Subscriber]]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class StoreAccess:
     """What of the store a source may use besides ingest, handed to it when it is built.
@@ -67,3 +81,4 @@ class StoreAccess:
     devices: DeviceReader
     journal: JournalReader
     downlinks: DownlinkQueue
+    liveness: Liveness

@@ -8,6 +8,7 @@ from types import TracebackType
 from fieldbridge.store.db import Database, Timeout
 from fieldbridge.store.downlinks import DownlinkQueries
 from fieldbridge.store.journal import JournalQueries, Pending
+from fieldbridge.store.liveness import LivenessQueries
 from fieldbridge.store.messages import MessageQueries
 from fieldbridge.store.messagetypes import MessageTypeQueries
 from fieldbridge.store.registry import RegistryQueries
@@ -20,6 +21,7 @@ __all__ = ["Pending", "Store", "StoreUrl", "Timeout", "open_store", "parse_store
 class Store(
     JournalQueries,
     RegistryQueries,
+    LivenessQueries,
     SinkStateQueries,
     DownlinkQueries,
     MessageQueries,

@@ -17,6 +17,7 @@ from fieldbridge.model import (
 )
 from fieldbridge.store import jsoncol
 from fieldbridge.store.db import Database, Execute, ExecuteMany, Fetch, Plan, Row, Timeout
+from fieldbridge.store.liveness import bring_back_up
 from fieldbridge.store.network import ROLE_MERGE, Relays, apply_relays, higher_role, name_csv_values
 
 # Taken by every PostgreSQL ingest transaction: ids then commit in id order across processes,
@@ -438,6 +439,7 @@ def _upsert_devices(seen: dict[str, _Seen]) -> Plan[None]:
     ]
     if rows:
         yield from _insert_devices(rows)
+    yield from bring_back_up({dev: e.last for dev, e in seen.items()})
     with_attrs = {dev: e.attributes for dev, e in seen.items() if e.attributes}
     if not with_attrs:
         return

@@ -100,8 +100,15 @@ class RegistryQueries:
                 sets.append("role = ?")
                 params.append(role.value)
             if status is not None and status.value != rows[0][3]:
+                when = time.time() if at is None else at
                 sets += ["status = ?", "status_since = ?"]
-                params += [status.value, time.time() if at is None else at]
+                params += [status.value, when]
+                # An operator's change: in the history, notified already (nobody is told).
+                await tx.execute(
+                    "INSERT INTO device_transitions (device, from_status, to_status, at, "
+                    "reason, notified_at) VALUES (?, ?, ?, ?, 'set by an operator', ?)",
+                    (device_id, rows[0][3], status.value, when, when),
+                )
             if allowed_downtime_min is not None:
                 sets.append("allowed_downtime_min = ?")
                 params.append(allowed_downtime_min)

@@ -102,6 +102,28 @@ node_gateways = sa.Table(
     sa.Index("ix_node_gateways_via", "via"),
 )
 
+device_transitions = sa.Table(
+    "device_transitions",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("device", sa.Text, nullable=False),
+    sa.Column("from_status", sa.Text, nullable=False),
+    sa.Column("to_status", sa.Text, nullable=False),
+    sa.Column("at", Time, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("notified_at", Time),
+    sa.Index("ix_device_transitions_device", "device", "at"),
+    sa.Index("ix_device_transitions_pending", "notified_at"),
+)
+
+device_subscribers = sa.Table(
+    "device_subscribers",
+    metadata,
+    sa.Column("device", sa.Text, primary_key=True),
+    sa.Column("channel", sa.Text, primary_key=True),  # email or sms
+    sa.Column("address", sa.Text, primary_key=True),
+)
+
 sink_state = sa.Table(
     "sink_state",
     metadata,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fieldbridge.plugin import SourceType, register_source
+from fieldbridge.sources.mqtt.monitor import TrapnetMonitor
 from fieldbridge.sources.mqtt.settings import MqttSettings
 from fieldbridge.sources.mqtt.source import MqttSource
 
@@ -17,7 +18,10 @@ __all__ = ["DEFAULT_RUN", "MqttSettings", "MqttSource", "build"]
 
 
 def build(settings: MqttSettings, ingest: Ingest, access: StoreAccess) -> MqttSource:
-    return MqttSource(settings, ingest)  # PUBACKs need nothing of the store
+    monitor = None
+    if settings.monitor is not None:  # the trap network's monitor keeps liveness in the store
+        monitor = TrapnetMonitor(settings, settings.monitor, access.liveness)
+    return MqttSource(settings, ingest, monitor)  # PUBACKs need nothing of the store
 
 
 # Without a settings file: generic JSON on sensors/<device>/data and Smart Citizen Kits, on the

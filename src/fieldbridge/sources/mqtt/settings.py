@@ -14,6 +14,7 @@ from fieldbridge.codecs import build_codec
 from fieldbridge.errors import ConfigError
 from fieldbridge.model import Codec
 from fieldbridge.plugin import SourceSettings
+from fieldbridge.sources.mqtt.monitor_settings import MonitorSettings
 from fieldbridge.store.urls import mask_url
 from fieldbridge.topics import check_filter
 
@@ -57,6 +58,7 @@ class MqttSettings(SourceSettings):
     status_topic: str = "fieldbridge/{name}/status"
     max_backoff: float = Field(default=30.0, gt=0)
     embedded_broker: Literal["auto", "off"] = "off"
+    monitor: MonitorSettings | None = None  # codec "trapnet": liveness, notifications, LWT
 
     _codec: Codec | None = PrivateAttr(default=None)
 
@@ -92,6 +94,8 @@ class MqttSettings(SourceSettings):
             raise ValueError(f"{named} need TLS: use an mqtts:// url")
         if self.key_file and not self.cert_file:
             raise ValueError("key_file needs cert_file (the client certificate)")
+        if self.monitor is not None and self.codec != "trapnet":
+            raise ValueError('monitor: the trap-network monitor needs codec = "trapnet"')
         if self.password is not None and self.username is None:
             raise ValueError("password needs username")
         for key in ("client_id", "status_topic"):

@@ -31,6 +31,7 @@ from fieldbridge.sources.mqtt.settings import MqttSettings
 
 if TYPE_CHECKING:
     from fieldbridge.ingest import Ingest
+    from fieldbridge.sources.mqtt.monitor import TrapnetMonitor
 
 log = logging.getLogger("fieldbridge.sources.mqtt")
 
@@ -71,7 +72,10 @@ class MqttSource:
     broker sends them again. When ingest is full the socket is not read (back-pressure).
     """
 
-    def __init__(self, settings: MqttSettings, ingest: Ingest) -> None:
+    def __init__(
+        self, settings: MqttSettings, ingest: Ingest, monitor: TrapnetMonitor | None = None
+    ) -> None:
+        self.monitor = monitor
         self.name = settings.name
         self.settings = settings
         self._ingest = ingest
@@ -141,10 +145,16 @@ class MqttSource:
         self._client = self._new_client()
         self._driver = LoopDriver(self._client, self._loop)
         self._task = asyncio.create_task(self._maintain(), name=f"mqtt-{self.name}")
+        if self.monitor is not None:
+            await self.monitor.__aenter__()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
+        try:
+            await self.close()
+        finally:
+            if self.monitor is not None:
+                await self.monitor.__aexit__(*exc_info)
 
     async def close(self) -> None:
         """Stop taking messages, answer those handed in, say offline, disconnect."""
@@ -391,7 +401,7 @@ class MqttSource:
         """One PUBLISH: hand it to ingest; its PUBACK waits for the commit."""
         if self._stopping and qos == 1:
             return  # not acknowledged: the broker sends it to the next session
-        if topic == self._status_topic:
+        if topic == self._status_topic or (self.monitor and self.monitor.publishes(topic)):
             if qos:
                 self._require_client().ack(mid, qos)  # our own status, not device data
             return
@@ -405,12 +415,23 @@ class MqttSource:
             log.exception("%s: a message on %r was not handed to ingest", self._where, topic)
             return
         self._outstanding += 1
-        future.add_done_callback(partial(self._answered, self._generation, mid, qos, topic))
+        asks = None
+        if self.monitor is not None:
+            self.monitor.received(topic)
+            if b"Reply" in payload:
+                asks = payload  # answered once committed
+        future.add_done_callback(partial(self._answered, self._generation, mid, qos, topic, asks))
         if not self._ingest.has_room:
             self._wait_for_room()
 
     def _answered(
-        self, generation: int, mid: int, qos: int, topic: str, future: asyncio.Future[Outcome]
+        self,
+        generation: int,
+        mid: int,
+        qos: int,
+        topic: str,
+        asks: bytes | None,
+        future: asyncio.Future[Outcome],
     ) -> None:
         self._outstanding -= 1
         if not self._outstanding:
@@ -429,6 +450,8 @@ class MqttSource:
         elif isinstance(outcome, Accepted) and outcome.quarantined:  # acknowledged all the same
             for part in outcome.quarantined:
                 self._note_rejected(part, topic)
+        if asks is not None and isinstance(outcome, Accepted) and self.monitor is not None:
+            self.monitor.committed(topic, asks)
         if qos == 0 or generation != self._generation:
             return
         if qos == 1:
