@@ -237,7 +237,9 @@ def ceiling(port: int, count: int) -> float:
 class Fieldbridge:
     """`fieldbridge run` with one MQTT source on SQLite, in a subprocess; restartable."""
 
-    def __init__(self, workdir: Path, port: int, name: str, ingest: str = "") -> None:
+    def __init__(
+        self, workdir: Path, port: int, name: str, ingest: str = "", extra: str = ""
+    ) -> None:
         workdir.mkdir(parents=True)
         self.db = workdir / "fieldbridge.db"
         self.log = workdir / "fieldbridge.log"
@@ -250,7 +252,7 @@ class Fieldbridge:
             f"[ingest]\n{ingest}\n"
             f'[[sources.mqtt]]\nname = "bench"\nurl = "mqtt://127.0.0.1:{port}"\n'
             f'client_id = "{name}"\ntopics = {json.dumps(TOPICS)}\nqos = 1\ncodec = "{CODEC}"\n'
-            'status_topic = ""\n'
+            'status_topic = ""\n' + extra
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
