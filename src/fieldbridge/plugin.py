@@ -21,6 +21,7 @@ BUILTIN_MODULES = (
     "fieldbridge.sources.mqtt",
     "fieldbridge.sinks.thingworx",
     "fieldbridge.sinks.thingsboard",
+    "fieldbridge.sinks.trapnz",
     "fieldbridge.sources.coap",
     "fieldbridge.sources.http",
 )
