@@ -152,6 +152,11 @@ class TrapNZServer:
         """How many tokens were given for this grant type."""
         return self.counts[f"granted:{grant}"]
 
+    def tokens_expired(self) -> bool:
+        """Whether every access token issued so far has expired (by expires_in)."""
+        now = time.monotonic()
+        return all(i.expired or now >= i.expires_at for i in self.access_tokens.values())
+
     @property
     def secrets_issued(self) -> list[str]:
         return [*self.access_tokens, *self.refresh_tokens]
