@@ -76,13 +76,19 @@ class AuthError(FieldbridgeError):
 
 
 class ApiError(FieldbridgeError):
-    """An API answered a call with an error: the HTTP status (None: no answer) and the
-    server's own message."""
+    """An API call failed: the HTTP status (None: no answer) and the server's own message.
 
-    def __init__(self, message: str, *, status: int | None = None, detail: str = "") -> None:
+    `unanswered`: the request may have reached the server, which did not answer (a timeout,
+    a dropped connection), so what it asked for may have been done.
+    """
+
+    def __init__(
+        self, message: str, *, status: int | None = None, detail: str = "", unanswered: bool = False
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.detail = detail
+        self.unanswered = unanswered
 
 
 class PermissionDenied(ApiError):

@@ -34,6 +34,11 @@ class PluginSettings(BaseModel):
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
 
+    def resolve(self, sections: Mapping[str, Any]) -> list[str]:
+        """Take what the entry names in other sections of the settings (e.g. a DUNE DB sink's
+        [dunedb.environments.<name>]); return the problems found. Most name nothing."""
+        return []
+
 
 class SourceSettings(PluginSettings):
     """Settings every source has."""
