@@ -387,6 +387,6 @@ class DuneAction:
     form_id: str
     readings: tuple[Mapping[str, Any], ...]  # what the action carries: quantity, value, time
     action_id: str | None
-    attempts: int  # POSTs made for it
+    attempts: int  # POSTs that may have reached the DB; above 1: possibly a duplicate
     intended_at: float
     created_at: float | None

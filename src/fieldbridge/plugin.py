@@ -22,6 +22,7 @@ BUILTIN_MODULES = (
     "fieldbridge.sinks.thingworx",
     "fieldbridge.sinks.thingsboard",
     "fieldbridge.sinks.trapnz",
+    "fieldbridge.sinks.dunedb",
     "fieldbridge.sources.coap",
     "fieldbridge.sources.http",
 )

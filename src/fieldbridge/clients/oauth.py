@@ -218,6 +218,15 @@ class OAuthBearer(httpx.Auth):
                 return token
             return await self._renew(token, stale)
 
+    def expire(self) -> None:
+        """Renew the token before the next request: the API refused what the token grants
+        (e.g. its permissions were changed since it was issued)."""
+        token = self._token
+        if token is not None:
+            self._token = _Token(
+                token.access, token.refresh, token.token_type, token.expires_at, time.time()
+            )
+
     def status(self) -> TokenStatus:
         retry_in = self._retry_at - time.monotonic()
         return TokenStatus(

@@ -50,8 +50,9 @@ class DuneActionQueries:
         form_id: str,
         readings: Sequence[Mapping[str, Any]],
     ) -> DuneAction:
-        """Record, before the POST, that an action for this message is about to be created
-        (counting the attempt); return the record, which may say it was created already."""
+        """Record, before the POST, that an action for this message is about to be created;
+        `attempts` counts the POSTs that may have reached the DB. Return the record, which
+        may say it was created already."""
         now = time.time()
         async with self.db.transaction() as tx:
             await tx.execute(
@@ -86,11 +87,18 @@ class DuneActionQueries:
                 (DuneActionState.CREATED, action_id, time.time(), sink, message_id),
             )
 
-    async def drop_dune_intent(self, sink: str, message_id: int) -> None:
-        """The DB answered the POST with a refusal: no action exists for this message."""
+    async def release_dune_intent(self, sink: str, message_id: int) -> None:
+        """The last POST surely created nothing (refused, or never sent): uncount it, and drop
+        the record when no POST of it may have reached the DB."""
         async with self.db.transaction() as tx:
             await tx.execute(
-                "DELETE FROM dunedb_actions WHERE sink = ? AND message_id = ? AND state = ?",
+                "UPDATE dunedb_actions SET attempts = attempts - 1 "
+                "WHERE sink = ? AND message_id = ? AND state = ?",
+                (sink, message_id, DuneActionState.INTENDED),
+            )
+            await tx.execute(
+                "DELETE FROM dunedb_actions WHERE sink = ? AND message_id = ? AND state = ? "
+                "AND attempts <= 0",
                 (sink, message_id, DuneActionState.INTENDED),
             )
 

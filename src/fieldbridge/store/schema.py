@@ -199,7 +199,8 @@ dunedb_actions = sa.Table(
     sa.Column("form_id", sa.Text, nullable=False),
     sa.Column("readings", sa.Text, nullable=False, server_default="[]"),  # JSON: what it carries
     sa.Column("action_id", sa.Text),
-    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),  # POSTs made
+    # POSTs that may have reached the DB (sent, and not refused): above 1, maybe duplicates.
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("intended_at", Time, nullable=False),
     sa.Column("created_at", Time),
 )
