@@ -250,6 +250,15 @@ def test_settings_defaults_and_secrets(tmp_path: Any) -> None:
     assert str(sink.token_url) == "https://io.trap.nz/api-sensor/oauth/token"
     assert str(sink.url) == "https://io.trap.nz/api-sensor/iot/sensor-record"
     assert (sink.network, sink.field_timeout, sink.route.flag) == ("Iwinet", 7200, "trapnz")
+    routed = TrapNZSettings(
+        name="t",
+        client_id="c",
+        client_secret="s",
+        username="u",
+        password="p",
+        route={"sources": ["aklc"]},
+    )
+    assert (routed.route.sources, routed.route.flag) == (["aklc"], "trapnz"), "always flagged"
     shown = json.dumps(loaded.public_dict())
     assert "very-secret" not in shown
     with pytest.raises(ValidationError):

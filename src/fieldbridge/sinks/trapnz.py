@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
-from pydantic import AnyHttpUrl, Field, SecretStr
+from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
 
 from fieldbridge.clients.oauth import Grant, OAuthBearer, OAuthClient
 from fieldbridge.codecs.trapnet import KIND, TRAP_EVENT
@@ -45,6 +45,12 @@ class TrapNZSettings(HttpSinkSettings):
     refresh_margin: float = Field(default=60.0, ge=0)  # seconds before expiry a token is renewed
     # Only nodes whose trapnz flag is on, as the original uploader had it.
     route: RouteSettings = Field(default_factory=lambda: RouteSettings(flag=FLAG))
+
+    @field_validator("route")
+    @classmethod
+    def _always_flagged(cls, route: RouteSettings) -> RouteSettings:
+        """A route table without a flag (e.g. only `sources`) still takes flagged nodes only."""
+        return route if route.flag else route.model_copy(update={"flag": FLAG})
 
 
 def trap_event(entry: JournalEntry) -> Reading | None:
