@@ -267,3 +267,79 @@ async def test_short_uuids_resolve_in_base_58_then_57(confirm: bool) -> None:
             {"confirmShortUUID"} if confirm else {"confirmShortUUID", "convertShortUUID"}
         )
         assert dune.violations == []
+
+
+async def test_the_fake_checks_what_the_dune_db_checks() -> None:
+    """The fake refuses what §2.3/§2.5 say the real server refuses."""
+    viewer = ("components:view",)
+    async with DuneDBServer() as dune, httpx.AsyncClient(base_url=dune.url, timeout=5) as client:
+        creds = {
+            "client_id": dune.client_id,
+            "client_secret": dune.client_secret,
+            "audience": AUDIENCE,
+            "grant_type": "client_credentials",
+        }
+        as_form = await client.post("/oauth/token", data=creds)
+        assert as_form.status_code == 415 and "not JSON" in dune.violations.pop()
+        wrong = await client.post("/oauth/token", json={**creds, "client_secret": "x"})
+        assert (wrong.status_code, wrong.json()) == (
+            401,
+            {"error": "access_denied", "error_description": "Unauthorized"},
+        )
+        elsewhere = await client.post("/oauth/token", json={**creds, "audience": "https://x/"})
+        assert elsewhere.status_code == 403 and "audience" in dune.violations.pop()
+        token = (await client.post("/oauth/token", json=creds)).json()["access_token"]
+        full = {"authorization": f"Bearer {token}"}
+        view = {"authorization": f"Bearer {dune.token_for(viewer)}"}
+
+        missing = await client.get("/api/newComponentUUID")
+        assert missing.status_code == 500 and "without an authorization" in dune.violations.pop()
+        not_bearer = await client.get("/api/newComponentUUID", headers={"authorization": token})
+        assert (not_bearer.status_code, not_bearer.text) == (401, "JWT token required")
+        dune.violations.pop()
+
+        made = await client.get("/api/newComponentUUID", headers=full)
+        assert uuid.UUID(made.json()).version == 1
+        component = str(uuid.uuid4())
+        body = {"componentUuid": component, "formId": "basic_component", "data": {"a": 1}}
+        denied = await client.post("/api/component", json=body, headers=view)
+        assert (denied.status_code, denied.json()) == (
+            403,
+            {"error": "Incorrect permissions - you need components:edit, but have components:view"},
+        )
+        for broken, why in (
+            ({**body, "formId": "nope"}, "unknown component type form ID nope"),
+            ({"formId": "basic_component", "data": {}}, "the input has no 'componentUuid'"),
+        ):
+            refused = await client.post("/api/component", json=broken, headers=full)
+            assert refused.status_code == 500 and refused.json()["error"].startswith("Error: ")
+            assert why in refused.json()["error"]
+        unknown = await client.post("/api/components", headers=full)
+        assert unknown.status_code == 404 and "Cannot POST" in unknown.text
+        assert (await client.post("/json/component", json=body, headers=full)).json() == component
+        record = (await client.get(f"/api/component/{component}", headers=view)).json()
+        again = await client.post("/api/component", json={**record, "data": {"a": 2}}, headers=full)
+        assert again.json() == component
+        newest = (await client.get(f"/json/component/{component}", headers=full)).json()
+        assert newest["validity"]["version"] == 2 and newest["data"] == {"a": 2}
+        assert newest["validity"]["ancestor_id"] == record["_id"]
+        assert newest["shortUuid"] == short_uuid.encode(uuid.UUID(component))
+        nothing = await client.get(f"/api/component/{uuid.uuid4()}", headers=full)
+        assert (nothing.status_code, nothing.text) == (200, "null")
+        assert (await client.get(f"/api/action/{'0' * 24}", headers=full)).text == "null"
+        for path in (
+            "/api/component/not-a-uuid",
+            "/api/action/0123",
+            "/api/convertShortUUID/short",
+            f"/api/confirmShortUUID/{'0' * 22}",
+        ):
+            answer = await client.get(path, headers=full)
+            assert answer.status_code == 404 and "Cannot GET" in answer.text, path
+        action = {"typeFormId": "my_action", "componentUuid": component, "data": {"m": 1}}
+        assert (await client.post("/api/action", json=action, headers=view)).status_code == 403
+        action_id = (await client.post("/api/action", json=action, headers=full)).json()
+        assert short_uuid.ROUTE.fullmatch(short_uuid.encode(uuid.UUID(component)))
+        assert len(action_id) == 24
+        got = (await client.get(f"/api/action/{action_id}", headers=full)).json()
+        assert got["insertion"]["user"]["user_id"] == dune.client_id
+        assert dune.violations == []

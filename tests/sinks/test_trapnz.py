@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import ValidationError
 
@@ -263,3 +264,70 @@ def test_settings_defaults_and_secrets(tmp_path: Any) -> None:
     assert "very-secret" not in shown
     with pytest.raises(ValidationError):
         TrapNZSettings(name="t", client_id="c", client_secret="s", username="u")  # type: ignore[call-arg]
+
+
+async def test_the_fake_checks_what_trap_nz_checks() -> None:
+    """The fake refuses what §1.4 says the real API refuses (so passing tests mean something)."""
+    async with TrapNZServer(expires_in=300) as fake, httpx.AsyncClient(timeout=5) as client:
+        form = {
+            "grant_type": "password",
+            "client_id": CREDS.client_id,
+            "client_secret": CREDS.client_secret,
+            "username": CREDS.username,
+            "password": CREDS.password,
+        }
+        as_json = await client.post(fake.token_url, json=form)
+        assert as_json.status_code == 400 and fake.violations.pop().endswith("not a form")
+        wrong = await client.post(fake.token_url, data={**form, "client_secret": "x"})
+        assert (wrong.status_code, wrong.json()["error"]) == (401, "invalid_client")
+        bad_user = await client.post(fake.token_url, data={**form, "password": "x"})
+        assert (bad_user.status_code, bad_user.json()["error"]) == (400, "invalid_grant")
+        granted = (await client.post(fake.token_url, data=form)).json()
+        assert list(granted) == ["token_type", "expires_in", "access_token", "refresh_token"]
+        assert granted["token_type"] == "Bearer" and len(granted["access_token"]) > 1000
+        refresh = {**form, "grant_type": "refresh_token", "refresh_token": granted["refresh_token"]}
+        del refresh["username"], refresh["password"]
+        rotated = await client.post(fake.token_url, data=refresh)
+        assert rotated.status_code == 200
+        assert rotated.json()["refresh_token"] != granted["refresh_token"]
+        reused = await client.post(fake.token_url, data=refresh)
+        assert reused.status_code == 400, "a refresh token works once (rotation)"
+
+        token = rotated.json()["access_token"]
+        hal = {"Content-Type": "application/hal+json", "Authorization": f"Bearer {token}"}
+
+        async def record(body: Any, **headers: str) -> httpx.Response:
+            return await client.post(
+                fake.record_url, content=json.dumps(body), headers={**hal, **headers}
+            )
+
+        wrapped = {
+            "dev_id": "Trap1",
+            "metadata": {"time": [{"value": "2026-12-01T10:00:00Z"}]},
+            "payload_fields": {
+                "type": [{"target_id": "sensor_report"}],
+                "field_event": [{"value": "Set"}],
+            },
+        }
+        plain = {**wrapped, "metadata": {"time": "2026-12-01T10:00:00+12:00"}}
+        plain["payload_fields"] = {**wrapped["payload_fields"], "type": "sensor_report"}
+        assert (await record(wrapped)).status_code == 201
+        assert (await record(plain)).status_code == 201
+        assert len(fake.records) == 2 and fake.violations == []
+        refusals = [
+            ({**wrapped, "dev_id": ""}, "dev_id"),
+            ({**wrapped, "metadata": {"time": "yesterday"}}, "ISO 8601"),
+            ({**wrapped, "payload_fields": {"type": "x", "field_event": "Set"}}, "type"),
+            ({**wrapped, "payload_fields": {"type": "sensor_report"}}, "field_event"),
+        ]
+        for body, why in refusals:
+            answer = await record(body)
+            assert answer.status_code == 422 and why in answer.json()["message"], why
+        assert (await record(wrapped, **{"Content-Type": "application/json"})).status_code == 415
+        assert (await record(wrapped, Authorization=token)).status_code == 401  # no "Bearer "
+        assert len(fake.violations) == 6
+        fake.violations.clear()
+        assert (await record(wrapped, Authorization="Bearer nope")).status_code == 401
+        fake.expire_tokens()
+        assert (await record(wrapped)).status_code == 401 and fake.counts["expired"] == 1
+        assert len(fake.records) == 2 and fake.violations == []
