@@ -198,6 +198,26 @@ async def test_5xx_backs_off_and_every_event_goes_once_in_order(
     assert times == sorted(times)
 
 
+async def test_a_batch_read_again_after_a_pause_counts_its_skips_once(
+    store: Store, trapnz: TrapNZServer
+) -> None:
+    await flag(store, "Trap1")
+    await flag(store, "Trap2", on=False)
+    topic = "EnvironmentalServices"
+    ids = await ingest(store, [(topic, event("Trap2")), (topic, event("Trap1"))])
+    trapnz.fail(503)
+    async with running(store, settings(trapnz)) as runner:
+        await eventually(lambda: runner.state == "backoff", "the sink backing off")
+        await store.set_paused(SINK, True)  # abandons the batch; resuming reads it again
+        await eventually(lambda: runner.state == "paused", "the sink paused")
+        await store.set_paused(SINK, False)
+        await eventually(lambda: runner.state == "backoff", "backing off again")
+        trapnz.recover()
+        await cursor_at(store, ids[-1])
+    assert [r.dev_id for r in trapnz.records] == ["Trap1"]
+    assert await store.sink_skips(SINK) == {"flag_off": 1}
+
+
 async def test_a_failing_token_endpoint_shows_in_health_and_the_store(
     store: Store, trapnz: TrapNZServer
 ) -> None:

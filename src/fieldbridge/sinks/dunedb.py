@@ -243,7 +243,7 @@ class DuneDBDestination(Destination):
         return found
 
     def _delivery_error(self, exc: ApiError | AuthError) -> Exception:
-        what = f"dunedb {self.settings.name}: {exc}"
+        what = str(exc)  # the client's messages name the sink ("sink <name>") and the call
         if isinstance(exc, AuthError):
             status = exc.status if exc.refused else None
             return RetryableDeliveryError(what, status=status, retry_after=exc.retry_after)

@@ -91,6 +91,7 @@ class SinkRunner:
         self._dead_letters = 0  # how many this sink has, as far as this runner knows
         self._refusals = 0  # failing attempts in a row (the destination refused everything)
         self._probes = FIRST_PROBES
+        self._skips_counted = 0  # messages up to this id had their skips counted
 
     def health(self) -> Mapping[str, Any] | None:
         """What the destination adds to /healthz (e.g. its OAuth token), or None."""
@@ -143,6 +144,7 @@ class SinkRunner:
                 if replay is not None:
                     log.info("sink %s: replaying from message %d", self.name, replay + 1)
                     self._cursor = replay
+                    self._skips_counted = min(self._skips_counted, replay)
             if stored.paused:
                 await self._set_state(SinkRunState.PAUSED, None)
                 await self._idle()
@@ -190,8 +192,9 @@ class SinkRunner:
             reason = route_skip(route, entry, flags) or destination.skip_reason(entry)
             if reason is None:
                 chosen.append(entry)
-            elif reason != NOT_ROUTED:
-                skipped[reason] += 1
+            elif reason != NOT_ROUTED and entry.id > self._skips_counted:
+                skipped[reason] += 1  # once, though a retried batch is read again
+        self._skips_counted = max(self._skips_counted, entries[-1].id)
         if skipped:
             await self._store.add_skips(self.name, skipped, entries[-1].id)
             if self._metrics is not None:

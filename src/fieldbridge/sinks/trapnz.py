@@ -181,9 +181,9 @@ class TrapNZDestination(Destination):
                 response = await self._client.post(
                     str(self.settings.url), content=body, auth=self._auth
                 )
-            except AuthError as exc:
+            except AuthError as exc:  # its message names the sink and the token endpoint
                 raise RetryableDeliveryError(
-                    f"{what}: {exc}",
+                    str(exc),
                     status=exc.status if exc.refused else None,
                     retry_after=exc.retry_after,
                 ) from exc
