@@ -65,7 +65,8 @@ def _no_fieldbridge_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 TABLES = (
     "journal, readings, devices, sink_state, dead_letters, quarantine, downlinks, "
-    "message_types, message_type_fields, node_gateways, device_transitions, device_subscribers"
+    "message_types, message_type_fields, node_gateways, device_transitions, device_subscribers, "
+    "oauth_tokens, sink_skips, dunedb_actions"
 )
 
 

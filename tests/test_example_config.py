@@ -20,6 +20,8 @@ from tests.support.processes import child_env
 EXAMPLE = paths.ROOT / "fieldbridge.example.toml"
 FIELDBRIDGE = str(Path(sys.executable).with_name("fieldbridge"))
 PLUGIN_SECTIONS = ("sources", "sinks")
+# Sections of named entries, whose example shows an entry rather than the (empty) default.
+NAMED_ENTRIES = (*PLUGIN_SECTIONS, "dunedb")
 HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
 COMMENTED_KEY = re.compile(r"^\s*#+\s*([A-Za-z_][A-Za-z0-9_]*)\s*=")
 
@@ -106,6 +108,8 @@ def test_example_is_valid_settings() -> None:
         ("webhook", "example-webhook"),
         ("thingworx", "example-thingworx"),
         ("thingsboard", "example-thingsboard"),
+        ("trapnz", "example-trapnz"),
+        ("dunedb", "example-dunedb"),
         ("influxdb", "example-influxdb"),
     ]
     hook = settings.sink_settings[0][1]
@@ -129,7 +133,7 @@ def test_example_core_values_are_the_defaults() -> None:
     data = example()
     for name, field in Settings.model_fields.items():
         model = sub_model(field.annotation)
-        if model is None or name in PLUGIN_SECTIONS:
+        if model is None or name in NAMED_ENTRIES:
             continue
         defaults = model().model_dump(mode="json")
         for key, value in data.get(name, {}).items():
@@ -218,4 +222,4 @@ def test_cli_config_check_accepts_example() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "settings are valid" in done.stdout
-    assert "4 sinks" in done.stdout
+    assert "6 sinks" in done.stdout

@@ -133,10 +133,7 @@ class Service:
         }
         if ingest.last_commit_ok is False and detail["status"] == "ok":
             detail["status"] = "degraded"
-        detail["sinks"] = {
-            r.name: {"type": r.type_name, "state": r.state, "last_error": r.last_error}
-            for r in self.sinks
-        }
+        detail["sinks"] = {r.name: _sink_health(r) for r in self.sinks}
         return detail["status"] == "ok", detail
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
@@ -248,6 +245,18 @@ class Service:
                 delay = HOUSEKEEPING_EVERY
                 continue
             delay = RETENTION_EVERY
+
+
+def _sink_health(runner: SinkRunner) -> dict[str, Any]:
+    shown: dict[str, Any] = {
+        "type": runner.type_name,
+        "state": runner.state,
+        "last_error": runner.last_error,
+    }
+    extra = runner.health()
+    if extra:
+        shown.update(extra)
+    return shown
 
 
 def _service_lock(settings: Settings) -> contextlib.AbstractContextManager[object]:

@@ -25,6 +25,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from fieldbridge.clients.dunedb import DuneEnvironment
 from fieldbridge.errors import ConfigError
 from fieldbridge.plugin import (
     SINK_TYPES,
@@ -157,6 +158,22 @@ class LogSettings(Section):
     backup_count: int = Field(default=5, ge=0)
 
 
+class DuneDBSettings(Section):
+    """[dunedb]: the DUNE DB instances the `dunedb` commands, the library and the sink use."""
+
+    environments: dict[str, DuneEnvironment] = Field(default_factory=dict)
+
+    @field_validator("environments")
+    @classmethod
+    def _names(cls, environments: dict[str, DuneEnvironment]) -> dict[str, DuneEnvironment]:
+        for name in environments:
+            if not name or not name.replace("-", "").replace("_", "").isalnum():
+                raise ValueError(
+                    f"environment name {name!r}: use letters, digits, - and _ (e.g. production)"
+                )
+        return environments
+
+
 class Settings(BaseSettings):
     """Every setting of one fieldbridge process."""
 
@@ -173,6 +190,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     spy: SpySettings = Field(default_factory=SpySettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    dunedb: DuneDBSettings = Field(default_factory=DuneDBSettings)
     sources: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
     sinks: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
 
@@ -203,6 +221,11 @@ class Settings(BaseSettings):
         sources = self._with_http_short_form(problems)
         self._sources = _typed_entries("sources", sources, SOURCE_TYPES, problems)
         self._sinks = _typed_entries("sinks", self.sinks, SINK_TYPES, problems)
+        sections = {"dunedb": self.dunedb}
+        for section, entries in (("sources", self._sources), ("sinks", self._sinks)):
+            for type_name, entry in entries:
+                where = f"{section}.{type_name}.{entry.name}"
+                problems.extend(f"{where}: {p}" for p in entry.resolve(sections))
         _check_unique("sources", [s.name for _, s in self._sources], problems)
         _check_unique("sinks", [s.name for _, s in self._sinks], problems)
         self._check_http_paths(problems)
@@ -251,6 +274,19 @@ class Settings(BaseSettings):
     def sink_settings(self) -> list[tuple[str, SinkSettings]]:
         """(type, settings) of every configured sink, in file order."""
         return list(self._sinks)
+
+    def dune_environment(self, name: str) -> DuneEnvironment:
+        """[dunedb.environments.<name>], or a ConfigError saying how to add it."""
+        found = self.dunedb.environments.get(name)
+        if found is None:
+            known = ", ".join(sorted(self.dunedb.environments)) or "none"
+            raise ConfigError(
+                f"dunedb.environments.{name}: no such DUNE DB environment in the settings "
+                f"(known: {known}); add a [dunedb.environments.{name}] table with auth0_domain, "
+                "db_domain, client_id and client_secret, or FIELDBRIDGE_DUNEDB__ENVIRONMENTS__"
+                f"{name.upper()}__<KEY> variables"
+            )
+        return found
 
     def public_dict(self) -> dict[str, Any]:
         """All settings as JSON-ready data, secrets masked."""

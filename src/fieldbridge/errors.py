@@ -71,5 +71,47 @@ class PartialDeliveryError(PermanentDeliveryError):
         self.rejected = dict(rejected)
 
 
+class AuthError(FieldbridgeError):
+    """An OAuth token could not be had: the endpoint refused the credentials (`refused`, with
+    its status) or did not answer. `retry_after`: seconds until the next try is allowed."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        refused: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.refused = refused
+        self.retry_after = retry_after
+
+
+class ApiError(FieldbridgeError):
+    """An API call failed: the HTTP status (None: no answer) and the server's own message.
+
+    `unanswered`: the request may have reached the server, which did not answer (a timeout,
+    a dropped connection), so what it asked for may have been done.
+    """
+
+    def __init__(
+        self, message: str, *, status: int | None = None, detail: str = "", unanswered: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail
+        self.unanswered = unanswered
+
+
+class PermissionDenied(ApiError):
+    """The API refused the call for the caller's permissions (HTTP 403)."""
+
+
+class NotFound(ApiError):
+    """The API has no such record (HTTP 404, or a `null` answer)."""
+
+
 class IncompatibleDependency(ConfigError):
     """An installed library lacks what fieldbridge relies on; the message names it and the fix."""

@@ -368,3 +368,54 @@ class Downlink:
     sent_hash: int | None = None  # the device's configuration hash when it was last sent
     failed_reason: str | None = None
     failed_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredToken:
+    """An OAuth token as the store keeps it, so a restart needs no new grant.
+
+    `fingerprint` names the endpoint, client and user it was issued for: a token kept for
+    other settings is not used. The token values are secrets: left out of repr.
+    """
+
+    fingerprint: str
+    access_token: str = field(repr=False)
+    refresh_token: str | None = field(repr=False)
+    token_type: str
+    expires_at: float | None  # Unix seconds; None: the server gave no lifetime
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TokenHealth:
+    """How getting a sink's token goes: failures in a row and the last error (no secrets)."""
+
+    key: str
+    failures: int
+    last_error: str | None
+    failed_at: float | None
+    updated_at: float
+    expires_at: float | None
+
+
+class DuneActionState(StrEnum):
+    """Where the DUNE DB sink is with one message's action."""
+
+    INTENDED = "intended"  # recorded before the POST: the DB may or may not have it
+    CREATED = "created"  # the DB answered with the action id
+
+
+@dataclass(frozen=True, slots=True)
+class DuneAction:
+    """The action the DUNE DB sink made (or means to make) of one message's readings."""
+
+    sink: str
+    message_id: int
+    state: DuneActionState
+    component_uuid: str
+    form_id: str
+    readings: tuple[Mapping[str, Any], ...]  # what the action carries: quantity, value, time
+    action_id: str | None
+    attempts: int  # POSTs that may have reached the DB; above 1: possibly a duplicate
+    intended_at: float
+    created_at: float | None

@@ -67,6 +67,13 @@ class Metrics:
             ["sink"],
             registry=r,
         )
+        self.sink_skipped = Counter(
+            "fieldbridge_sink_skipped_messages",
+            "Messages a sink read and did not send (kept in the journal), by reason: flag_off, "
+            "unknown_device, or the destination's own (e.g. bad_event)",
+            ["sink", "reason"],
+            registry=r,
+        )
         self.sink_lag_messages = Gauge(
             "fieldbridge_sink_lag_messages", "Messages not yet delivered", ["sink"], registry=r
         )

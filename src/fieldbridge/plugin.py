@@ -22,6 +22,8 @@ BUILTIN_MODULES = (
     "fieldbridge.sinks.thingworx",
     "fieldbridge.sinks.thingsboard",
     "fieldbridge.sinks.influxdb",
+    "fieldbridge.sinks.trapnz",
+    "fieldbridge.sinks.dunedb",
     "fieldbridge.sources.coap",
     "fieldbridge.sources.http",
 )
@@ -33,6 +35,11 @@ class PluginSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+
+    def resolve(self, sections: Mapping[str, Any]) -> list[str]:
+        """Take what the entry names in other sections of the settings (e.g. a DUNE DB sink's
+        [dunedb.environments.<name>]); return the problems found. Most name nothing."""
+        return []
 
 
 class SourceSettings(PluginSettings):

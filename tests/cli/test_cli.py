@@ -273,6 +273,11 @@ def test_config_show_masks_secrets(tmp_path: Path) -> None:
         '[http]\ntokens = ["ingest-token"]\n'
         '[[sinks.webhook]]\nname = "hook"\nurl = "http://127.0.0.1:9/hook"\n'
         '[sinks.webhook.headers]\nAuthorization = "Bearer hook-secret"\n'
+        '[[sinks.trapnz]]\nname = "trapnz"\nclient_id = "c"\nclient_secret = "trap-secret"\n'
+        'username = "u"\npassword = "trap-password"\n'
+        "[dunedb.environments.development]\n"
+        'auth0_domain = "a.example"\ndb_domain = "d.example"\nclient_id = "c"\n'
+        'client_secret = "dune-secret"\n'
     )
     ws = Workspace(config, "", env={"FIELDBRIDGE_INGEST__BATCH_SIZE": "77"})
     shown = ws.json("config", "show")
@@ -280,12 +285,14 @@ def test_config_show_masks_secrets(tmp_path: Path) -> None:
     assert shown["http"]["tokens"] == ["**********"]
     assert shown["sinks"]["webhook"][0]["headers"] == {"Authorization": "**********"}
     assert shown["ingest"]["batch_size"] == 77  # the environment beat the default
-    assert set(shown) == {"store", "http", "ingest", "spy", "log", "sources", "sinks"}
+    assert shown["sinks"]["trapnz"][0]["password"] == "**********"
+    assert shown["dunedb"]["environments"]["development"]["client_secret"] == "**********"
+    assert set(shown) == {"store", "http", "ingest", "spy", "log", "dunedb", "sources", "sinks"}
     text = ws.run("config", "show")
     assert text.returncode == 0
     assert "store.url" in text.stdout
     for output in (json.dumps(shown), text.stdout):
-        for secret in ("pg-secret", "ingest-token", "hook-secret"):
+        for secret in ("pg-secret", "ingest-token", "hook-secret", "trap-", "dune-secret"):
             assert secret not in output
 
 

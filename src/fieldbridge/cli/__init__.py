@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from fieldbridge import __version__
 from fieldbridge.cli.context import run_async, settings_of, with_store
+from fieldbridge.cli.dunedb_cmds import dunedb
 from fieldbridge.cli.efento_cmds import decode_app, encode_app
 from fieldbridge.cli.efento_downlink_cmds import efento_app
 from fieldbridge.cli.messagetype_cmds import messagetypes
@@ -48,6 +49,7 @@ app.add_typer(deadletters, name="deadletters")
 app.add_typer(decode_app, name="decode")
 app.add_typer(encode_app, name="encode")
 app.add_typer(efento_app, name="efento")
+app.add_typer(dunedb, name="dunedb")
 app.command("spy")(spy)
 
 

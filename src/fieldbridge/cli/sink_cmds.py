@@ -16,9 +16,9 @@ from fieldbridge.cli.context import run_async, settings_of, with_store
 from fieldbridge.cli.output import console, errors, fail, print_json, print_table
 from fieldbridge.cli.records import dead_letter_json
 from fieldbridge.config import Settings
-from fieldbridge.model import DeadLetterState, SinkRunState
+from fieldbridge.model import DeadLetterState, SinkRunState, TokenHealth
 from fieldbridge.store import Store
-from fieldbridge.timefmt import parse_iso
+from fieldbridge.timefmt import iso, parse_iso
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 STALL_AFTER = 30.0  # seconds without progress before replay stops watching
@@ -60,10 +60,29 @@ async def _status(settings: Settings, store: Store) -> list[dict[str, Any]]:
                 "lag_messages": lag,
                 "lag_seconds": round(max(0.0, time.time() - oldest), 3) if oldest else 0.0,
                 "dead_letters": await store.count_dead_letters(s.name),
+                "skipped": await store.sink_skips(s.name),
+                "auth": _auth(await store.token_health(f"sink:{s.name}")),
                 "last_error": state.last_error,
             }
         )
     return out
+
+
+def _auth(health: TokenHealth | None) -> dict[str, Any] | None:
+    """How getting the sink's OAuth token goes, as the running sink last noted it."""
+    if health is None:
+        return None
+    return {
+        "state": "failing" if health.failures else "ok",
+        "failures": health.failures,
+        "last_error": health.last_error,
+        "failed_at": None if health.failed_at is None else iso(health.failed_at),
+        "expires_at": None if health.expires_at is None else iso(health.expires_at),
+    }
+
+
+def _skipped(counts: dict[str, int]) -> str:
+    return ", ".join(f"{reason} {n}" for reason, n in counts.items())
 
 
 @sinks.command("status")
@@ -76,7 +95,7 @@ def sinks_status(ctx: typer.Context, json_out: JsonFlag = False) -> None:
         return
     print_table(
         "sinks",
-        ["name", "type", "state", "cursor", "lag", "lag s", "dead", "last error"],
+        ["name", "type", "state", "cursor", "lag", "lag s", "dead", "skipped", "last error"],
         [
             (
                 r["name"],
@@ -86,11 +105,19 @@ def sinks_status(ctx: typer.Context, json_out: JsonFlag = False) -> None:
                 r["lag_messages"],
                 r["lag_seconds"],
                 r["dead_letters"],
-                r["last_error"],
+                _skipped(r["skipped"]),
+                _last_error(r),
             )
             for r in rows
         ],
     )
+
+
+def _last_error(row: dict[str, Any]) -> str | None:
+    auth = row["auth"]
+    if auth and auth["failures"]:
+        return f"token: {auth['last_error']} ({auth['failures']} failures in a row)"
+    return row["last_error"]  # type: ignore[no-any-return]
 
 
 def _set_paused(ctx: typer.Context, name: str, paused: bool, json_out: bool) -> None:

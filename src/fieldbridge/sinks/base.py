@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fieldbridge.model import JournalEntry
 from fieldbridge.plugin import RouteSettings
@@ -23,10 +23,29 @@ class Destination(ABC):
     """
 
     wants_payload: bool = False  # whether entries must carry the raw payload
+    # At most this many messages per send, and the cursor moves after each send: for a
+    # destination that takes one record per request, so a retry or restart resends none of
+    # the records it took before (None: the whole batch the route chose, cursor after it).
+    max_batch: int | None = None
 
     def bind(self, store: Store) -> None:  # noqa: B027 - optional hook, empty by design
         """Called once by the sink runner: a destination that writes back to the store (e.g.
         queues downlinks from the answers it gets) keeps it. Most ignore it."""
+
+    def takes(self, entry: JournalEntry) -> bool:
+        """Whether this is a kind of message the destination handles at all (a Trap.NZ sink
+        takes trap events only); others pass by uncounted. Most take everything."""
+        return True
+
+    def skip_reason(self, entry: JournalEntry) -> str | None:
+        """Why the destination will not send a message its route chose (e.g. "bad_event"),
+        counted by reason; None: send it."""
+        return None
+
+    def health(self) -> Mapping[str, Any] | None:
+        """What /healthz shows of the destination besides the sink's state (e.g. how getting
+        its OAuth token goes); None: nothing."""
+        return None
 
     @abstractmethod
     async def send(self, entries: Sequence[JournalEntry]) -> None:
@@ -44,12 +63,29 @@ class Destination(ABC):
         return None
 
 
+NOT_ROUTED = "not_routed"  # another source or kind: not this sink's business, not counted
+UNKNOWN_DEVICE = "unknown_device"  # the route needs a flag and the registry lacks the device
+FLAG_OFF = "flag_off"  # the device's flag (route.flag) is not on
+
+
+def route_skip(
+    route: RouteSettings, entry: JournalEntry, flags: Mapping[str, Mapping[str, bool]]
+) -> str | None:
+    """Why a sink with this route does not take the message, or None if it does."""
+    if route.sources and entry.source not in route.sources:
+        return NOT_ROUTED
+    if route.kinds and (entry.kind or "") not in route.kinds:
+        return NOT_ROUTED
+    if not route.flag:
+        return None
+    device_flags = flags.get(entry.device)
+    if device_flags is None:
+        return UNKNOWN_DEVICE
+    return None if device_flags.get(route.flag, False) else FLAG_OFF
+
+
 def route_matches(
     route: RouteSettings, entry: JournalEntry, flags: Mapping[str, Mapping[str, bool]]
 ) -> bool:
     """Whether a sink with this route takes the message."""
-    if route.sources and entry.source not in route.sources:
-        return False
-    if route.kinds and (entry.kind or "") not in route.kinds:
-        return False
-    return not (route.flag and not flags.get(entry.device, {}).get(route.flag, False))
+    return route_skip(route, entry, flags) is None

@@ -7,7 +7,9 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from fieldbridge.errors import (
     DeliveryError,
@@ -19,7 +21,7 @@ from fieldbridge.errors import (
 from fieldbridge.model import DeadLetterState, JournalEntry, SinkRunState
 from fieldbridge.observe import Metrics
 from fieldbridge.plugin import SinkSettings
-from fieldbridge.sinks.base import Destination, route_matches
+from fieldbridge.sinks.base import NOT_ROUTED, Destination, route_skip
 from fieldbridge.sinks.http_errors import DESTINATION_REFUSALS
 from fieldbridge.store import Store
 
@@ -98,6 +100,11 @@ class SinkRunner:
         self._dead_letters = 0  # how many this sink has, as far as this runner knows
         self._refusals = 0  # failing attempts in a row (the destination refused everything)
         self._probes = FIRST_PROBES
+        self._skips_counted = 0  # messages up to this id had their skips counted
+
+    def health(self) -> Mapping[str, Any] | None:
+        """What the destination adds to /healthz (e.g. its OAuth token), or None."""
+        return self._destination.health()
 
     def wake(self) -> None:
         """New messages were committed."""
@@ -149,6 +156,7 @@ class SinkRunner:
                 if replay is not None:
                     log.info("sink %s: replaying from message %d", self.name, replay + 1)
                     self._cursor = replay
+                    self._skips_counted = min(self._skips_counted, replay)
             if stored.paused:
                 await self._set_state(SinkRunState.PAUSED, None)
                 await self._idle()
@@ -202,19 +210,45 @@ class SinkRunner:
         )
         self._ahead = (cursor, asyncio.create_task(read, name=f"sink-{self.name}-read-ahead"))
 
-    async def _deliver(self, entries: Sequence[JournalEntry]) -> None:
+    async def _choose(self, entries: Sequence[JournalEntry]) -> list[JournalEntry]:
+        """The messages to send; those the route's flag or the destination skip are counted
+        by reason (in the store and the metrics) and stay in the journal."""
         route = self.settings.route
+        destination = self._destination
+        taken = [e for e in entries if destination.takes(e)]
         flags = {}
-        if route.flag:
-            flags = await self._store.device_flags({e.device for e in entries})
-        chosen = [e for e in entries if route_matches(route, e, flags)]
+        if route.flag and taken:
+            flags = await self._store.device_flags({e.device for e in taken})
+        chosen: list[JournalEntry] = []
+        skipped: Counter[str] = Counter()
+        for entry in taken:
+            reason = route_skip(route, entry, flags) or destination.skip_reason(entry)
+            if reason is None:
+                chosen.append(entry)
+            elif reason != NOT_ROUTED and entry.id > self._skips_counted:
+                skipped[reason] += 1  # once, though a retried batch is read again
+        self._skips_counted = max(self._skips_counted, entries[-1].id)
+        if skipped:
+            await self._store.add_skips(self.name, skipped, entries[-1].id)
+            if self._metrics is not None:
+                for reason, n in skipped.items():
+                    self._metrics.sink_skipped.labels(self.name, reason).inc(n)
+        return chosen
+
+    async def _deliver(self, entries: Sequence[JournalEntry]) -> None:
+        chosen = await self._choose(entries)
         if not chosen:
             return
         # Bisect on permanent rejection: one bad message is isolated, the rest go through in order.
         # A refusal that may be the destination's rather than the message's (404, 410, ...) is
         # held, not dead-lettered, until the destination takes a later message: one that
         # refuses every message it is offered is down, not fussy (raises _Refusing).
-        chunks: list[Sequence[JournalEntry]] = [chosen]
+        step = self._destination.max_batch
+        chunks: list[Sequence[JournalEntry]] = (
+            [chosen]
+            if step is None
+            else [chosen[i : i + step] for i in range(0, len(chosen), step)]
+        )
         held: list[tuple[JournalEntry, PermanentDeliveryError]] = []
         while chunks:
             chunk = chunks.pop(0)
@@ -247,6 +281,10 @@ class SinkRunner:
                 continue
             await self._delivered(chunk)
             await self._settle(held)
+            if step is not None and chunk[-1].id > self._cursor:
+                # Taken, and everything before it settled: a restart starts after it.
+                self._cursor = chunk[-1].id
+                await self._set_state(SinkRunState.RUNNING, None, cursor=self._cursor)
         if held:
             raise _Refusing(held[-1][1], held[0][0].id - 1)
         self._last_send = time.monotonic()

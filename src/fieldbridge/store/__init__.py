@@ -7,12 +7,14 @@ from types import TracebackType
 
 from fieldbridge.store.db import Database, Timeout
 from fieldbridge.store.downlinks import DownlinkQueries
+from fieldbridge.store.dunedb import DuneActionQueries
 from fieldbridge.store.journal import JournalQueries, Pending
 from fieldbridge.store.liveness import LivenessQueries
 from fieldbridge.store.messages import MessageQueries
 from fieldbridge.store.messagetypes import MessageTypeQueries
 from fieldbridge.store.registry import RegistryQueries
 from fieldbridge.store.sinkstate import SinkStateQueries
+from fieldbridge.store.tokens import TokenQueries
 from fieldbridge.store.urls import StoreUrl, parse_store_url
 
 __all__ = ["Pending", "Store", "StoreUrl", "Timeout", "open_store", "parse_store_url"]
@@ -26,6 +28,8 @@ class Store(
     DownlinkQueries,
     MessageQueries,
     MessageTypeQueries,
+    TokenQueries,
+    DuneActionQueries,
 ):
     """Every read and write of fieldbridge's state goes through here."""
 

@@ -183,3 +183,46 @@ downlinks = sa.Table(
     sa.Column("failed_at", Time),
     sa.Index("ix_downlinks_device_state", "device", "state"),
 )
+
+oauth_tokens = sa.Table(
+    "oauth_tokens",
+    metadata,
+    sa.Column("key", sa.Text, primary_key=True),  # whose token: "sink:<name>"
+    # Which endpoint, client and user it was issued for; another means the settings changed.
+    sa.Column("fingerprint", sa.Text, nullable=False, server_default=""),
+    sa.Column("access_token", sa.Text),
+    sa.Column("refresh_token", sa.Text),  # the newest of a rotating refresh token
+    sa.Column("token_type", sa.Text, nullable=False, server_default="Bearer"),
+    sa.Column("expires_at", Time),
+    sa.Column("updated_at", Time, nullable=False),
+    sa.Column("failures", sa.Integer, nullable=False, server_default="0"),  # in a row
+    sa.Column("last_error", sa.Text),
+    sa.Column("failed_at", Time),
+)
+
+sink_skips = sa.Table(
+    "sink_skips",
+    metadata,
+    sa.Column("sink", sa.Text, primary_key=True),
+    sa.Column("reason", sa.Text, primary_key=True),  # e.g. flag_off, unknown_device, bad_event
+    sa.Column("count", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("last_message_id", sa.BigInteger),
+    sa.Column("updated_at", Time, nullable=False),
+)
+
+dunedb_actions = sa.Table(
+    "dunedb_actions",
+    metadata,
+    sa.Column("sink", sa.Text, primary_key=True),
+    sa.Column("message_id", sa.BigInteger, primary_key=True),
+    # intended: written before the POST; created: the DB answered with `action_id`.
+    sa.Column("state", sa.Text, nullable=False, server_default="intended"),
+    sa.Column("component_uuid", sa.Text, nullable=False),
+    sa.Column("form_id", sa.Text, nullable=False),
+    sa.Column("readings", sa.Text, nullable=False, server_default="[]"),  # JSON: what it carries
+    sa.Column("action_id", sa.Text),
+    # POSTs that may have reached the DB (sent, and not refused): above 1, maybe duplicates.
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("intended_at", Time, nullable=False),
+    sa.Column("created_at", Time),
+)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from fieldbridge.model import DeadLetter, DeadLetterState, SinkRunState, SinkState
 from fieldbridge.store.db import Database, Row
@@ -82,7 +82,33 @@ class SinkStateQueries:
             dead = await tx.fetchall("SELECT COUNT(*) FROM dead_letters WHERE sink = ?", (name,))
             await tx.execute("DELETE FROM dead_letters WHERE sink = ?", (name,))
             await tx.execute("DELETE FROM sink_state WHERE name = ?", (name,))
+            # What the sink kept besides: its skip counts, its token, its DUNE DB actions.
+            await tx.execute("DELETE FROM sink_skips WHERE sink = ?", (name,))
+            await tx.execute("DELETE FROM oauth_tokens WHERE key = ?", (f"sink:{name}",))
+            await tx.execute("DELETE FROM dunedb_actions WHERE sink = ?", (name,))
         return int(had[0][0]) > 0, int(dead[0][0])
+
+    async def add_skips(self, sink: str, counts: Mapping[str, int], last_message_id: int) -> None:
+        """Count messages a sink skipped, by reason (they stay in the journal)."""
+        rows = [(reason, n) for reason, n in sorted(counts.items()) if n]
+        if not rows:
+            return
+        now = time.time()
+        async with self.db.transaction() as tx:
+            await tx.executemany(
+                "INSERT INTO sink_skips (sink, reason, count, last_message_id, updated_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (sink, reason) DO UPDATE SET "
+                "count = sink_skips.count + excluded.count, "
+                "last_message_id = excluded.last_message_id, updated_at = excluded.updated_at",
+                [(sink, reason, n, last_message_id, now) for reason, n in rows],
+            )
+
+    async def sink_skips(self, sink: str) -> dict[str, int]:
+        """How many messages a sink skipped, by reason."""
+        rows = await self.db.fetchall(
+            "SELECT reason, count FROM sink_skips WHERE sink = ? ORDER BY reason", (sink,)
+        )
+        return {reason: int(count) for reason, count in rows}
 
     async def min_cursor(self, names: Sequence[str]) -> int:
         """The lowest cursor among these sinks (0 for one that never ran)."""

@@ -1,0 +1,1 @@
+"""Reusable API clients: the OAuth token manager, the DUNE DB client."""
