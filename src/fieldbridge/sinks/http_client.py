@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import TracebackType
 
 import httpx
 from pydantic import Field
 
 from fieldbridge import __version__
 from fieldbridge.plugin import SinkSettings
+from fieldbridge.sinks.base import Destination
 
 # A sink sends one request at a time; a small pool is kept warm between batches.
 LIMITS = httpx.Limits(max_connections=4, max_keepalive_connections=2, keepalive_expiry=30.0)
@@ -38,3 +40,20 @@ def sink_client(
     if transport is None:
         transport = httpx.AsyncHTTPTransport(verify=settings.verify_tls, limits=limits)
     return httpx.AsyncClient(headers=merged, timeout=settings.timeout, transport=transport)
+
+
+class HttpDestination(Destination):
+    """A destination sending with one httpx client (`_client`, made on entering), closed on
+    leaving."""
+
+    _client: httpx.AsyncClient | None = None
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None

@@ -14,7 +14,6 @@ import gzip
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import TracebackType
 
 import httpx
 import orjson
@@ -26,8 +25,7 @@ from fieldbridge.errors import (
 )
 from fieldbridge.model import JournalEntry
 from fieldbridge.plugin import SinkType, register_sink
-from fieldbridge.sinks.base import Destination
-from fieldbridge.sinks.http_client import sink_client
+from fieldbridge.sinks.http_client import HttpDestination, sink_client
 from fieldbridge.sinks.http_errors import check_response, transport_failure
 from fieldbridge.sinks.influxdb_lines import Line, Renderer
 from fieldbridge.sinks.influxdb_partial import rejected_lines
@@ -78,7 +76,7 @@ def _request(members: list[Line]) -> Request:
     return Request(("\n".join(line.text for line in members) + "\n").encode(), members)
 
 
-class InfluxDBDestination(Destination):
+class InfluxDBDestination(HttpDestination):
     """One POST per request body; `transport` replaces httpx's network transport."""
 
     def __init__(
@@ -127,16 +125,6 @@ class InfluxDBDestination(Destination):
                 self.settings.username, self.settings.password.get_secret_value()
             )
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
 
     async def _teams(self, entries: Sequence[JournalEntry]) -> dict[str, str | None]:
         if self._store is None or not self.settings.uses_team():

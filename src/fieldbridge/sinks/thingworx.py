@@ -6,7 +6,6 @@ import logging
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
@@ -22,8 +21,7 @@ from fieldbridge.errors import (
 )
 from fieldbridge.model import JournalEntry
 from fieldbridge.plugin import RouteSettings, SinkType, register_sink
-from fieldbridge.sinks.base import Destination
-from fieldbridge.sinks.http_client import HttpSinkSettings, sink_client
+from fieldbridge.sinks.http_client import HttpDestination, HttpSinkSettings, sink_client
 from fieldbridge.sinks.http_errors import check_response, transport_failure
 from fieldbridge.sinks.thingworx_calls import (
     MEASUREMENT,
@@ -95,7 +93,7 @@ class _Downlink:
     meta: dict[str, Any]  # which sink and message asked for it
 
 
-class ThingWorxDestination(Destination):
+class ThingWorxDestination(HttpDestination):
     """One service call per frame, in journal order; a failure stops the batch there.
 
     `transport` replaces httpx's network transport (see sink_client).
@@ -132,16 +130,6 @@ class ThingWorxDestination(Destination):
         self._client = sink_client(self.settings, headers, transport=self._transport)
         self._delivered.clear()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
 
     def service_url(self, device: str, service: str) -> str:
         thing = quote(self.settings.thing.format(device=device), safe="")

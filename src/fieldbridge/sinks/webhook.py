@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from types import TracebackType
 from typing import Any
 
 import httpx
@@ -14,8 +13,7 @@ from pydantic import AnyHttpUrl, Field, SecretStr
 from fieldbridge.model import JournalEntry
 from fieldbridge.plugin import SinkType, register_sink
 from fieldbridge.reading_json import reading_json
-from fieldbridge.sinks.base import Destination
-from fieldbridge.sinks.http_client import HttpSinkSettings, sink_client
+from fieldbridge.sinks.http_client import HttpDestination, HttpSinkSettings, sink_client
 from fieldbridge.sinks.http_errors import check_response, transport_failure
 from fieldbridge.timefmt import iso
 
@@ -59,7 +57,7 @@ def idempotency_key(sink: str, entries: Sequence[JournalEntry]) -> str:
     return f"{sink}:{entries[0].id}-{entries[-1].id}"
 
 
-class WebhookDestination(Destination):
+class WebhookDestination(HttpDestination):
     """One POST per batch; `transport` replaces httpx's network transport (see sink_client)."""
 
     def __init__(
@@ -74,16 +72,6 @@ class WebhookDestination(Destination):
         headers = {k: v.get_secret_value() for k, v in self.settings.headers.items()}
         self._client = sink_client(self.settings, headers, transport=self._transport)
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
 
     async def send(self, entries: Sequence[JournalEntry]) -> None:
         assert self._client is not None, "use the destination inside `async with`"
