@@ -6,6 +6,7 @@ import contextlib
 import select
 import socket
 import threading
+import time
 from types import TracebackType
 
 POLL = 0.1  # seconds a pump waits for bytes before it looks at the freeze flag again
@@ -31,6 +32,7 @@ class FreezableProxy:
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self.accepted = 0
+        self.first_accepted: float | None = None  # time.monotonic() of the first connection
 
     def freeze(self) -> None:
         self._thawed.clear()
@@ -68,6 +70,8 @@ class FreezableProxy:
             except OSError:
                 return
             self.accepted += 1
+            if self.first_accepted is None:
+                self.first_accepted = time.monotonic()
             self._keep(client)
             threading.Thread(
                 target=self._connect, args=(client,), name="proxy-conn", daemon=True
