@@ -179,6 +179,20 @@ async def test_a_broker_that_is_down_leaves_the_notification_owed(
 def test_monitor_needs_the_trapnet_codec(broker: Mosquitto) -> None:
     with pytest.raises(ValidationError, match="monitor: the trap-network monitor needs codec"):
         MqttSettings(name="x", topics=["a/#"], codec="json", monitor=MonitorSettings())
+    with pytest.raises(ValidationError, match="monitor: the trap-network monitor needs codec"):
+        MqttSettings.model_validate({"name": "x", "topics": ["a/#"], "monitor": True})
+
+
+def test_monitor_true_is_the_monitor_with_its_defaults() -> None:
+    on = MqttSettings.model_validate(
+        {"name": "x", "topics": ["AKLC/#"], "codec": "trapnet", "monitor": True}
+    )
+    assert on.monitor == MonitorSettings()
+    assert on.monitor.status_period_min == 5 and on.monitor.check_period_s == 60
+    off = MqttSettings.model_validate(
+        {"name": "x", "topics": ["AKLC/#"], "codec": "trapnet", "monitor": False}
+    )
+    assert off.monitor is None
 
 
 # --- a real `fieldbridge run`: replies after commit, LWT and status -------------------------
