@@ -56,6 +56,8 @@ async def test_each_device_has_its_own_allowed_downtime(store: Store) -> None:
     assert slow.device == "Slow" and "allowed 180 min" in slow.reason
     assert await status(store, "Held") is DeviceStatus.MAINTENANCE
     assert [t.device for t in await store.pending_transitions()] == ["Fast", "Slow"]
+    assert [t.device for t in await store.pending_transitions(source="aklc")] == ["Fast", "Slow"]
+    assert await store.pending_transitions(source="another") == []  # another monitor's network
 
 
 async def test_a_message_brings_a_down_device_up_in_its_commit(store: Store) -> None:

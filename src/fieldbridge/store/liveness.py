@@ -114,13 +114,22 @@ class LivenessQueries:
                 (device, before.value, after.value, at, reason, at),
             )
 
-    async def pending_transitions(self, limit: int = 100) -> list[Transition]:
-        """Transitions whose notifications are not published yet, oldest first."""
-        rows = await self.db.fetchall(
-            f"SELECT {_TRANSITION} FROM device_transitions WHERE notified_at IS NULL "
-            "ORDER BY id LIMIT ?",
-            (limit,),
-        )
+    async def pending_transitions(
+        self, limit: int = 100, *, source: str | None = None
+    ) -> list[Transition]:
+        """Transitions whose notifications are not published yet, oldest first (only those of
+        devices first seen on `source`, when given: each monitor tells of its own network)."""
+        columns = ", ".join(f"t.{c.strip()}" for c in _TRANSITION.split(","))
+        if source is None:
+            sql = f"SELECT {columns} FROM device_transitions t WHERE t.notified_at IS NULL "
+            params: tuple[object, ...] = (limit,)
+        else:
+            sql = (
+                f"SELECT {columns} FROM device_transitions t JOIN devices d ON d.id = t.device "
+                "WHERE t.notified_at IS NULL AND d.source = ? "
+            )
+            params = (source, limit)
+        rows = await self.db.fetchall(sql + "ORDER BY t.id LIMIT ?", params)
         return [_transition(row) for row in rows]
 
     async def mark_notified(self, transition_id: int, at: float) -> None:

@@ -190,7 +190,7 @@ class TrapnetMonitor:
 
     async def notify_pending(self) -> int:
         done = 0
-        for transition in await self.liveness.pending_transitions():
+        for transition in await self.liveness.pending_transitions(source=self.source.name):
             subscribers = (await self.liveness.subscribers([transition.device])).get(
                 transition.device, []
             )
