@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -493,6 +494,59 @@ def test_devices_set(workspace: Workspace) -> None:
     assert "nothing to set" in ws.fails(2, "devices", "set", "dev-1")
     assert "dev-9" in ws.fails(1, "devices", "set", "dev-9", "--flag", "x=on")
     assert ws.json("devices", "show", "dev-1") == again  # refusals changed nothing
+
+
+def test_devices_set_liveness_and_who_is_notified(workspace: Workspace) -> None:
+    ws = workspace
+    set_ = ws.json(
+        "devices",
+        "set",
+        "dev-1",
+        "--notify",
+        "email:ranger@council.nz",
+        "--notify",
+        "sms:+64211234567",
+        "--allowed-downtime",
+        "90",
+        "--status",
+        "maintenance",
+    )
+    assert set_["notify"] == ["email:ranger@council.nz", "sms:+64211234567"]
+    assert set_["status"] == "maintenance" and set_["allowed_downtime_min"] == 90
+    [change] = set_["transitions"]
+    assert (change["from"], change["to"], change["reason"]) == (
+        "current",
+        "maintenance",
+        "set by an operator",
+    )
+    assert change["notified_at"] == change["at"]  # an operator's change: nobody is told
+
+    # The monitor marks dev-2 down; its notification is owed until published.
+    ws.in_store(lambda s: s.mark_silent_down(T0 + 3 * 3600))
+    back = ws.json(
+        "devices", "set", "dev-1", "--no-notify", "email:ranger@council.nz", "--status", "current"
+    )
+    assert back["notify"] == ["sms:+64211234567"] and back["status"] == "current"
+    assert [(t["from"], t["to"]) for t in back["transitions"]] == [
+        ("maintenance", "current"),
+        ("current", "maintenance"),
+    ]
+    shown = ws.run("devices", "show", "dev-2")
+    assert shown.returncode == 0, shown.stderr
+    text = " ".join(shown.stdout.split())
+    assert "current -> down (no message since" in text and "notification owed" in text
+    shown = ws.run("devices", "show", "dev-1")
+    text = " ".join(shown.stdout.split())
+    assert re.search(r"notify\s*│\s*sms:\+64211234567", shown.stdout), shown.stdout
+    assert "maintenance -> current (set by an operator)" in text
+
+    assert "set current or maintenance" in ws.fails(
+        2, "devices", "set", "dev-1", "--status", "down"
+    )
+    assert "email:ADDRESS" in ws.fails(2, "devices", "set", "dev-1", "--notify", "pager:1")
+    assert "has an @" in ws.fails(2, "devices", "set", "dev-1", "--notify", "email:ranger")
+    assert "digits" in ws.fails(2, "devices", "set", "dev-1", "--notify", "sms:call-me")
+    assert ws.json("devices", "show", "dev-1") == back  # refusals changed nothing
 
 
 def test_readings_list_refusals(workspace: Workspace) -> None:

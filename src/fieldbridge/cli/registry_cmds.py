@@ -80,7 +80,7 @@ def devices_show(
     if json_out:
         print_json(data)
         return
-    print_table(f"device {device_id}", ["field", "value"], list(data.items()))
+    print_table(f"device {device_id}", ["field", "value"], _shown(data))
 
 
 async def _full_json(store: Store, device: Device) -> dict[str, Any]:
@@ -104,6 +104,26 @@ async def _full_json(store: Store, device: Device) -> dict[str, Any]:
             for t in await store.transitions(device.id)
         ],
     }
+
+
+def _shown(data: dict[str, Any]) -> list[tuple[str, Any]]:
+    """`devices show` as table rows: who is notified and each status change (`AT from -> to
+    (reason)`, newest first, and whether its notifications are still owed) one row each."""
+    rows: list[tuple[str, Any]] = []
+    for key, value in data.items():
+        if key == "notify":
+            lines = list(value)
+        elif key == "transitions":
+            lines = [
+                f"{t['at']} {t['from']} -> {t['to']} ({t['reason']})"
+                + ("" if t["notified_at"] else ", notification owed")
+                for t in value
+            ]
+        else:
+            rows.append((key, value))
+            continue
+        rows += [(key if i == 0 else "", line) for i, line in enumerate(lines or [""])]
+    return rows
 
 
 def _parse_subscribers(values: list[str], option: str) -> list[Subscriber]:
@@ -202,7 +222,9 @@ def devices_set(
     ] = None,
     status: Annotated[
         DeviceStatus | None,
-        typer.Option(help="current, down or maintenance (the liveness monitor skips the last)."),
+        typer.Option(
+            help="current or maintenance (never marked down; messages do not bring it up)."
+        ),
     ] = None,
     allowed_downtime: Annotated[
         int | None,
@@ -243,6 +265,12 @@ def devices_set(
             attrs["location_override"] = _parse_location(location)
         else:
             remove = ("location_override",)
+    if status is DeviceStatus.DOWN:
+        fail(
+            "--status down: a device goes down by itself when it stays silent past its "
+            "allowed downtime; set current or maintenance",
+            code=2,
+        )
     add = _parse_subscribers(notify or [], "--notify")
     drop = _parse_subscribers(no_notify or [], "--no-notify")
     columns = (message_type, status, allowed_downtime, role, team)
@@ -284,7 +312,7 @@ def devices_set(
     if json_out:
         print_json(data)
     else:
-        print_table(f"device {device_id}", ["field", "value"], list(data.items()))
+        print_table(f"device {device_id}", ["field", "value"], _shown(data))
 
 
 @readings.command("list")

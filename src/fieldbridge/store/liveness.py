@@ -68,26 +68,40 @@ class LivenessQueries:
             )
             if not rows:
                 return []
+            # The silence is checked again in the UPDATE: a message committed meanwhile (its
+            # ingest holds the row until then; PostgreSQL re-reads it) keeps the device current.
             await tx.executemany(
-                "UPDATE devices SET status = 'down', status_since = ? "
-                "WHERE id = ? AND status = 'current'",
-                [(now, dev) for dev, _, _ in rows],
+                "UPDATE devices SET status = 'down', status_since = ? WHERE id = ? AND "
+                "status = 'current' AND last_seen < ? - allowed_downtime_min * 60.0",
+                [(now, dev, now) for dev, _, _ in rows],
             )
+            gone: list[Row] = []
+            for i in range(0, len(rows), CHUNK):
+                chunk = [dev for dev, _, _ in rows[i : i + CHUNK]]
+                marks = ",".join("?" * len(chunk))
+                gone += await tx.fetchall(
+                    "SELECT id, last_seen, allowed_downtime_min FROM devices "
+                    f"WHERE id IN ({marks}) AND status = 'down' AND status_since = ?",
+                    [*chunk, now],
+                )
+            if not gone:
+                return []
+            gone.sort()
             await tx.executemany(
                 "INSERT INTO device_transitions (device, from_status, to_status, at, reason) "
                 "VALUES (?, 'current', 'down', ?, ?)",
                 [
                     (dev, now, f"no message since {iso(float(last))} (allowed {int(mins)} min)")
-                    for dev, last, mins in rows
+                    for dev, last, mins in gone
                 ],
             )
-            marks = ",".join("?" * len(rows))
             made = await tx.fetchall(
                 f"SELECT {_TRANSITION} FROM device_transitions WHERE at = ? AND "
-                f"to_status = 'down' AND notified_at IS NULL AND device IN ({marks}) ORDER BY id",
-                [now, *(dev for dev, _, _ in rows)],
+                "to_status = 'down' AND notified_at IS NULL ORDER BY id",
+                [now],
             )
-        return [_transition(row) for row in made]
+        ours = {row[0] for row in gone}
+        return [t for t in map(_transition, made) if t.device in ours]
 
     async def record_transition(
         self, device: str, before: DeviceStatus, after: DeviceStatus, at: float, reason: str
@@ -100,13 +114,22 @@ class LivenessQueries:
                 (device, before.value, after.value, at, reason, at),
             )
 
-    async def pending_transitions(self, limit: int = 100) -> list[Transition]:
-        """Transitions whose notifications are not published yet, oldest first."""
-        rows = await self.db.fetchall(
-            f"SELECT {_TRANSITION} FROM device_transitions WHERE notified_at IS NULL "
-            "ORDER BY id LIMIT ?",
-            (limit,),
-        )
+    async def pending_transitions(
+        self, limit: int = 100, *, source: str | None = None
+    ) -> list[Transition]:
+        """Transitions whose notifications are not published yet, oldest first (only those of
+        devices first seen on `source`, when given: each monitor tells of its own network)."""
+        columns = ", ".join(f"t.{c.strip()}" for c in _TRANSITION.split(","))
+        if source is None:
+            sql = f"SELECT {columns} FROM device_transitions t WHERE t.notified_at IS NULL "
+            params: tuple[object, ...] = (limit,)
+        else:
+            sql = (
+                f"SELECT {columns} FROM device_transitions t JOIN devices d ON d.id = t.device "
+                "WHERE t.notified_at IS NULL AND d.source = ? "
+            )
+            params = (source, limit)
+        rows = await self.db.fetchall(sql + "ORDER BY t.id LIMIT ?", params)
         return [_transition(row) for row in rows]
 
     async def mark_notified(self, transition_id: int, at: float) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from fieldbridge.model import Accepted, DeviceStatus, NotifyChannel, Subscriber
 from fieldbridge.sources.mqtt.monitor import TrapnetMonitor
 from fieldbridge.sources.mqtt.monitor_settings import MonitorSettings
 from fieldbridge.sources.mqtt.settings import MqttSettings
-from fieldbridge.store import Store
+from fieldbridge.store import Store, open_store, parse_store_url
+from fieldbridge.store.migrate import upgrade
 from tests.conftest import eventually, wait_until
 from tests.support.mqtt_broker import Mosquitto, retained, watching
 from tests.support.processes import FieldbridgeProcess
@@ -179,6 +181,20 @@ async def test_a_broker_that_is_down_leaves_the_notification_owed(
 def test_monitor_needs_the_trapnet_codec(broker: Mosquitto) -> None:
     with pytest.raises(ValidationError, match="monitor: the trap-network monitor needs codec"):
         MqttSettings(name="x", topics=["a/#"], codec="json", monitor=MonitorSettings())
+    with pytest.raises(ValidationError, match="monitor: the trap-network monitor needs codec"):
+        MqttSettings.model_validate({"name": "x", "topics": ["a/#"], "monitor": True})
+
+
+def test_monitor_true_is_the_monitor_with_its_defaults() -> None:
+    on = MqttSettings.model_validate(
+        {"name": "x", "topics": ["AKLC/#"], "codec": "trapnet", "monitor": True}
+    )
+    assert on.monitor == MonitorSettings()
+    assert on.monitor.status_period_min == 5 and on.monitor.check_period_s == 60
+    off = MqttSettings.model_validate(
+        {"name": "x", "topics": ["AKLC/#"], "codec": "trapnet", "monitor": False}
+    )
+    assert off.monitor is None
 
 
 # --- a real `fieldbridge run`: replies after commit, LWT and status -------------------------
@@ -233,3 +249,58 @@ async def test_a_clean_stop_says_stopped(store: Store, broker: Mosquitto) -> Non
         pass
     found = await asyncio.to_thread(retained, broker.port, "AKLC/monitor/fieldbridge/LWT")
     assert found == b"Stopped"
+
+
+def test_a_notification_owed_when_fieldbridge_died_is_published_once_after_its_restart(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """A real `fieldbridge run` stores Trap1's down transition while the broker is away and is
+    killed before it can publish; the next run publishes it once; a third run publishes
+    nothing again."""
+    source = {
+        "name": "aklc",
+        "url": broker.url,
+        "client_id": "fieldbridge-monitor-restart",
+        "topics": ["AKLC/#"],
+        "qos": 1,
+        "codec": "trapnet",
+        "monitor": {"status_period_min": 0.005, "check_period_s": 0.2},
+    }
+    process = FieldbridgeProcess(tmp_path / "svc", sources={"mqtt": [source]})
+    url = f"sqlite:///{process.db_path}"
+    upgrade(parse_store_url(url))
+
+    async def seed() -> None:
+        async with open_store(url) as store:
+            await node_message(store, "Trap1", time.time() - 2 * 3600)  # silent for two hours
+            await store.set_subscribers(
+                "Trap1",
+                add=[
+                    Subscriber(NotifyChannel.EMAIL, "ranger@council.nz"),
+                    Subscriber(NotifyChannel.SMS, "+64211234567"),
+                ],
+            )
+
+    asyncio.run(seed())
+    pending = "SELECT count(*) FROM device_transitions WHERE notified_at IS NULL"
+    broker.stop()
+    with process:
+        process.start()
+        wait_until(lambda: process.query(pending) == [(1,)], "the stored, owed transition")
+        process.send(signal.SIGKILL)
+        process.wait(10)
+        broker.start()
+        with watching(broker.port, "AKLC/#") as watcher:
+            process.start()
+            wait_until(lambda: process.query(pending) == [(0,)], "the transition notified")
+            wait_until(lambda: len(watcher.payloads(SMS)) == 1, "the sms request")
+            [mail] = bodies(watcher, EMAIL)
+            assert mail["To"] == "ranger@council.nz" and mail["Subject"] == "Node Trap1 is down"
+            process.terminate()
+            process.wait(10)
+            status = "AKLC/monitor/fieldbridge/status"
+            seen = len(watcher.payloads(status))
+            process.start()  # a third run: checks again, owes nothing
+            wait_until(lambda: len(watcher.payloads(status)) >= seen + 3, "three checks done")
+            assert len(watcher.payloads(EMAIL)) == 1 and len(watcher.payloads(SMS)) == 1
+    assert process.query("SELECT count(*) FROM device_transitions") == [(1,)]

@@ -146,9 +146,9 @@ class TrapnetMonitor:
             await asyncio.sleep(self.settings.check_period_s)
             try:
                 await self.check()
-                if time.monotonic() >= next_status:
+                if self.clock() >= next_status:
                     self.publish_status()
-                    next_status = time.monotonic() + self.settings.status_period_min * 60
+                    next_status = self.clock() + self.settings.status_period_min * 60
             except Exception:  # the store or the broker failed: try again next period
                 log.exception("monitor %s: liveness check failed; retrying", self.base)
 
@@ -190,7 +190,7 @@ class TrapnetMonitor:
 
     async def notify_pending(self) -> int:
         done = 0
-        for transition in await self.liveness.pending_transitions():
+        for transition in await self.liveness.pending_transitions(source=self.source.name):
             subscribers = (await self.liveness.subscribers([transition.device])).get(
                 transition.device, []
             )
@@ -214,7 +214,7 @@ class TrapnetMonitor:
         info = client.publish(topic, orjson.dumps(body), qos=1)
         with contextlib.suppress(RuntimeError, ValueError):  # lost the connection meanwhile
             await asyncio.to_thread(info.wait_for_publish, self.settings.publish_timeout_s)
-        published = bool(info._published)  # wait_for_publish returns quietly on a timeout
+        published = info.is_published()  # wait_for_publish returns quietly on a timeout
         if not published:
             log.warning("monitor %s: no PUBACK for a notification on %s", self.base, topic)
         return published

@@ -62,6 +62,16 @@ class MqttSettings(SourceSettings):
 
     _codec: Codec | None = PrivateAttr(default=None)
 
+    @field_validator("monitor", mode="before")
+    @classmethod
+    def _monitor_switch(cls, value: object) -> object:
+        """`monitor = true` is the monitor with its defaults; `false` is none."""
+        if value is True:
+            return {}
+        if value is False:
+            return None
+        return value
+
     @field_validator("url")
     @classmethod
     def _known_url(cls, url: str) -> str:
