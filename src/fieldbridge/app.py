@@ -102,7 +102,11 @@ class Service:
             for type_name, s in settings.sink_settings
         ]
         access = StoreAccess(
-            devices=self.store, journal=self.store, downlinks=self.store, liveness=self.store
+            devices=self.store,
+            journal=self.store,
+            downlinks=self.store,
+            liveness=self.store,
+            cursors=self.store,
         )
         self.sources = [
             SOURCE_TYPES[type_name].build(s, self.ingest, access)

@@ -26,6 +26,7 @@ BUILTIN_MODULES = (
     "fieldbridge.sinks.dunedb",
     "fieldbridge.sources.coap",
     "fieldbridge.sources.http",
+    "fieldbridge.sources.redis_stream",
 )
 
 
