@@ -24,6 +24,7 @@ BUILTIN_MODULES = (
     "fieldbridge.sinks.influxdb",
     "fieldbridge.sinks.trapnz",
     "fieldbridge.sinks.dunedb",
+    "fieldbridge.sinks.mqtt",
     "fieldbridge.sources.coap",
     "fieldbridge.sources.http",
     "fieldbridge.sources.redis_stream",
