@@ -80,6 +80,7 @@ class MqttConnection:
         self._acks: dict[int, asyncio.Future[None]] = {}
         self._subacks: dict[int, asyncio.Future[None]] = {}
         self.lost: str | None = "not connected"  # why the connection is unusable, None if open
+        self._gone = asyncio.Event()  # set once an opened connection is lost or closed
 
     @property
     def usable(self) -> bool:
@@ -184,9 +185,14 @@ class MqttConnection:
             self.drop()
             raise RetryableDeliveryError(f"{self.what}: connection lost ({result.name})")
 
+    async def wait_lost(self) -> None:
+        """Return once the connection is lost or closed."""
+        await self._gone.wait()
+
     def _fail(self, why: str) -> None:
         if self.lost is None:
             self.lost = why
+        self._gone.set()
         error = RetryableDeliveryError(f"{self.what}: connection lost ({self.lost}); resending")
         for waiters in (self._acks, self._subacks):
             for waiter in waiters.values():
