@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
@@ -13,6 +15,7 @@ from starlette.routing import Route
 
 from fieldbridge import __version__
 from fieldbridge.config import Settings
+from fieldbridge.control import ControlContext, RemoteControl
 from fieldbridge.errors import StoreError
 from fieldbridge.ingest import Ingest
 from fieldbridge.observe import Metrics
@@ -20,6 +23,7 @@ from fieldbridge.plugin import SINK_TYPES, SOURCE_TYPES
 from fieldbridge.retention import log_report, prune_once
 from fieldbridge.runtime import tune_gc
 from fieldbridge.sinks.engine import SinkRunner
+from fieldbridge.sinks.status import sink_rows
 from fieldbridge.sources.access import StoreAccess
 from fieldbridge.sources.base import ServesHttp
 from fieldbridge.store import Store, Timeout, open_store, parse_store_url
@@ -37,6 +41,7 @@ log = logging.getLogger("fieldbridge")
 HOUSEKEEPING_EVERY = 60.0  # seconds between quarantine gauge updates
 RETENTION_EVERY = 3600.0  # seconds between retention passes
 FIRST_PRUNE_AFTER = 30.0  # seconds from start to the first pass: a machine up for minutes prunes
+CONTROL_DEVICES = 1000  # devices a `devices` remote command lists at most
 SINK_STOP_GRACE = 3.0  # seconds a sink may take to finish a send at shutdown
 # /healthz answers within 2 s (docs/operations.md): its look at the store gets 1.5 of them, on a
 # connection or thread of its own time, never waiting behind a commit past that.
@@ -102,15 +107,77 @@ class Service:
             for type_name, s in settings.sink_settings
         ]
         access = StoreAccess(
-            devices=self.store, journal=self.store, downlinks=self.store, liveness=self.store
+            devices=self.store,
+            journal=self.store,
+            downlinks=self.store,
+            liveness=self.store,
+            cursors=self.store,
         )
         self.sources = [
             SOURCE_TYPES[type_name].build(s, self.ingest, access)
             for type_name, s in settings.source_settings
         ]
         self.http_port: int | None = None
+        self.exit_code = 0  # what the process exits with once run() returns (reboot: not 0)
+        self.started_at = time.time()
+        self._stop: asyncio.Event | None = None
+        self.control = (
+            RemoteControl(settings.control, self._control_context())
+            if settings.control.enabled
+            else None
+        )
         for runner in self.sinks:
             self.ingest.on_commit(runner.wake)
+
+    def _control_context(self) -> ControlContext:
+        return ControlContext(
+            status=self._status,
+            sinks=lambda: sink_rows(self.settings.sink_settings, self.store),
+            devices=self._devices,
+            restart=self.restart,
+        )
+
+    def restart(self, exit_code: int) -> None:
+        """Stop gracefully (flush, acknowledge), then exit with `exit_code` for a supervisor."""
+        self.exit_code = exit_code
+        if self._stop is not None:
+            self._stop.set()
+
+    async def _status(self) -> dict[str, Any]:
+        sources: dict[str, Any] = {}
+        for source in self.sources:
+            stats = getattr(source, "stats", None)
+            if dataclasses.is_dataclass(stats) and not isinstance(stats, type):
+                sources[source.name] = dataclasses.asdict(stats)
+            else:
+                sources[source.name] = {}
+        sinks = {
+            row["name"]: {
+                "state": row["state"],
+                "cursor": row["cursor"],
+                "lag_messages": row["lag_messages"],
+                "lag_seconds": row["lag_seconds"],
+                "dead_letters": row["dead_letters"],
+            }
+            for row in await sink_rows(self.settings.sink_settings, self.store)
+        }
+        return {
+            "version": __version__,
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "messages": await self.store.head_id(),
+            "sources": sources,
+            "sinks": sinks,
+        }
+
+    async def _devices(self) -> dict[str, Any]:
+        devices = await self.store.list_devices(limit=CONTROL_DEVICES)
+        return {
+            "count": len(devices),
+            "devices": [
+                {"id": d.id, "kind": d.kind, "last_seen": iso(d.last_seen), "status": d.status}
+                for d in devices
+            ],
+        }
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
         schema: dict[str, str | None] = {"revision": None, "head": head_revision()}
@@ -147,6 +214,7 @@ class Service:
             await self._run(stop, ready)
 
     async def _run(self, stop: asyncio.Event, ready: asyncio.Event | None) -> None:
+        self._stop = stop
         applied = await migrate(self.settings)
         if applied:
             log.info("store migrated to revision %s", applied[-1])
@@ -165,6 +233,8 @@ class Service:
                 ]
                 for source in self.sources:
                     await stack.enter_async_context(source)
+                if self.control is not None:
+                    await stack.enter_async_context(self.control)
                 await self._start_web(stack)
                 tune_gc()
                 if ready is not None:

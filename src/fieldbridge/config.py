@@ -26,6 +26,7 @@ from pydantic_settings import (
 )
 
 from fieldbridge.clients.dunedb import DuneEnvironment
+from fieldbridge.control.settings import ControlSettings
 from fieldbridge.errors import ConfigError
 from fieldbridge.plugin import (
     SINK_TYPES,
@@ -184,6 +185,7 @@ class Settings(BaseSettings):
     )
     toml_path: ClassVar[Path | None] = None
     default_run: ClassVar[bool] = False  # no settings file: add the plugins' default-run entries
+    preset: ClassVar[dict[str, Any] | None] = None  # --preset: settings below file and env
 
     store: StoreSettings = Field(default_factory=StoreSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
@@ -191,6 +193,7 @@ class Settings(BaseSettings):
     spy: SpySettings = Field(default_factory=SpySettings)
     log: LogSettings = Field(default_factory=LogSettings)
     dunedb: DuneDBSettings = Field(default_factory=DuneDBSettings)
+    control: ControlSettings = Field(default_factory=ControlSettings)
     sources: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
     sinks: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
 
@@ -209,7 +212,9 @@ class Settings(BaseSettings):
         chain: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if cls.toml_path is not None:
             chain.append(TomlConfigSettingsSource(settings_cls, toml_file=cls.toml_path))
-        elif cls.default_run:
+        if cls.preset is not None:
+            chain.append(InitSettingsSource(settings_cls, init_kwargs=cls.preset))
+        elif cls.toml_path is None and cls.default_run:
             defaults = {"sources": default_run_sources()}
             chain.append(InitSettingsSource(settings_cls, init_kwargs=defaults))
         return tuple(chain)
@@ -367,8 +372,15 @@ def config_path(explicit: str | Path | None) -> Path | None:
     return Path(from_env) if from_env else None
 
 
-def load_settings(path: str | Path | None = None) -> Settings:
-    """Read and validate the settings; raise ConfigError naming every bad key."""
+def load_settings(path: str | Path | None = None, preset: str | None = None) -> Settings:
+    """Read and validate the settings; raise ConfigError naming every bad key.
+
+    `preset`: settings made from a replaced program's environment variables (presets.py),
+    under those of the file and FIELDBRIDGE_* variables.
+    """
+    from fieldbridge.presets import preset_settings
+
+    preset_data = None if preset is None else preset_settings(preset, os.environ)
     toml_path = config_path(path)
     if toml_path is not None:
         if not toml_path.is_file():
@@ -383,7 +395,12 @@ def load_settings(path: str | Path | None = None) -> Settings:
     bound = type(
         "FileSettings",
         (Settings,),
-        {"toml_path": toml_path, "default_run": toml_path is None, "__module__": __name__},
+        {
+            "toml_path": toml_path,
+            "default_run": toml_path is None,
+            "preset": preset_data,
+            "__module__": __name__,
+        },
     )
     where = str(toml_path) if toml_path else "settings"
     try:

@@ -24,8 +24,10 @@ BUILTIN_MODULES = (
     "fieldbridge.sinks.influxdb",
     "fieldbridge.sinks.trapnz",
     "fieldbridge.sinks.dunedb",
+    "fieldbridge.sinks.mqtt",
     "fieldbridge.sources.coap",
     "fieldbridge.sources.http",
+    "fieldbridge.sources.redis_stream",
 )
 
 

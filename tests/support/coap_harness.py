@@ -73,7 +73,9 @@ async def serve(
     client = await aiocoap.Context.create_client_context()
     try:
         async with store, Ingest(store, flush_ms=flush_ms) as ingest:
-            access = StoreAccess(devices=store, journal=store, downlinks=store, liveness=store)
+            access = StoreAccess(
+                devices=store, journal=store, downlinks=store, liveness=store, cursors=store
+            )
             source = EfentoCoapSource(config, ingest, access)
             async with source:
                 yield Harness(store, source, port, client)

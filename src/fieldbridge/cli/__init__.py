@@ -85,21 +85,38 @@ def root(
 
 
 @app.command("run")
-def run(ctx: typer.Context) -> None:
+def run(
+    ctx: typer.Context,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            "--preset",
+            help="Stand in for a replaced program, from its environment variables alone: "
+            "mqtt-handler (docs/integrations/edge-mqtt-handler.md).",
+        ),
+    ] = None,
+) -> None:
     """Migrate the store, then serve until SIGTERM or Ctrl-C."""
     from fieldbridge.app import Service, install_stop_signals
     from fieldbridge.logs import setup_logging
 
+    if preset is not None:
+        ctx.obj = {**(ctx.obj or {}), "preset": preset}
     settings = settings_of(ctx)
     setup_logging(settings.log)
 
+    exit_code = 0
+
     async def main() -> str | None:
+        nonlocal exit_code
         stop = asyncio.Event()
         install_stop_signals(stop)
+        service = Service(settings)
         try:
-            await Service(settings).run(stop)
+            await service.run(stop)
         except StoreInUse as exc:  # not run_async's hint: the store is fine, another has it
             return str(exc)
+        exit_code = service.exit_code  # a remote reboot: the supervisor starts us again
         return None
 
     try:
@@ -111,6 +128,8 @@ def run(ctx: typer.Context) -> None:
         refused = run_async(main())
     if refused is not None:
         fail(refused)
+    if exit_code:
+        raise typer.Exit(exit_code)
 
 
 @config_app.command("check")

@@ -21,8 +21,9 @@ T = TypeVar("T")
 def settings_of(ctx: typer.Context) -> Settings:
     """The validated settings, or exit 2 naming the bad key."""
     path: Path | None = ctx.obj.get("config") if ctx.obj else None
+    preset: str | None = ctx.obj.get("preset") if ctx.obj else None
     try:
-        return load_settings(path)
+        return load_settings(path, preset)
     except ConfigError as exc:
         fail(str(exc), code=2)
 

@@ -16,9 +16,10 @@ from fieldbridge.cli.context import run_async, settings_of, with_store
 from fieldbridge.cli.output import console, errors, fail, print_json, print_table
 from fieldbridge.cli.records import dead_letter_json
 from fieldbridge.config import Settings
-from fieldbridge.model import DeadLetterState, SinkRunState, TokenHealth
+from fieldbridge.model import DeadLetterState
+from fieldbridge.sinks.status import sink_rows
 from fieldbridge.store import Store
-from fieldbridge.timefmt import iso, parse_iso
+from fieldbridge.timefmt import parse_iso
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 STALL_AFTER = 30.0  # seconds without progress before replay stops watching
@@ -39,46 +40,7 @@ def _sink_type(settings: Settings, name: str) -> str:
 
 
 async def _status(settings: Settings, store: Store) -> list[dict[str, Any]]:
-    out = []
-    for type_name, s in settings.sink_settings:
-        state = await store.sink_state(s.name)
-        lag, oldest = await store.lag(state.cursor)
-        shown = (
-            SinkRunState.DISABLED
-            if not s.enabled
-            else SinkRunState.PAUSED
-            if state.paused
-            else state.state
-        )
-        out.append(
-            {
-                "name": s.name,
-                "type": type_name,
-                "enabled": s.enabled,
-                "state": shown,
-                "cursor": state.cursor,
-                "lag_messages": lag,
-                "lag_seconds": round(max(0.0, time.time() - oldest), 3) if oldest else 0.0,
-                "dead_letters": await store.count_dead_letters(s.name),
-                "skipped": await store.sink_skips(s.name),
-                "auth": _auth(await store.token_health(f"sink:{s.name}")),
-                "last_error": state.last_error,
-            }
-        )
-    return out
-
-
-def _auth(health: TokenHealth | None) -> dict[str, Any] | None:
-    """How getting the sink's OAuth token goes, as the running sink last noted it."""
-    if health is None:
-        return None
-    return {
-        "state": "failing" if health.failures else "ok",
-        "failures": health.failures,
-        "last_error": health.last_error,
-        "failed_at": None if health.failed_at is None else iso(health.failed_at),
-        "expires_at": None if health.expires_at is None else iso(health.expires_at),
-    }
+    return await sink_rows(settings.sink_settings, store)
 
 
 def _skipped(counts: dict[str, int]) -> str:

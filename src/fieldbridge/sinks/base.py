@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +13,16 @@ from fieldbridge.plugin import RouteSettings
 
 if TYPE_CHECKING:
     from fieldbridge.store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """What a destination says, each cycle, about sending now (e.g. read from keys another
+    program writes): whether to send at all, and the interval between sends."""
+
+    open: bool = True
+    interval: float | None = None  # seconds; None: the sink's `interval` setting
+    why: str | None = None  # shown while closed
 
 
 class Destination(ABC):
@@ -40,6 +51,10 @@ class Destination(ABC):
     def skip_reason(self, entry: JournalEntry) -> str | None:
         """Why the destination will not send a message its route chose (e.g. "bad_event"),
         counted by reason; None: send it."""
+        return None
+
+    async def gate(self) -> Gate | None:
+        """Read before each batch; None (most destinations): the sink's settings decide."""
         return None
 
     def health(self) -> Mapping[str, Any] | None:

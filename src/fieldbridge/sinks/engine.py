@@ -161,10 +161,18 @@ class SinkRunner:
                 await self._set_state(SinkRunState.PAUSED, None)
                 await self._idle()
                 continue
+            gate = await self._destination.gate()
+            if gate is not None and not gate.open:
+                await self._set_state(SinkRunState.PAUSED, gate.why)
+                await self._pause_for(self._idle_poll)  # commits do not open it: look again later
+                continue
+            interval = self.settings.interval
+            if gate is not None and gate.interval is not None:
+                interval = gate.interval
             await self._retry_dead_letters()
-            if self.settings.interval and self._last_send:
+            if interval and self._last_send:
                 # Wait before reading, so what arrives meanwhile goes in this send.
-                await self._pause_for(self._last_send + self.settings.interval - time.monotonic())
+                await self._pause_for(self._last_send + interval - time.monotonic())
             entries = await self._read()
             if not entries:
                 await self._set_state(SinkRunState.IDLE, None)
@@ -175,7 +183,7 @@ class SinkRunner:
             # until the destination takes something.
             if self.state not in (SinkRunState.RUNNING, SinkRunState.FAILING):
                 await self._set_state(SinkRunState.RUNNING, None)
-            if not self.settings.interval:
+            if not interval:
                 self._read_ahead(entries[-1].id)
             try:
                 await self._deliver(entries)

@@ -72,6 +72,14 @@ class Liveness(Protocol):
     async def subscribers(self, devices: Iterable[str]) -> dict[str, list[Subscriber]]: ...
 
 
+class SourceCursors(Protocol):
+    """Where a pulling source (a Redis stream) goes on after a restart, saved after commit."""
+
+    async def source_cursor(self, source: str) -> str | None: ...
+
+    async def save_source_cursor(self, source: str, position: str) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class StoreAccess:
     """What of the store a source may use besides ingest, handed to it when it is built.
@@ -84,3 +92,4 @@ class StoreAccess:
     journal: JournalReader
     downlinks: DownlinkQueue
     liveness: Liveness
+    cursors: SourceCursors

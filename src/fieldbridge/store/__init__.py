@@ -14,6 +14,7 @@ from fieldbridge.store.messages import MessageQueries
 from fieldbridge.store.messagetypes import MessageTypeQueries
 from fieldbridge.store.registry import RegistryQueries
 from fieldbridge.store.sinkstate import SinkStateQueries
+from fieldbridge.store.sourcecursors import SourceCursorQueries
 from fieldbridge.store.tokens import TokenQueries
 from fieldbridge.store.urls import StoreUrl, parse_store_url
 
@@ -30,6 +31,7 @@ class Store(
     MessageTypeQueries,
     TokenQueries,
     DuneActionQueries,
+    SourceCursorQueries,
 ):
     """Every read and write of fieldbridge's state goes through here."""
 

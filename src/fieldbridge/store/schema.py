@@ -226,3 +226,13 @@ dunedb_actions = sa.Table(
     sa.Column("intended_at", Time, nullable=False),
     sa.Column("created_at", Time),
 )
+
+source_cursors = sa.Table(
+    "source_cursors",
+    metadata,
+    sa.Column("source", sa.Text, primary_key=True),
+    # Where the source goes on after a restart, in its transport's terms (a Redis stream's
+    # entry id): written only after what it covers is committed.
+    sa.Column("position", sa.Text, nullable=False),
+    sa.Column("updated_at", Time, nullable=False),
+)

@@ -18,6 +18,7 @@ import pytest
 from fieldbridge.sources.mqtt import DEFAULT_RUN
 from tests.conftest import wait_until
 from tests.support import paths
+from tests.support.certs import make_certs
 from tests.support.locks import sqlite_write_locked
 from tests.support.mqtt_broker import Mosquitto, Publisher, retained, watching
 from tests.support.mqtt_tap import MqttTap
@@ -179,29 +180,6 @@ def test_shared_subscription_splits_the_load(
         assert in_a | in_b == acked
         assert not in_a & in_b
         assert min(len(in_a), len(in_b)) > len(acked) / 5  # each took a real share
-
-
-def make_certs(folder: Path) -> dict[str, Path]:
-    """A CA, a server certificate for 127.0.0.1 and a client certificate, made by openssl."""
-    folder.mkdir()
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
-
-    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-            "-subj", "/CN=fieldbridge test CA")  # fmt: skip
-    for name, extension in (
-        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
-        ("client", "extendedKeyUsage=clientAuth"),
-    ):
-        (folder / f"{name}.ext").write_text(extension + "\n")
-        openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                "-subj", f"/CN=fieldbridge test {name}")  # fmt: skip
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-CAcreateserial", "-out", f"{name}.pem", "-days", "2",
-                "-extfile", f"{name}.ext")  # fmt: skip
-    return {p.name: p for p in folder.iterdir()}
 
 
 def test_tls_client_certificate_and_password(tmp_path: Path) -> None:
