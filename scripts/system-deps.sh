@@ -12,6 +12,7 @@ declare -A NEEDED=(
   [systemd-analyze]=systemd         # tests/test_deploy.py: verifies deploy/fieldbridge.service
   [systemd-sysusers]=systemd        # tests/test_deploy.py: deploy/fieldbridge.sysusers.conf
   [influxd]=influxdb                # InfluxDB sink tests start their own influxd (1.x)
+  [redis-server]=redis-server       # Redis stream tests start their own redis-server
 )
 
 missing=()
