@@ -279,7 +279,17 @@ def test_config_show_masks_secrets(tmp_path: Path) -> None:
     assert shown["ingest"]["batch_size"] == 77  # the environment beat the default
     assert shown["sinks"]["trapnz"][0]["password"] == "**********"
     assert shown["dunedb"]["environments"]["development"]["client_secret"] == "**********"
-    assert set(shown) == {"store", "http", "ingest", "spy", "log", "dunedb", "sources", "sinks"}
+    assert set(shown) == {
+        "store",
+        "http",
+        "ingest",
+        "spy",
+        "log",
+        "dunedb",
+        "control",
+        "sources",
+        "sinks",
+    }
     text = ws.run("config", "show")
     assert text.returncode == 0
     assert "store.url" in text.stdout
