@@ -142,53 +142,163 @@ async def test_precision_is_the_measured_time(
     assert influx.query(db, 'SELECT "value" FROM "level"') == [[expected, 1.5]]
 
 
+# Text -> how InfluxDB stores it as a measurement, a tag value and a field key (spec §4.3).
+# Line protocol escapes commas and spaces (and equals signs outside measurements). A backslash
+# right before a character InfluxDB unescapes there (comma, space, equals sign; a quote too in
+# measurements and field keys), or at the end, cannot be carried: dropped. A leading '#' would
+# make a comment line; "time" is refused as a key.
+CHARACTER_CLASSES = [
+    ("a,b c=d", "a,b c=d", "a,b c=d", "a,b c=d"),
+    ('q"uote', 'q"uote', 'q"uote', 'q"uote'),
+    ("back\\slash", "back\\slash", "back\\slash", "back\\slash"),
+    ("two\\\\slashes", "two\\\\slashes", "two\\\\slashes", "two\\\\slashes"),
+    ("b\\,c", "b,c", "b,c", "b,c"),
+    ("b\\ c", "b c", "b c", "b c"),
+    ("b\\=c", "b=c", "b=c", "b=c"),
+    ('b\\"c', 'b"c', 'b\\"c', 'b"c'),
+    ("tail\\", "tail", "tail", "tail"),
+    ("tails\\\\", "tails", "tails", "tails"),
+    ("#hash", "\\#hash", "#hash", "#hash"),
+    ("ünï cødé ✓ 水", "ünï cødé ✓ 水", "ünï cødé ✓ 水", "ünï cødé ✓ 水"),
+    ("time", "time", "time", "time_"),
+    (" lead,=", " lead,=", " lead,=", " lead,="),
+]
+# Tag keys follow the tag value rules; the reserved key "time" is renamed.
+STATIC_TAGS = {"site=1, a": "b,c =d", "time": "t", 'k\\,q"': 'v\\"'}
+STORED_STATIC_TAGS = {"site=1, a": "b,c =d", "time_": "t", 'k,q"': 'v\\"'}
+Stored = tuple[str, tuple[tuple[str, str], ...], tuple[tuple[str, Any], ...], int]
+
+
+def stored(measurement: str, tags: dict[str, str], fields: dict[str, Any], ns: int) -> Stored:
+    return measurement, tuple(sorted(tags.items())), tuple(sorted(fields.items())), ns
+
+
+async def write_character_classes(store: Store) -> tuple[list[int], list[Stored]]:
+    """One message per class (the text as device and as quantity); what the default naming
+    (plus STATIC_TAGS, and a team with a newline for the first device) and a second sink
+    naming fields by quantity (measurement "keys") must store."""
+    payloads = [
+        json.dumps({"device": raw, "ts": T0 + i, "readings": {raw: float(i)}, "id": f"c{i}"})
+        for i, (raw, *_) in enumerate(CHARACTER_CLASSES)
+    ]
+    ids = await ingest(store, [p.encode() for p in payloads])
+    await store.update_device(CHARACTER_CLASSES[0][0], team="line\nbreak")
+    expected = []
+    for i, (_, measurement, tag, field_key) in enumerate(CHARACTER_CLASSES):
+        ns = round((T0 + i) * 1000) * 1_000_000
+        tags = {"device": tag, "channel": "0", **STORED_STATIC_TAGS}
+        if i == 0:
+            tags["team"] = "line\\nbreak"  # a newline cannot be in a tag: written as \\n
+        expected.append(stored(measurement, tags, {"value": float(i)}, ns))
+        expected.append(stored("keys", {}, {field_key: float(i)}, ns))
+    return ids, expected
+
+
+def character_sinks(make: Any) -> tuple[InfluxDBSettings, InfluxDBSettings]:
+    return (
+        make(static_tags=STATIC_TAGS),
+        make(name="influx-keys", measurement="keys", field="{quantity}", tags=[]),
+    )
+
+
+async def both_at(store: Store, value: int) -> None:
+    async def check() -> bool:
+        states = [await store.sink_state(name) for name in (SINK, "influx-keys")]
+        return all(state.cursor == value for state in states)
+
+    await eventually(check, f"both cursors at {value}", timeout=30)
+
+
 async def test_every_character_class_survives_the_line_protocol(
     store: Store, influx: Influxd, db: str
 ) -> None:
-    """Spec §4.3: measurement (comma, space), tag keys and values and field keys (comma,
-    equals sign, space), string fields (quote, backslash), unicode, a leading '#', newlines."""
-    readings = {
-        "a,b c=d": 1.0,  # quantity -> measurement and channel tag
-        "ünï cødé ✓": 2.0,
-        "#hash": 3.0,
-        "tail\\": 4.0,  # a trailing backslash cannot be written: dropped
-    }
-    device = 'dev ice,x=y"q\\z'
-    body = {"device": device, "ts": T0, "readings": readings, "id": "esc-1"}
-    ids = await ingest(store, [json.dumps(body).encode()])
-    await store.update_device(device, team="line\nbreak")
-    sink = settings(influx.url, static_tags={"site=1, a": "b,c =d"})
-    async with running(store, sink):
-        await cursor_is(store, ids[-1])
-    names = {row[0] for row in influx.query(db, "SHOW MEASUREMENTS")}
-    assert names == {"a,b c=d", "ünï cødé ✓", "\\#hash", "tail"}
-    series = influx.series(db, 'SELECT "value" FROM "a,b c=d" GROUP BY *')
-    assert series[0]["tags"] == {
-        "device": device,
-        "channel": "0",
-        "team": "line\\nbreak",  # newlines cannot be in a tag: written as \\n
-        "site=1, a": "b,c =d",
-    }
-    assert series[0]["values"] == [[round(T0 * 1000) * 1_000_000, 1.0]]
+    """Spec §4.3 on a real influxd: measurements (comma, space), tag keys and values and field
+    keys (comma, equals sign, space), backslashes before each, quotes, unicode, '#', "time"."""
+    ids, expected = await write_character_classes(store)
+    values_sink, keys_sink = character_sinks(lambda **o: settings(influx.url, **o))
+    async with running(store, values_sink), running(store, keys_sink):
+        await both_at(store, ids[-1])
+    assert await store.count_dead_letters(SINK) == 0
+    assert await store.count_dead_letters("influx-keys") == 0
+    got = []
+    for series in influx.series(db, "SELECT * FROM /.*/ GROUP BY *"):
+        tags = {k: v for k, v in series["tags"].items() if v}
+        for ns, *values in series["values"]:
+            fields = {k: v for k, v in zip(series["columns"][1:], values, strict=True)}
+            got.append(
+                stored(series["name"], tags, {k: v for k, v in fields.items() if v is not None}, ns)
+            )
+    assert sorted(got) == sorted(expected)
+
+
+async def test_the_v2_fake_reads_every_character_class_as_influxd_does(
+    store: Store, v2: FakeInfluxDBv2
+) -> None:
+    """The same classes through the v2 API to the fake: it must store what influxd stores."""
+    ids, expected = await write_character_classes(store)
+    values_sink, keys_sink = character_sinks(lambda **o: v2_settings(v2, **o))
+    async with running(store, values_sink), running(store, keys_sink):
+        await both_at(store, ids[-1])
+    got = [stored(p.measurement, p.tags, p.fields, p.time_ns) for p in v2.points]
+    assert sorted(got) == sorted(expected)
+
+
+# String field values carry any text: quotes and backslashes escaped, newlines as they are.
+STRING_FIELDS = [
+    'GW "1" \\ back\\slash',
+    "tail\\",
+    'q\\"x',
+    "two\\\\",
+    "new\nline",
+    "tab\tand\r",
+    "ünï ✓ 水",
+    "",
+    "a=b, c d",
+    '"',
+    "\\",
+]
+
+
+async def ingest_trap_events(store: Store) -> list[int]:
+    """One trap event per STRING_FIELDS text as its Gateway, from Trap0, Trap1, ..."""
+    codec = build_codec("trapnet", {}, setting="sources.mqtt[0].codec")
+    ids = []
+    async with Ingest(store) as feed:
+        for i, gateway in enumerate(STRING_FIELDS):
+            event = {"NodeID": f"Trap{i}", "Event": "T", "State": "C", "Gateway": gateway}
+            outcome = await feed.submit(
+                "aklc", json.dumps(event).encode(), codec, {"topic": "EnvironmentalServices/x"}, T0
+            )
+            assert isinstance(outcome, Accepted), outcome
+            ids.extend(outcome.ids)
+    return ids
 
 
 async def test_trap_events_become_text_fields_with_quotes_and_backslashes(
     store: Store, influx: Influxd, db: str
 ) -> None:
     """A reading without a number (a trap-network trap event) is written as its details."""
-    codec = build_codec("trapnet", {}, setting="sources.mqtt[0].codec")
-    gateway = 'GW "1" \\ back\\slash'
-    event = {"NodeID": "Trap9", "Event": "T", "State": "C", "Gateway": gateway}
-    async with Ingest(store) as feed:
-        outcome = await feed.submit(
-            "aklc", json.dumps(event).encode(), codec, {"topic": "EnvironmentalServices/x"}, T0
-        )
-    assert isinstance(outcome, Accepted), outcome
+    ids = await ingest_trap_events(store)
     async with running(store, settings(influx.url)):
-        await cursor_is(store, outcome.ids[-1])
-    [series] = influx.series(db, 'SELECT "event", "state", "gateway" FROM "trap_event" GROUP BY *')
-    assert series["tags"]["device"] == "Trap9"
-    assert series["values"] == [[round(T0 * 1000) * 1_000_000, "T", "C", gateway]]
+        await cursor_is(store, ids[-1])
+    got = {}
+    for series in influx.series(
+        db, 'SELECT "event", "state", "gateway" FROM "trap_event" GROUP BY *'
+    ):
+        [[ns, event, state, gateway]] = series["values"]
+        assert (ns, event, state) == (round(T0 * 1000) * 1_000_000, "T", "C")
+        got[series["tags"]["device"]] = gateway
+    assert got == {f"Trap{i}": text for i, text in enumerate(STRING_FIELDS)}
+
+
+async def test_the_v2_fake_reads_string_fields_as_influxd_does(
+    store: Store, v2: FakeInfluxDBv2
+) -> None:
+    ids = await ingest_trap_events(store)
+    async with running(store, v2_settings(v2)):
+        await cursor_is(store, ids[-1])
+    got = {p.tags["device"]: p.fields["gateway"] for p in v2.series("trap_event")}
+    assert got == {f"Trap{i}": text for i, text in enumerate(STRING_FIELDS)}
 
 
 async def test_partial_write_dead_letters_only_the_refused_messages(
