@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from fieldbridge.store import Store
 from tests.conftest import eventually
 from tests.fakes.influxdb_v2 import FakeInfluxDBv2
 from tests.support.influxd import ADMIN, Influxd
+from tests.support.processes import run_cli, to_toml
 from tests.support.sinks import run_sink
 
 SINK = "influx"
@@ -75,9 +77,24 @@ def settings(url: str, **overrides: Any) -> InfluxDBSettings:
     return InfluxDBSettings(**values)
 
 
+class Answers(httpx.AsyncHTTPTransport):
+    """httpx's own transport, noting the status of every answer (the destination's seam)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.statuses: list[int] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        self.statuses.append(response.status_code)
+        return response
+
+
 @contextlib.asynccontextmanager
-async def running(store: Store, sink: InfluxDBSettings) -> AsyncIterator[SinkRunner]:
-    destination = InfluxDBDestination(sink)
+async def running(
+    store: Store, sink: InfluxDBSettings, transport: httpx.AsyncBaseTransport | None = None
+) -> AsyncIterator[SinkRunner]:
+    destination = InfluxDBDestination(sink, transport)
     runner = SinkRunner("influxdb", sink, destination, store, backoff_base=0.05, idle_poll=0.1)
     async with run_sink(runner):
         yield runner
@@ -317,35 +334,142 @@ async def test_partial_write_dead_letters_only_the_refused_messages(
         for n in range(30)
     ]
     ids = await ingest(store, payloads)
-    async with running(store, settings(influx.url, batch_size=30)):
+    answers = Answers()
+    async with running(store, settings(influx.url, batch_size=30), answers):
         await cursor_is(store, ids[-1])
     dead = await store.list_dead_letters(sink=SINK)
     assert sorted(d.message_id for d in dead) == [ids[n] for n in range(0, 30, 3)]
-    assert all("field type conflict" in d.body for d in dead)
+    assert all("field type conflict" in d.body and d.status == 400 for d in dead)
+    assert answers.statuses == [400]  # the answer named the lines: no halving, no re-sending
     assert influx.query(db, 'SELECT count("value") FROM "temp"')[0][1] == 30
     assert influx.query(db, 'SELECT count("value") FROM "level"')[0][1] == 1  # the text only
 
 
-async def test_wrong_credentials_keep_messages_and_show_failing(
-    store: Store, tmp_path: Path
+async def pre_write(influx: Influxd, db: str, line: str) -> None:
+    """A point written by someone else before the sink starts."""
+    async with httpx.AsyncClient() as client:
+        answer = await client.post(f"{influx.url}/write", params={"db": db}, content=line)
+    answer.raise_for_status()
+
+
+async def test_conflicts_the_answer_does_not_name_are_found_by_halving(
+    store: Store, influx: Influxd, db: str
 ) -> None:
+    """influxd names only the first field type conflict of a request (and refuses a request
+    whose own points conflict outright): the sink halves until each refusal is one message."""
+    await pre_write(influx, db, f'level value="text" {int(T0) * NS}')
+    codec = build_codec("trapnet", {}, setting="sources.mqtt[0].codec")
+    topic = {"topic": "EnvironmentalServices/x"}
+
+    async def trap_event(node: str, event: object) -> int:
+        body = json.dumps({"NodeID": node, "Event": event, "State": "C"}).encode()
+        async with Ingest(store) as feed:
+            outcome = await feed.submit("aklc", body, codec, topic, T0)
+        assert isinstance(outcome, Accepted), outcome
+        return outcome.ids[0]
+
+    text_event = await trap_event("Trap0", "T")  # first: "event" is text in trap_event
+    ids = await ingest(
+        store,
+        [
+            message("mix", n, {"level": n, "temp": n} if n % 4 == 0 else {"temp": n})
+            for n in range(16)
+        ],
+    )
+    number_event = await trap_event("Trap1", 1)  # "event" as a number: a conflict
+    answers = Answers()
+    async with running(store, settings(influx.url, batch_size=100), answers):
+        await cursor_is(store, number_event)
+    dead = await store.list_dead_letters(sink=SINK)
+    assert sorted(d.message_id for d in dead) == [ids[n] for n in range(0, 16, 4)] + [number_event]
+    assert all("field type conflict" in d.body for d in dead)
+    assert answers.statuses.count(400) > 1  # halved
+    assert influx.query(db, 'SELECT count("value") FROM "temp"')[0][1] == 16
+    assert influx.query(db, 'SELECT "event" FROM "trap_event"') == [[int(T0) * NS, "T"]]
+    assert text_event not in {d.message_id for d in dead}
+
+
+async def test_points_beyond_the_retention_policy_are_found_by_halving(
+    store: Store, influx: Influxd, db: str
+) -> None:
+    """`partial write: points beyond retention policy dropped=N` names no line: halving finds
+    the messages measured too long ago; the others arrive."""
+    influx._query(f'CREATE RETENTION POLICY "hour" ON "{db}" DURATION 1h REPLICATION 1')
+    now = time.time()
+    payloads = [
+        json.dumps(
+            {
+                "device": "late",
+                "ts": now - (7200 if n % 4 == 0 else 60) + n,
+                "readings": {"level": n},
+                "id": f"late-{n}",
+            }
+        ).encode()
+        for n in range(12)
+    ]
+    ids = await ingest(store, payloads)
+    async with running(store, settings(influx.url, retention_policy="hour", batch_size=100)):
+        await cursor_is(store, ids[-1])
+    dead = await store.list_dead_letters(sink=SINK)
+    assert sorted(d.message_id for d in dead) == [ids[n] for n in range(0, 12, 4)]
+    assert all("points beyond retention policy" in d.body for d in dead)
+    rows = influx.query(db, 'SELECT "value" FROM "hour"."level"')
+    assert [value for _, value in rows] == [float(n) for n in range(12) if n % 4]
+
+
+def sinks_status(store_url: str, sink: InfluxDBSettings, workdir: Path) -> list[dict[str, Any]]:
+    """`fieldbridge sinks status --json` on the store, with this sink in the settings."""
+    config = workdir / "status.toml"
+    entry = sink.model_dump(mode="json", exclude_none=True)
+    entry["password"] = sink.password.get_secret_value() if sink.password else None
+    config.write_text(
+        to_toml(
+            {
+                "store": {"url": store_url},
+                "sinks": {"influxdb": [{k: v for k, v in entry.items() if v is not None}]},
+            }
+        )
+    )
+    done = run_cli("sinks", "status", "--json", config=config, cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    rows: list[dict[str, Any]] = json.loads(done.stdout)
+    return rows
+
+
+async def test_wrong_credentials_keep_messages_and_show_failing(
+    store: Store, store_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """401 (wrong password) and 403 (a user who may only read) are the destination failing,
+    shown in `fieldbridge sinks status`: every message is kept, none dead-lettered."""
     with Influxd(tmp_path / "auth", auth=True) as secured:
         secured.create_database(DB)
+        secured._query("CREATE USER reader WITH PASSWORD 'reader-secret'")
+        secured._query(f'GRANT READ ON "{DB}" TO reader')
         ids = await ingest(store, [message("a", n) for n in range(5)])
-        wrong = settings(secured.url, username=ADMIN[0], password="wrong")
-        async with running(store, wrong) as runner:
+        for user, password, status, hint in (
+            (ADMIN[0], "wrong-secret", 401, "check `username` and `password`"),
+            ("reader", "reader-secret", 403, "needs WRITE on database 'aklc'"),
+        ):
+            sink = settings(secured.url, username=user, password=password)
+            async with running(store, sink) as runner:
 
-            async def failing() -> bool:
-                state = await store.sink_state(SINK)
-                return runner.state == SinkRunState.FAILING and "401" in (state.last_error or "")
+                async def failing(status: int = status) -> bool:
+                    state = await store.sink_state(SINK)
+                    return runner.state == SinkRunState.FAILING and f"HTTP {status}" in (
+                        state.last_error or ""
+                    )
 
-            await eventually(failing, "the sink failing with 401")
-        assert (await store.sink_state(SINK)).cursor == 0
-        assert await store.count_dead_letters(SINK) == 0
+                await eventually(failing, f"the sink failing with {status}")
+                [row] = await asyncio.to_thread(sinks_status, store_url, sink, tmp_path)
+            assert row["state"] == "failing", row
+            assert f"HTTP {status}" in row["last_error"] and hint in row["last_error"], row
+            assert (row["cursor"], row["dead_letters"]) == (0, 0)
+            assert password not in json.dumps(row) and password not in caplog.text
         right = settings(secured.url, username=ADMIN[0], password=ADMIN[1])
         async with running(store, right):
             await cursor_is(store, ids[-1])
         assert secured.query(DB, 'SELECT count("value") FROM "level"')[0][1] == 5
+    assert await store.count_dead_letters(SINK) == 0
 
 
 async def test_unknown_database_is_failing_not_dead_letters(store: Store, influx: Influxd) -> None:
