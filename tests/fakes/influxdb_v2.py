@@ -184,6 +184,8 @@ class FakeInfluxDBv2:
     buckets: set[str] = field(default_factory=lambda: {"sensors"})
     max_body: int = 25_000_000
     stored: dict[tuple[Any, ...], Point] = field(default_factory=dict)  # one per series and time
+    # (series, time) of every point written, in the order written (a rewrite appears again)
+    arrivals: list[tuple[tuple[Any, ...], int]] = field(default_factory=list)
     requests: list[tuple[float, int, int]] = field(default_factory=list)  # (at, status, lines)
     gzipped: int = 0
     violations: list[str] = field(default_factory=list)
@@ -290,6 +292,7 @@ class FakeInfluxDBv2:
             old = self.stored.get(key)
             fields = {**old.fields, **point.fields} if old else point.fields
             self.stored[key] = Point(point.measurement, point.tags, fields, point.time_ns)
+            self.arrivals.append((key[:2], point.time_ns))
         if dropped:
             self.requests.append((time.monotonic(), 422, len(lines)))
             return self._error(

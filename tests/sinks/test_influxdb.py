@@ -83,9 +83,16 @@ class Answers(httpx.AsyncHTTPTransport):
     def __init__(self) -> None:
         super().__init__()
         self.statuses: list[int] = []
+        self.in_flight = 0
+        self.most_in_flight = 0  # requests sent and not yet answered at once
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await super().handle_async_request(request)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            response = await super().handle_async_request(request)
+        finally:
+            self.in_flight -= 1
         self.statuses.append(response.status_code)
         return response
 
@@ -529,10 +536,20 @@ async def test_v2_writes_in_requests_of_at_most_5000_lines(
     store: Store, v2: FakeInfluxDBv2
 ) -> None:
     ids = await ingest(store, [message(f"d{n % 10}", n) for n in range(6_000)])
-    async with running(store, v2_settings(v2, batch_size=6_000)):
+    answers = Answers()
+    async with running(store, v2_settings(v2, batch_size=6_000), answers):
         await cursor_is(store, ids[-1])
     assert len(v2.series("level")) == 6_000 and len(v2.series("temp")) == 6_000
     assert max(lines for _, _, lines in v2.requests) <= 5_000
+    assert len(v2.requests) >= 3  # 12,000 lines in one batch: several requests at once
+    assert answers.most_in_flight >= 2
+    # Each point written once, and each series' points in the order they were measured,
+    # though the requests went several at a time.
+    assert len(v2.arrivals) == 12_000
+    last: dict[tuple[Any, ...], int] = {}
+    for series, ns in v2.arrivals:
+        assert ns > last.get(series, -1), series
+        last[series] = ns
     assert v2.gzipped == len(v2.requests)
     first = min(v2.series("level"), key=lambda p: p.time_ns)
     assert first.tags == {"device": "d0", "kind": "trap", "channel": "0"}
@@ -577,6 +594,40 @@ async def test_v2_bad_token_or_bucket_is_failing(store: Store, v2: FakeInfluxDBv
                 return r.state == SinkRunState.FAILING
 
             await eventually(failing, f"the sink failing with {wrong}")
+            state = await store.sink_state(SINK)
+            assert "check `token`" in (state.last_error or "") or "check `org` and `bucket`" in (
+                state.last_error or ""
+            )
+            assert "nope" not in (state.last_error or "")
     assert v2.points == [] and await store.count_dead_letters(SINK) == 0
     async with running(store, v2_settings(v2)):
         await cursor_is(store, ids[-1])
+
+
+async def test_v2_an_oversized_request_is_halved_and_an_oversized_message_dead_lettered(
+    store: Store, v2: FakeInfluxDBv2
+) -> None:
+    """413: the request is halved until it fits; a message that alone is over the server's
+    limit is dead-lettered with the answer."""
+    v2.max_body = 20_000
+    huge = {f"q{n}": n for n in range(600)}  # about 36 kB of lines
+    payloads = [message("a", n) for n in range(100)]
+    payloads.insert(50, message("huge", 50, huge))
+    ids = await ingest(store, payloads)
+    async with running(store, v2_settings(v2, batch_size=500)):
+        await cursor_is(store, ids[-1])
+    dead = await store.list_dead_letters(sink=SINK)
+    assert [(d.message_id, d.status) for d in dead] == [(ids[50], 413)]
+    assert "points batch is too large" in dead[0].body
+    assert len(v2.series("level")) == 100 and len(v2.series("temp")) == 100
+    assert all(status in (204, 413) for _, status, _ in v2.requests)
+
+
+async def test_v2_precision_and_plain_bodies(store: Store, v2: FakeInfluxDBv2) -> None:
+    ids = await ingest(store, [message("p", n, {"level": n}) for n in range(3)])
+    async with running(store, v2_settings(v2, precision="us", gzip=False)):
+        await cursor_is(store, ids[-1])
+    assert v2.gzipped == 0
+    assert sorted(p.time_ns for p in v2.series("level")) == [
+        round((T0 + n + 0.25) * 1_000_000) * 1_000 for n in range(3)
+    ]
