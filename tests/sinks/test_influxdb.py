@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from pydantic import ValidationError
 
 from fieldbridge.codecs import build_codec, http_json
+from fieldbridge.config import load_settings
 from fieldbridge.ingest import Ingest
 from fieldbridge.model import Accepted, SinkRunState
 from fieldbridge.plugin import RouteSettings
@@ -25,6 +27,7 @@ from fieldbridge.sinks.influxdb_settings import InfluxDBSettings
 from fieldbridge.store import Store
 from tests.conftest import eventually
 from tests.fakes.influxdb_v2 import FakeInfluxDBv2
+from tests.support import paths
 from tests.support.influxd import ADMIN, Influxd
 from tests.support.processes import run_cli, to_toml
 from tests.support.sinks import run_sink
@@ -506,6 +509,40 @@ def test_settings_name_what_is_wrong() -> None:
         InfluxDBSettings(name="x", url="http://h:1", database="d", measurement="{colour}")
     with pytest.raises(ValidationError, match="lines_per_request"):
         InfluxDBSettings(name="x", url="http://h:1", database="d", lines_per_request=5001)
+
+
+def test_the_docs_examples_are_valid_settings(tmp_path: Path) -> None:
+    page = (paths.DOCS / "integrations" / "influxdb.md").read_text()
+    v1, v2 = re.findall(r"^```toml\n(.*?)^```", page, re.S | re.M)[:2]
+    loaded = []
+    for n, example in enumerate((v1, v2)):
+        config = tmp_path / f"example{n}.toml"
+        config.write_text(example)
+        ((kind, sink),) = load_settings(config).sink_settings
+        assert kind == "influxdb" and isinstance(sink, InfluxDBSettings)
+        loaded.append(sink)
+    assert (loaded[0].database, loaded[0].route.flag, loaded[0].v2) == ("aklc", "influx", False)
+    assert (loaded[1].org, loaded[1].bucket, loaded[1].v2) == ("council", "sensors", True)
+
+
+def test_config_show_masks_the_password_and_the_token(tmp_path: Path) -> None:
+    config = tmp_path / "fieldbridge.toml"
+    config.write_text(
+        f'[store]\nurl = "sqlite:///{tmp_path / "fb.db"}"\n'
+        '[[sinks.influxdb]]\nname = "v1"\nurl = "http://127.0.0.1:8086"\ndatabase = "aklc"\n'
+        'username = "fieldbridge"\npassword = "v1-Secret-pw"\n'
+        '[[sinks.influxdb]]\nname = "v2"\nurl = "http://127.0.0.1:8086"\norg = "o"\n'
+        'bucket = "b"\ntoken = "v2-Secret-token"\n'
+    )
+    done = run_cli("config", "show", "--json", config=config)
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)["sinks"]["influxdb"]
+    assert [s["password"] for s in shown] == ["**********", None]
+    assert [s["token"] for s in shown] == [None, "**********"]
+    text = run_cli("config", "show", config=config)
+    assert text.returncode == 0, text.stderr
+    for output in (done.stdout, text.stdout, text.stderr):
+        assert "v1-Secret-pw" not in output and "v2-Secret-token" not in output
 
 
 # --- InfluxDB 2.x: the v2 write API against tests/fakes/influxdb_v2.py ------------------------
