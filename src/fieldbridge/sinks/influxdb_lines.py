@@ -17,7 +17,7 @@ import re
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from fieldbridge.model import JournalEntry, Reading
 
@@ -105,8 +105,9 @@ class Layout:
     precision: str  # s, ms, us or ns
 
 
-@dataclass(frozen=True, slots=True)
-class Line:
+class Line(NamedTuple):
+    """One point as a line, and the message it belongs to (a tuple: built once per point)."""
+
     entry_id: int
     measurement: str  # as in the line (escaped)
     series: str  # measurement and tag set: points of one series go in one request
