@@ -43,40 +43,77 @@ class Point:
     time_ns: int
 
 
-def _split(text: str, seps: str, *, quotes: bool = False) -> list[str]:
-    """Split on unescaped separators (and, for the field set, outside quoted strings)."""
-    parts, current, i, quoted = [], [], 0, False
+def _scan(text: str, start: int, stops: str, *, quotes: bool) -> int:
+    """Index of the first unescaped character of `stops` from `start` (with `quotes`: outside
+    a string field value, which opens with a quote right after an equals sign), or the end."""
+    i, quoted = start, False
     while i < len(text):
         c = text[i]
         if c == "\\" and i + 1 < len(text):
-            current.append(text[i : i + 2])
             i += 2
             continue
-        if quotes and c == '"':
+        if quotes and c == '"' and (quoted or (i > 0 and text[i - 1] == "=")):
             quoted = not quoted
-        if c in seps and not quoted:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(c)
+        elif not quoted and c in stops:
+            return i
         i += 1
     if quoted:
         raise LineError("unbalanced quotes")
-    parts.append("".join(current))
-    return parts
+    return len(text)
+
+
+def _split(text: str, sep: str, *, quotes: bool = False) -> list[str]:
+    parts, start = [], 0
+    while True:
+        end = _scan(text, start, sep, quotes=quotes)
+        parts.append(text[start:end])
+        if end == len(text):
+            return parts
+        start = end + 1
+
+
+def split_lines(body: str) -> list[str]:
+    """The lines of a body as InfluxDB's scanner cuts them: a newline inside a string field
+    value (a quote after an equals sign, in the field set) does not end a line. Blank lines
+    and comments (`#` first) are left out."""
+    cut: list[str] = []
+    start, i, fields, quoted = 0, 0, False, False
+    while i < len(body):
+        c = body[i]
+        if c == "\\" and i + 1 < len(body):
+            i += 2
+            continue
+        if quoted:
+            quoted = c != '"'
+        elif c == "\n":
+            cut.append(body[start:i])
+            start, fields = i + 1, False
+        elif c == " ":
+            fields = True
+        elif c == '"' and fields and body[i - 1] == "=":
+            quoted = True
+        i += 1
+    if quoted:
+        raise LineError("unbalanced quotes")
+    cut.append(body[start:])
+    return [line for line in cut if line.strip() and not line.lstrip().startswith("#")]
 
 
 def _unescape(text: str, chars: str) -> str:
-    for c in chars:
-        text = text.replace("\\" + c, c)
-    return text
+    """InfluxDB's unescaping: a backslash before one of `chars` is dropped, any other kept."""
+    return re.sub("\\\\([" + re.escape(chars) + "])", r"\1", text)
+
+
+# What InfluxDB unescapes in each element (models/points.go; checked on influxd 1.6.7).
+NAME_ESCAPES = ', ="'  # measurements and field keys
+TAG_ESCAPES = ", ="
 
 
 def _field_value(raw: str) -> Any:
     if raw.startswith('"'):
         if len(raw) < 2 or not raw.endswith('"'):
             raise LineError("unbalanced quotes")
-        return raw[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+        return re.sub(r'\\([\\"])', r"\1", raw[1:-1])
     if raw in _BOOL:
         return _BOOL[raw]
     if _INT.match(raw):
@@ -91,15 +128,18 @@ def _field_value(raw: str) -> Any:
 
 def parse_line(line: str, scale: int, now_ns: int) -> Point:
     """One line of line protocol (spec §4.3), as InfluxDB reads it."""
-    sections = _split(line, " ", quotes=True)
-    sections = [s for s in sections if s != ""] if len(sections) > 3 else sections
-    if len(sections) < 2:
+    key_end = _scan(line, 0, " ", quotes=False)
+    if key_end == len(line):
         raise LineError("missing fields")
-    if len(sections) > 3:
+    series, rest = line[:key_end], line[key_end:].lstrip(" ")
+    fields_end = _scan(rest, 0, " ", quotes=True)
+    field_set, stamp_text = rest[:fields_end], rest[fields_end:].strip(" ")
+    if not field_set:
+        raise LineError("missing fields")
+    if " " in stamp_text:
         raise LineError("invalid field format")
-    series, field_set = sections[0], sections[1]
     key_parts = _split(series, ",")
-    measurement = _unescape(key_parts[0], ", ")
+    measurement = _unescape(key_parts[0], NAME_ESCAPES)
     if not measurement:
         raise LineError("missing measurement")
     tags: dict[str, str] = {}
@@ -107,16 +147,16 @@ def parse_line(line: str, scale: int, now_ns: int) -> Point:
         kv = _split(pair, "=")
         if len(kv) != 2 or not kv[0] or not kv[1]:
             raise LineError("missing tag value" if len(kv) == 2 else "invalid tag format")
-        tags[_unescape(kv[0], ",= ")] = _unescape(kv[1], ",= ")
+        tags[_unescape(kv[0], TAG_ESCAPES)] = _unescape(kv[1], TAG_ESCAPES)
     fields: dict[str, Any] = {}
     for pair in _split(field_set, ",", quotes=True):
         kv = _split(pair, "=", quotes=True)
         if len(kv) != 2 or not kv[0] or not kv[1]:
             raise LineError("missing field value" if len(kv) == 2 else "invalid field format")
-        fields[_unescape(kv[0], ",= ")] = _field_value(kv[1])
-    if len(sections) == 3:
+        fields[_unescape(kv[0], NAME_ESCAPES)] = _field_value(kv[1])
+    if stamp_text:
         try:
-            stamp = int(sections[2]) * scale
+            stamp = int(stamp_text) * scale
         except ValueError:
             raise LineError("bad timestamp") from None
     else:
@@ -140,9 +180,12 @@ class FakeInfluxDBv2:
 
     token: str = "fake-token"
     org: str = "fieldbridge"
+    org_id: str = "0a1b2c3d4e5f6789"  # the org's ID, for `orgID=`
     buckets: set[str] = field(default_factory=lambda: {"sensors"})
     max_body: int = 25_000_000
     stored: dict[tuple[Any, ...], Point] = field(default_factory=dict)  # one per series and time
+    # (series, time) of every point written, in the order written (a rewrite appears again)
+    arrivals: list[tuple[tuple[Any, ...], int]] = field(default_factory=list)
     requests: list[tuple[float, int, int]] = field(default_factory=list)  # (at, status, lines)
     gzipped: int = 0
     violations: list[str] = field(default_factory=list)
@@ -188,10 +231,12 @@ class FakeInfluxDBv2:
         auth = request.headers.get("authorization", "")
         if auth != f"Token {self.token}":
             return self._error(401, "unauthorized", "unauthorized access")
-        org = request.query_params.get("org") or request.query_params.get("orgID")
-        if not org:
+        org, org_id = request.query_params.get("org"), request.query_params.get("orgID")
+        if not org and not org_id:
             return self._error(400, "invalid", "Please provide either orgID or org")
-        if org != self.org:
+        if org_id and org_id != self.org_id:
+            return self._error(404, "not found", "organization not found")
+        if org and org != self.org:
             return self._error(404, "not found", f'organization name "{org}" not found')
         if request.query_params.get("bucket") not in self.buckets:
             return self._error(404, "not found", "bucket not found")
@@ -216,7 +261,11 @@ class FakeInfluxDBv2:
 
     def _take(self, text: str, scale: int) -> Response:
         parsed: list[Point] = []
-        lines = [line for line in text.split("\n") if line.strip() and not line.startswith("#")]
+        try:
+            lines = split_lines(text)
+        except LineError as exc:
+            self.requests.append((time.monotonic(), 400, 0))
+            return self._error(400, "invalid", f"unable to parse body: {exc}")
         for line in lines:
             try:
                 parsed.append(parse_line(line, scale, 0))
@@ -243,6 +292,7 @@ class FakeInfluxDBv2:
             old = self.stored.get(key)
             fields = {**old.fields, **point.fields} if old else point.fields
             self.stored[key] = Point(point.measurement, point.tags, fields, point.time_ns)
+            self.arrivals.append((key[:2], point.time_ns))
         if dropped:
             self.requests.append((time.monotonic(), 422, len(lines)))
             return self._error(

@@ -1,4 +1,5 @@
-"""The sink engine with the real webhook sink against a real local receiver, on both stores."""
+"""The sink engine with the real webhook sink against a real local receiver, on both stores;
+partial deliveries with the real InfluxDB sink against the InfluxDB 2.x fake."""
 
 from __future__ import annotations
 
@@ -21,10 +22,13 @@ from fieldbridge.model import Accepted, Decoded, Reading
 from fieldbridge.observe import Metrics
 from fieldbridge.plugin import RouteSettings
 from fieldbridge.sinks.engine import SinkRunner
+from fieldbridge.sinks.influxdb import InfluxDBDestination
+from fieldbridge.sinks.influxdb_settings import InfluxDBSettings
 from fieldbridge.sinks.webhook import WebhookDestination, WebhookSettings
 from fieldbridge.store import Pending, Store, open_store, parse_store_url
 from fieldbridge.store.migrate import upgrade
 from tests.conftest import eventually
+from tests.fakes.influxdb_v2 import FakeInfluxDBv2
 from tests.fakes.webhook import (
     ACCEPTED,
     DUPLICATE,
@@ -682,3 +686,128 @@ def _lag_reported(metrics: Metrics, value: float) -> Callable[[], Awaitable[bool
         return got == value
 
     return check
+
+
+# --- Partial deliveries: the InfluxDB sink against the InfluxDB 2.x fake ----------------------
+# A partial write keeps some lines and names the refused ones (PartialDeliveryError): only the
+# messages owning them are dead-lettered, the rest count as sent, nothing is sent again.
+
+
+def reading_message(i: int, *quantities: str) -> Pending:
+    readings = tuple(Reading(q, float(i), T0 + i) for q in quantities)
+    decoded = Decoded(f"dev-{i}", readings)
+    return Pending("http", T0 + i, "{}", f"payload {i}".encode(), decoded=[decoded])
+
+
+def influx_settings(fake: FakeInfluxDBv2, **overrides: Any) -> InfluxDBSettings:
+    values: dict[str, Any] = {
+        "name": SINK,
+        "url": fake.url,
+        "org": fake.org,
+        "bucket": "sensors",
+        "token": fake.token,
+        "max_backoff": 0.4,
+        "timeout": 5.0,
+    }
+    values.update(overrides)
+    return InfluxDBSettings(**values)
+
+
+@contextlib.asynccontextmanager
+async def influx_running(
+    store: Store, sink: InfluxDBSettings, metrics: Metrics | None = None
+) -> AsyncIterator[SinkRunner]:
+    runner = SinkRunner(
+        "influxdb",
+        sink,
+        InfluxDBDestination(sink),
+        store,
+        metrics,
+        backoff_base=0.05,
+        idle_poll=0.1,
+    )
+    async with run_sink(runner):
+        yield runner
+
+
+@pytest.fixture
+async def influx() -> AsyncIterator[FakeInfluxDBv2]:
+    async with FakeInfluxDBv2() as fake:
+        yield fake
+    assert fake.violations == [], "fieldbridge broke the InfluxDB contract"
+
+
+async def dead_ids(store: Store) -> list[int]:
+    return sorted(d.message_id for d in await store.list_dead_letters(sink=SINK))
+
+
+async def test_a_partial_delivery_dead_letters_only_the_refused_and_counts_the_rest_sent(
+    store: Store, influx: FakeInfluxDBv2
+) -> None:
+    influx._types[("temperature", "value")] = "string"  # as if another writer put text there
+    ids = await put(
+        store,
+        [
+            reading_message(i, "temperature", "battery")
+            if i % 3 == 0
+            else reading_message(i, "battery")
+            for i in range(9)
+        ],
+    )
+    metrics = Metrics()
+    async with influx_running(store, influx_settings(influx), metrics):
+        await cursor_is(store, ids[-1])
+    dead = await store.list_dead_letters(sink=SINK)
+    assert [d.message_id for d in dead] == [ids[0], ids[3], ids[6]]
+    assert all(d.status == 422 and "field type conflict" in d.body for d in dead)
+    assert [status for _, status, _ in influx.requests] == [422]  # nothing sent twice
+
+    def sample(name: str) -> float | None:
+        return metrics.registry.get_sample_value(name, {"sink": SINK})
+
+    assert sample("fieldbridge_sink_sent_messages_total") == 6.0
+    assert sample("fieldbridge_sink_dead_lettered_messages_total") == 3.0
+    assert sample("fieldbridge_sink_failed_attempts_total") == 1.0
+    # The refused messages' other lines were kept by InfluxDB, as a partial write does.
+    assert len(influx.series("battery")) == 9 and influx.series("temperature") == []
+
+
+async def test_a_replay_and_a_retry_after_partial_deliveries(
+    store: Store, influx: FakeInfluxDBv2
+) -> None:
+    influx._types[("temperature", "value")] = "string"
+    influx._types[("humidity", "value")] = "string"
+    ids = await put(
+        store,
+        [
+            reading_message(1, "temperature"),
+            reading_message(2, "humidity"),
+            reading_message(3, "battery"),
+            reading_message(4, "temperature", "humidity"),
+        ],
+    )
+    async with influx_running(store, influx_settings(influx)) as runner:
+        await cursor_is(store, ids[-1])
+        assert await dead_ids(store) == [ids[0], ids[1], ids[3]]
+        # The operator drops the text temperatures; a replay takes message 1 and clears its
+        # dead letter, while 2 and 4 (humidity still text) stay dead, once each.
+        del influx._types[("temperature", "value")]
+        await store.request_replay(SINK, 0)
+        runner.wake()
+        await eventually(lambda: _no_replay_pending(store), "the replay to be taken")
+
+        async def only_humidity_dead() -> bool:
+            return await dead_ids(store) == [ids[1], ids[3]]
+
+        await eventually(only_humidity_dead, "message 1's dead letter cleared")
+        await cursor_is(store, ids[-1])
+        letters = await store.list_dead_letters(sink=SINK)
+        assert [d.attempts for d in letters] == [2, 2]
+        # Then the humidities too; `deadletters retry` delivers both.
+        del influx._types[("humidity", "value")]
+        assert await store.mark_dead_letters(state="retry", sink=SINK) == 2
+        runner.wake()
+        await eventually(lambda: _no_dead_letters(store), "no dead letters")
+    assert {p.tags["device"] for p in influx.series("temperature")} == {"dev-1", "dev-4"}
+    assert {p.tags["device"] for p in influx.series("humidity")} == {"dev-2", "dev-4"}
+    assert len(influx.series("battery")) == 1

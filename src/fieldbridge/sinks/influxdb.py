@@ -14,11 +14,13 @@ import gzip
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 import httpx
 import orjson
 
 from fieldbridge.errors import (
+    DeliveryError,
     PartialDeliveryError,
     PermanentDeliveryError,
     RetryableDeliveryError,
@@ -104,6 +106,20 @@ class InfluxDBDestination(HttpDestination):
             if settings.retention_policy:
                 self._params["rp"] = settings.retention_policy
         self._what = f"influxdb {settings.name}"
+        where = f"sinks.influxdb {settings.name}"
+        if settings.v2:
+            self._hints = {
+                401: f"check `token` of {where}",
+                403: f"the token of {where} needs write access to bucket {settings.bucket!r}",
+                404: f"check `org` and `bucket` of {where}",
+            }
+        else:
+            self._hints = {
+                401: f"check `username` and `password` of {where}",
+                403: f"the user of {where} needs WRITE on database {settings.database!r}",
+                404: f"create the database, or check `database` of {where}",
+            }
+        self._hints[413] = f"lower `max_request_bytes` of {where}"
 
     def bind(self, store: Store) -> None:
         self._store = store
@@ -182,16 +198,37 @@ class InfluxDBDestination(HttpDestination):
         except httpx.TransportError as exc:
             raise transport_failure(exc, self._what) from exc
         if response.status_code in (400, 422):
+            # Only a "partial write" kept the good points: a bare `unable to parse` (2.x, or
+            # 1.x when no line parsed) or `field type conflict` (1.x, within one request)
+            # refused the whole request, which the engine then halves.
             message = _error_text(response)
-            if "partial write" in message or "unable to parse" in message:
+            if "partial write" in message:
                 self._partial(request.lines, message, response.status_code)
-        check_response(response, self._what)
+        if not 200 <= response.status_code < 300:
+            self._refused(response)
+
+    def _refused(self, response: httpx.Response) -> NoReturn:
+        """Raise the DeliveryError the answer calls for, saying InfluxDB's reason and which
+        setting to look at (shown in `sinks status` and /healthz)."""
+        try:
+            check_response(response, self._what)
+        except DeliveryError as exc:
+            detail = _error_text(response).strip()[:300]
+            message = f"{exc}: {detail}" if detail else str(exc)
+            hint = self._hints.get(response.status_code)
+            raise type(exc)(
+                f"{message} ({hint})" if hint else message,
+                status=exc.status,
+                body=exc.body,
+                retry_after=exc.retry_after,
+            ) from None
+        raise AssertionError(f"HTTP {response.status_code} is not a refusal")
 
     def _partial(self, lines: list[Line], message: str, status: int) -> None:
         """Raise PartialDeliveryError naming the messages of the refused lines, or a plain
         refusal of the request when they cannot be told apart (the engine then bisects)."""
         rejected = rejected_lines(message, lines)
-        if rejected is None or len(rejected) == len({line.entry_id for line in lines}):
+        if rejected is None:
             raise PermanentDeliveryError(
                 f"{self._what} answered HTTP {status}", status=status, body=message[:4096]
             )

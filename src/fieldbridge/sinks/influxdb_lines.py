@@ -13,10 +13,11 @@ one message (a rejected line names the message to dead-letter).
 from __future__ import annotations
 
 import math
+import re
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from fieldbridge.model import JournalEntry, Reading
 
@@ -28,6 +29,13 @@ SCALE = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 _KEY_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "\r": r"\r"})
 _MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n", "\r": r"\r"})
 _STRING_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"'})
+# A backslash right before a character InfluxDB unescapes in that element, or at the end,
+# cannot be carried: InfluxDB reads it as an escape (the line is refused or the name changes;
+# tried on influxd 1.6.7). Such backslashes are dropped. Measurements and field keys unescape
+# comma, space, equals sign and quote; tag keys and values comma, space and equals sign.
+_MEASUREMENT_LOOSE = re.compile(r'\\+(?=[, ="]|\Z)')
+_TAG_LOOSE = re.compile(r"\\+(?=[, =]|\Z)")
+_FIELD_KEY_LOOSE = _MEASUREMENT_LOOSE
 # InfluxDB refuses "time" as a tag or field key (the whole point is dropped): renamed.
 _RESERVED = {"time": "time_"}
 
@@ -38,17 +46,33 @@ def template_names(template: str) -> set[str]:
 
 
 def escape_measurement(name: str) -> str:
-    """Comma and space escaped; a leading '#' (a comment line) escaped; a trailing backslash,
-    which line protocol cannot represent, dropped."""
-    name = name.rstrip("\\").translate(_MEASUREMENT_ESCAPES)
+    """Comma and space escaped; a leading '#' (a comment line) escaped; backslashes that
+    line protocol cannot carry dropped."""
+    if "\\" in name:
+        name = _MEASUREMENT_LOOSE.sub("", name)
+    name = name.translate(_MEASUREMENT_ESCAPES)
     return "\\" + name if name.startswith("#") else name
 
 
-def escape_key(key: str) -> str:
-    """A tag key, tag value or field key: comma, equals sign and space escaped; newlines
-    written as \\n; a trailing backslash dropped; the reserved key "time" renamed time_."""
+def escape_tag(text: str) -> str:
+    """A tag value: comma, equals sign and space escaped; newlines written as \\n;
+    backslashes that line protocol cannot carry dropped."""
+    if "\\" in text:
+        text = _TAG_LOOSE.sub("", text)
+    return text.translate(_KEY_ESCAPES)
+
+
+def escape_tag_key(key: str) -> str:
+    """A tag key: as a tag value, and the reserved key "time" renamed time_."""
+    return escape_tag(_RESERVED.get(key, key))
+
+
+def escape_field_key(key: str) -> str:
+    """A field key: as a tag key, but a backslash before a quote is dropped too."""
     key = _RESERVED.get(key, key)
-    return key.rstrip("\\").translate(_KEY_ESCAPES)
+    if "\\" in key:
+        key = _FIELD_KEY_LOOSE.sub("", key)
+    return key.translate(_KEY_ESCAPES)
 
 
 def string_field(value: str) -> str:
@@ -81,8 +105,9 @@ class Layout:
     precision: str  # s, ms, us or ns
 
 
-@dataclass(frozen=True, slots=True)
-class Line:
+class Line(NamedTuple):
+    """One point as a line, and the message it belongs to (a tuple: built once per point)."""
+
     entry_id: int
     measurement: str  # as in the line (escaped)
     series: str  # measurement and tag set: points of one series go in one request
@@ -109,7 +134,7 @@ def _tags(layout: Layout, names: Mapping[str, str], reading: Reading) -> list[tu
     if isinstance(extra_tags, Mapping):  # a message type's is-tag items (trap network CSV)
         for key, value in extra_tags.items():
             values.setdefault(str(key), str(value))
-    pairs = ((escape_key(k), escape_key(v)) for k, v in values.items())
+    pairs = ((escape_tag_key(k), escape_tag(v)) for k, v in values.items())
     return sorted((k, v) for k, v in pairs if k and v)  # sorted by key, as InfluxDB advises
 
 
@@ -117,7 +142,7 @@ def _fields(layout: Layout, names: Mapping[str, str], reading: Reading) -> dict[
     out: dict[str, str] = {}
     if reading.value is not None:
         rendered = field_value(reading.value)
-        key = escape_key(layout.field.format_map(names))
+        key = escape_field_key(layout.field.format_map(names))
         if rendered is not None and key:
             out[key] = rendered
         return out
@@ -125,7 +150,7 @@ def _fields(layout: Layout, names: Mapping[str, str], reading: Reading) -> dict[
         if key == "tags":
             continue
         rendered = field_value(value)
-        escaped = escape_key(str(key))
+        escaped = escape_field_key(str(key))
         if rendered is not None and escaped:
             out[escaped] = rendered
     return out
@@ -146,7 +171,7 @@ def _naming(
     }
     measurement = escape_measurement(layout.measurement.format_map(names)) or "unknown"
     series = measurement + "".join(f",{k}={v}" for k, v in _tags(layout, names, reading))
-    return measurement, series, escape_key(layout.field.format_map(names))
+    return measurement, series, escape_field_key(layout.field.format_map(names))
 
 
 NAMING_CACHE = 65_536  # combinations of device, quantity, channel and unit kept worked out
