@@ -187,6 +187,35 @@ def test_json_and_smartcitizen_presets_at_qos_0_and_1(
     }
 
 
+def test_mqtt_sender_interval_waits_between_cycles_not_between_batches(
+    tmp_path: Path, broker: Mosquitto, redis_server: RedisServer
+) -> None:
+    """A backlog goes out batch after batch in one cycle (the seed sent it in one message);
+    the interval then counts before the next cycle."""
+    r = redis_server.client()
+    r.set("mqtt_sender:interval", "30")
+    pipe = r.pipeline(transaction=False)
+    for n in range(2000):
+        pipe.xadd(STREAM, {"n": str(n)})
+    pipe.execute()
+    with (
+        watching(broker.port, VALUES) as watcher,
+        handler_service(tmp_path / "svc", broker, redis_server, batch_size=200) as process,
+    ):
+        process.start()
+        # Ten batches of 200: with 30 s between batches this would take 4.5 minutes.
+        wait_until(lambda: len(items(watcher)) == 2000, "the backlog in one cycle", timeout=30)
+        assert len(watcher.payloads(VALUES)) == 10
+        r.xadd(STREAM, {"n": "2000"})
+        # The next cycle is 30 s after the last send: the new entry waits for it.
+        wait_until(
+            lambda: process.query("SELECT count(*) FROM journal")[0][0] == 2001, "it is stored"
+        )
+        time.sleep(2.0)  # well within the interval: nothing is sent
+        assert len(items(watcher)) == 2000
+    assert [item["n"] for item in items(watcher)] == [str(n) for n in range(2000)]
+
+
 def test_a_backlog_of_100000_goes_out_in_bounded_batches_with_flat_memory(
     tmp_path: Path, broker: Mosquitto, redis_server: RedisServer
 ) -> None:
