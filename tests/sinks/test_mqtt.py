@@ -187,20 +187,26 @@ def test_json_and_smartcitizen_presets_at_qos_0_and_1(
     }
 
 
-def test_mqtt_sender_interval_waits_between_cycles_not_between_batches(
-    tmp_path: Path, broker: Mosquitto, redis_server: RedisServer
+@pytest.mark.parametrize("given_by", ["mqtt_sender:interval", "INTERVAL_SECONDS"])
+def test_the_interval_waits_between_cycles_not_between_batches(
+    tmp_path: Path, broker: Mosquitto, redis_server: RedisServer, given_by: str
 ) -> None:
     """A backlog goes out batch after batch in one cycle (the seed sent it in one message);
-    the interval then counts before the next cycle."""
+    the interval (the Redis key, or the sink's setting the preset takes INTERVAL_SECONDS to)
+    then counts before the next cycle."""
     r = redis_server.client()
-    r.set("mqtt_sender:interval", "30")
+    sink: dict[str, Any] = {"batch_size": 200}
+    if given_by == "mqtt_sender:interval":
+        r.set("mqtt_sender:interval", "30")
+    else:
+        sink["interval"] = 30.0
     pipe = r.pipeline(transaction=False)
     for n in range(2000):
         pipe.xadd(STREAM, {"n": str(n)})
     pipe.execute()
     with (
         watching(broker.port, VALUES) as watcher,
-        handler_service(tmp_path / "svc", broker, redis_server, batch_size=200) as process,
+        handler_service(tmp_path / "svc", broker, redis_server, **sink) as process,
     ):
         process.start()
         # Ten batches of 200: with 30 s between batches this would take 4.5 minutes.

@@ -56,7 +56,9 @@ class MqttSink(Destination):
         self._store: Store | None = None
         self._redis: aioredis.Redis | None = None
         self._owed_last_id: str | None = None  # published, not yet written to Redis
-        self._gate = Gate()  # the last one read: kept while Redis does not answer
+        # The last one read, kept while Redis does not answer; until the interval key says
+        # otherwise the sink's `interval` (INTERVAL_SECONDS) counts, between cycles as well.
+        self._gate = Gate(interval=settings.interval)
         self.published = 0  # MQTT messages confirmed
         self.last_id: str | None = None  # mqtt-handler: the last entry id confirmed
 
