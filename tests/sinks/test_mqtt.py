@@ -222,6 +222,27 @@ def test_the_interval_waits_between_cycles_not_between_batches(
     assert [item["n"] for item in items(watcher)] == [str(n) for n in range(2000)]
 
 
+def test_entries_up_to_last_id_are_not_published_again(
+    tmp_path: Path, broker: Mosquitto, redis_server: RedisServer
+) -> None:
+    """A restart between a PUBACK (last_id written right after it) and the cursor write reads
+    a batch again: what last_id shows published is left out; a replay later sends it all."""
+    r = redis_server.client()
+    ids = [r.xadd(STREAM, {"n": str(n)}) for n in range(10)]
+    r.set("mqtt_sender:last_id", "(" + ids[6])
+    with (
+        watching(broker.port, VALUES) as watcher,
+        handler_service(tmp_path / "svc", broker, redis_server) as process,
+    ):
+        process.start()
+        wait_until(lambda: r.get("mqtt_sender:last_id") == "(" + ids[-1], "the rest published")
+        assert [item["_id"] for item in items(watcher)] == ids[7:]
+        done = process.cli("sinks", "replay", "uplink", "--from-id", "1", "--no-wait")
+        assert done.returncode == 0, done.stderr
+        wait_until(lambda: len(items(watcher)) == 13, "the replay")
+    assert [item["_id"] for item in items(watcher)] == ids[7:] + ids
+
+
 def test_a_backlog_of_100000_goes_out_in_bounded_batches_with_flat_memory(
     tmp_path: Path, broker: Mosquitto, redis_server: RedisServer
 ) -> None:
