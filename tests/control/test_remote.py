@@ -217,8 +217,11 @@ def test_the_preset_publishes_over_tls_and_answers_every_command(
         assert resent == [old[1], old[2], ids[0], ids[1]]
         assert r.get("mqtt_sender:last_id") == "(" + ids[-1]
         assert len(watcher.on(RESPONSES)) == 11  # no reply, as the seed
+        # Over control.max_payload_bytes: refused, and kept only as far as that takes.
+        huge = json.dumps({"command": "status", "pad": "x" * 100_000})
+        assert "max_payload_bytes" in ask(REQUEST, huge, 12)["error"]
         # The loop survived all of it; reboot answers, then exits for the supervisor.
-        assert ask(BROADCAST, {"command": "reboot"}, 12) == {"command": "reboot"}
+        assert ask(BROADCAST, {"command": "reboot"}, 13) == {"command": "reboot"}
         assert proc.wait(20) == REBOOT_EXIT
         log = (tmp_path / "fb" / "fieldbridge.log").read_text()
         assert "s3cret" not in log

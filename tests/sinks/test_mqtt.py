@@ -187,6 +187,62 @@ def test_json_and_smartcitizen_presets_at_qos_0_and_1(
     }
 
 
+@pytest.mark.parametrize("given_by", ["mqtt_sender:interval", "INTERVAL_SECONDS"])
+def test_the_interval_waits_between_cycles_not_between_batches(
+    tmp_path: Path, broker: Mosquitto, redis_server: RedisServer, given_by: str
+) -> None:
+    """A backlog goes out batch after batch in one cycle (the seed sent it in one message);
+    the interval (the Redis key, or the sink's setting the preset takes INTERVAL_SECONDS to)
+    then counts before the next cycle."""
+    r = redis_server.client()
+    sink: dict[str, Any] = {"batch_size": 200}
+    if given_by == "mqtt_sender:interval":
+        r.set("mqtt_sender:interval", "30")
+    else:
+        sink["interval"] = 30.0
+    pipe = r.pipeline(transaction=False)
+    for n in range(2000):
+        pipe.xadd(STREAM, {"n": str(n)})
+    pipe.execute()
+    with (
+        watching(broker.port, VALUES) as watcher,
+        handler_service(tmp_path / "svc", broker, redis_server, **sink) as process,
+    ):
+        process.start()
+        # Ten batches of 200: with 30 s between batches this would take 4.5 minutes.
+        wait_until(lambda: len(items(watcher)) == 2000, "the backlog in one cycle", timeout=30)
+        assert len(watcher.payloads(VALUES)) == 10
+        r.xadd(STREAM, {"n": "2000"})
+        # The next cycle is 30 s after the last send: the new entry waits for it.
+        wait_until(
+            lambda: process.query("SELECT count(*) FROM journal")[0][0] == 2001, "it is stored"
+        )
+        time.sleep(2.0)  # well within the interval: nothing is sent
+        assert len(items(watcher)) == 2000
+    assert [item["n"] for item in items(watcher)] == [str(n) for n in range(2000)]
+
+
+def test_entries_up_to_last_id_are_not_published_again(
+    tmp_path: Path, broker: Mosquitto, redis_server: RedisServer
+) -> None:
+    """A restart between a PUBACK (last_id written right after it) and the cursor write reads
+    a batch again: what last_id shows published is left out; a replay later sends it all."""
+    r = redis_server.client()
+    ids = [r.xadd(STREAM, {"n": str(n)}) for n in range(10)]
+    r.set("mqtt_sender:last_id", "(" + ids[6])
+    with (
+        watching(broker.port, VALUES) as watcher,
+        handler_service(tmp_path / "svc", broker, redis_server) as process,
+    ):
+        process.start()
+        wait_until(lambda: r.get("mqtt_sender:last_id") == "(" + ids[-1], "the rest published")
+        assert [item["_id"] for item in items(watcher)] == ids[7:]
+        done = process.cli("sinks", "replay", "uplink", "--from-id", "1", "--no-wait")
+        assert done.returncode == 0, done.stderr
+        wait_until(lambda: len(items(watcher)) == 13, "the replay")
+    assert [item["_id"] for item in items(watcher)] == ids[7:] + ids
+
+
 def test_a_backlog_of_100000_goes_out_in_bounded_batches_with_flat_memory(
     tmp_path: Path, broker: Mosquitto, redis_server: RedisServer
 ) -> None:

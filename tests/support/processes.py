@@ -121,8 +121,17 @@ class FieldbridgeProcess:
         port: int | None = None,
         fieldbridge: str = FIELDBRIDGE,
         open_files: int | None = None,
+        run_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        use_config: bool = True,
     ) -> None:
+        """`run_args` follow `run` (e.g. --preset NAME); `env` is added to the child's
+        environment; without `use_config` no --config is given (the store and HTTP port then
+        come from FIELDBRIDGE_STORE__URL and FIELDBRIDGE_HTTP__LISTEN, set here)."""
         workdir.mkdir(parents=True, exist_ok=True)
+        self.run_args = list(run_args)
+        self.use_config = use_config
+        self.env = dict(env or {})
         self.open_files = open_files  # the child's RLIMIT_NOFILE (soft and hard), as `ulimit -n`
         self.workdir = workdir
         self.fieldbridge = fieldbridge  # the console script to run: another install's, say
@@ -189,12 +198,17 @@ class FieldbridgeProcess:
         self._close_log()
         self._log_file = self.log_path.open("ab")
         self._log_offset = self._log_file.tell()
+        config = ["--config", str(self.config_path)] if self.use_config else []
+        env = dict(self.env)
+        if not self.use_config:
+            env["FIELDBRIDGE_STORE__URL"] = f"sqlite:///{self.db_path}"
+            env["FIELDBRIDGE_HTTP__LISTEN"] = f"127.0.0.1:{self.port}"
         self._popen = subprocess.Popen(
-            [self.fieldbridge, "--config", str(self.config_path), "run"],
+            [self.fieldbridge, *config, "run", *self.run_args],
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
-            env=child_env(),
+            env=child_env(env),
             cwd=self.workdir,
             preexec_fn=self._limit_open_files if self.open_files is not None else None,
         )

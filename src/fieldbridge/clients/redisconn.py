@@ -11,13 +11,14 @@ __all__ = ["RedisError", "open_redis", "shown"]
 
 
 def open_redis(
-    url: str, *, password: str | None, timeout: float, block_ms: int = 0
+    url: str, *, password: str | None, timeout: float, block_ms: int = 0, text: bool = False
 ) -> aioredis.Redis:
     """A client on `url` (redis://host:port/db) with a deadline on connect and every command.
 
     `block_ms` is the longest blocking read (XREAD BLOCK) it will make, added to the
     socket deadline. redis-py's own retries are off: the caller backs off and knows why.
-    Replies are bytes (hiredis parses them); the caller decodes.
+    Replies are bytes (hiredis parses them), or with `text` str, decoded by the parser
+    (invalid UTF-8 replaced) rather than value by value in Python.
     """
     return aioredis.Redis.from_url(
         url,
@@ -26,7 +27,8 @@ def open_redis(
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
         retry_on_timeout=False,
-        decode_responses=False,
+        decode_responses=text,
+        encoding_errors="replace",
         health_check_interval=30,
     )
 

@@ -1,4 +1,9 @@
-"""Redis stream entries (as the Redis stream source journals them) to messages."""
+"""Redis stream entries (as the Redis stream source journals them) to messages.
+
+The source hands over a batch of entries as one payload, one JSON line per entry (so a batch
+is committed in one transaction, in stream order); each line becomes one message, whose stored
+payload is that line.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,12 @@ def entry_payload(entry_id: str, fields: Mapping[str, str]) -> bytes:
     """The journal payload of one entry: its id and its fields, strings as Redis holds them
     (in stream order), so a sink can send them on exactly as the producer wrote them."""
     return orjson.dumps({"id": entry_id, "fields": fields})
+
+
+def batch_payload(lines: Sequence[bytes]) -> bytes:
+    """The payload of a batch of entries (each from `entry_payload`), oldest first. A JSON
+    line holds no raw newline: orjson escapes one inside a string."""
+    return b"\n".join(lines)
 
 
 def entry_millis(entry_id: str) -> int:
@@ -51,8 +62,20 @@ class StreamEntryCodec:
     def __call__(
         self, payload: bytes, meta: Mapping[str, Any], received_at: float
     ) -> Sequence[Decoded | Refusal]:
+        out: list[Decoded | Refusal] = []
+        for line in payload.split(b"\n"):
+            try:
+                out.append(self._entry(line))
+            except DecodeError as exc:
+                out.append(Refusal(exc.reason, raw=line, cause=exc.cause))
+        if not any(isinstance(part, Decoded) for part in out):
+            reasons = [p.reason for p in out if isinstance(p, Refusal)]
+            raise DecodeError("; ".join(reasons[:3]), malformed=len(out) == 1)
+        return out
+
+    def _entry(self, line: bytes) -> Decoded:
         try:
-            entry = orjson.loads(payload)
+            entry = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
             raise DecodeError(f"not a journalled stream entry: {exc}", malformed=True) from None
         if not isinstance(entry, dict):
@@ -66,4 +89,6 @@ class StreamEntryCodec:
             value = number(text) if isinstance(text, str) else None
             if value is not None:
                 readings.append(Reading(str(name), value, at))
-        return [Decoded(self.device, tuple(readings), kind=self.kind, idempotency_key=entry_id)]
+        return Decoded(
+            self.device, tuple(readings), kind=self.kind, idempotency_key=entry_id, raw=line
+        )

@@ -125,6 +125,11 @@ class RemoteControl:
             self._conn = None
 
     def _arrived(self, topic: str, payload: bytes) -> None:
+        # What waits is bounded in bytes too: a payload over the limit is kept only as far as
+        # it takes to refuse it.
+        limit = self.settings.max_payload_bytes
+        if len(payload) > limit:
+            payload = payload[: limit + 1]
         try:
             self._queue.put_nowait(payload)
         except asyncio.QueueFull:
@@ -179,8 +184,8 @@ class RemoteControl:
     def _parse(self, payload: bytes) -> dict[str, Any]:
         if len(payload) > self.settings.max_payload_bytes:
             raise CommandError(
-                f"command payload of {len(payload)} bytes is over "
-                f"control.max_payload_bytes ({self.settings.max_payload_bytes})"
+                "the command payload is over "
+                f"control.max_payload_bytes ({self.settings.max_payload_bytes} bytes)"
             )
         try:
             request = orjson.loads(payload)

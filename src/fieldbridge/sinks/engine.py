@@ -101,6 +101,7 @@ class SinkRunner:
         self._refusals = 0  # failing attempts in a row (the destination refused everything)
         self._probes = FIRST_PROBES
         self._skips_counted = 0  # messages up to this id had their skips counted
+        self._caught_up = True  # the last read found less than a batch: a cycle ended
 
     def health(self) -> Mapping[str, Any] | None:
         """What the destination adds to /healthz (e.g. its OAuth token), or None."""
@@ -166,14 +167,18 @@ class SinkRunner:
                 await self._set_state(SinkRunState.PAUSED, gate.why)
                 await self._pause_for(self._idle_poll)  # commits do not open it: look again later
                 continue
-            interval = self.settings.interval
-            if gate is not None and gate.interval is not None:
-                interval = gate.interval
+            # A destination's own interval counts between cycles, as the MQTT-Handler slept
+            # after sending everything waiting: a cycle sends full batches back to back, so a
+            # backlog does not wait the interval once per batch.
+            own = None if gate is None else gate.interval
+            cycles = own is not None
+            interval = self.settings.interval if own is None else own
             await self._retry_dead_letters()
-            if interval and self._last_send:
+            if interval and self._last_send and (not cycles or self._caught_up):
                 # Wait before reading, so what arrives meanwhile goes in this send.
                 await self._pause_for(self._last_send + interval - time.monotonic())
             entries = await self._read()
+            self._caught_up = len(entries) < self.settings.batch_size
             if not entries:
                 await self._set_state(SinkRunState.IDLE, None)
                 await self._measure_lag(force=False)
@@ -183,7 +188,7 @@ class SinkRunner:
             # until the destination takes something.
             if self.state not in (SinkRunState.RUNNING, SinkRunState.FAILING):
                 await self._set_state(SinkRunState.RUNNING, None)
-            if not interval:
+            if not interval or (cycles and not self._caught_up):
                 self._read_ahead(entries[-1].id)
             try:
                 await self._deliver(entries)

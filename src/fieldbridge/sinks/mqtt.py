@@ -56,9 +56,14 @@ class MqttSink(Destination):
         self._store: Store | None = None
         self._redis: aioredis.Redis | None = None
         self._owed_last_id: str | None = None  # published, not yet written to Redis
-        self._gate = Gate()  # the last one read: kept while Redis does not answer
+        # The last one read, kept while Redis does not answer; until the interval key says
+        # otherwise the sink's `interval` (INTERVAL_SECONDS) counts, between cycles as well.
+        self._gate = Gate(interval=settings.interval)
         self.published = 0  # MQTT messages confirmed
         self.last_id: str | None = None  # mqtt-handler: the last entry id confirmed
+        # mqtt-handler: the entry id last_id held when the sink started (see send)
+        self._published_upto: tuple[int, int] | None = None
+        self.already_published = 0  # entries not sent again because last_id showed them sent
 
     def bind(self, store: Store) -> None:
         self._store = store
@@ -67,6 +72,8 @@ class MqttSink(Destination):
         shown: dict[str, Any] = {"connected": self._conn is not None and self._conn.usable}
         if self.last_id is not None:
             shown["last_id"] = self.last_id
+        if self.already_published:
+            shown["already_published"] = self.already_published
         return shown
 
     async def __aenter__(self) -> MqttSink:
@@ -78,7 +85,17 @@ class MqttSink(Destination):
                 password=None if password is None else password.get_secret_value(),
                 timeout=keys.timeout_s,
             )
+            self._published_upto = await self._read_last_id()
         return self
+
+    async def _read_last_id(self) -> tuple[int, int] | None:
+        """The entry id `<prefix>:last_id` holds (entries up to it were published), if any."""
+        assert self._redis is not None
+        try:
+            raw = await self._redis.get(self._key("last_id"))
+        except (RedisError, OSError):
+            return None  # not known: nothing is skipped
+        return _entry_order(raw.decode(errors="replace").removeprefix("(")) if raw else None
 
     async def __aexit__(
         self,
@@ -180,6 +197,8 @@ class MqttSink(Destination):
         return conn
 
     async def send(self, entries: Sequence[JournalEntry]) -> None:
+        if self._published_upto is not None:
+            entries = self._not_yet_published(entries)
         messages = await self._render(entries)
         if not messages:
             return
@@ -195,6 +214,22 @@ class MqttSink(Destination):
         self.published += len(messages)
         if self.settings.preset == "mqtt-handler":
             await self._note_last_id(stream_entry(entries[-1])[0])
+
+    def _not_yet_published(self, entries: Sequence[JournalEntry]) -> list[JournalEntry]:
+        """Leave out the stream entries up to the last_id read at start: last_id is written
+        right after the PUBACK and the cursor after the batch, so a restart in between reads
+        them again. Only until the sink is past it: a later replay sends everything again."""
+        upto = self._published_upto
+        fresh = []
+        for entry in entries:
+            order = _entry_order(stream_entry(entry)[0]) if "stream" in entry.meta else None
+            if order is not None and upto is not None and order <= upto:
+                self.already_published += 1
+                continue
+            fresh.append(entry)
+        if fresh:
+            self._published_upto = None
+        return fresh
 
     async def _render(self, entries: Sequence[JournalEntry]) -> list[tuple[str, bytes]]:
         preset = self.settings.preset
@@ -251,3 +286,11 @@ def build(settings: MqttSinkSettings) -> MqttSink:
 
 
 register_sink("mqtt", SinkType(MqttSinkSettings, build))
+
+
+def _entry_order(entry_id: str) -> tuple[int, int] | None:
+    """(milliseconds, sequence) of a stream entry id, to compare two; None if it is not one."""
+    millis, dash, seq = entry_id.partition("-")
+    if not (dash and millis.isdigit() and seq.isdigit()):
+        return None
+    return int(millis), int(seq)

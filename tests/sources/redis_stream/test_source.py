@@ -155,3 +155,27 @@ async def test_redis_killed_and_restarted_while_a_producer_adds(
         producer.join()
     keys = [k for _, k, _ in await journal(store)]
     assert keys == in_stream  # none skipped, none twice, in order
+
+
+async def test_a_batch_is_one_payload_committed_in_stream_order(
+    store: Store, redis_server: RedisServer
+) -> None:
+    """Each XREAD batch is handed to ingest as one payload (one transaction: in or out as a
+    whole, so a store failure cannot reorder the journal); its entries stay one message each."""
+    r = redis_server.client()
+    pipe = r.pipeline(transaction=False)
+    for n in range(1000):
+        pipe.xadd(STREAM, {"n": str(n)})
+    ids: list[str] = pipe.execute()
+    payloads: list[int] = []
+    settings = RedisStreamSettings.model_validate(
+        {"name": "edge", "url": redis_server.url, "device": "uuid-1", "batch_size": 64}
+    )
+    async with Ingest(store) as ingest:
+        ingest.add_tap(lambda incoming, *_: payloads.append(incoming.payload.count(b"\n") + 1))
+        async with RedisStreamSource(settings, ingest, store) as source:
+            await eventually(lambda: source.stats.cursor == ids[-1], "all 1000 read")
+    assert max(payloads) <= 64 and sum(payloads) == 1000 and len(payloads) <= 16 + 1
+    rows = await journal(store)
+    assert [k for _, k, _ in rows] == ids
+    assert [orjson.loads(p)["fields"]["n"] for _, _, p in rows] == [str(n) for n in range(1000)]

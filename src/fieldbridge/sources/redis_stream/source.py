@@ -7,14 +7,13 @@ import contextlib
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
 from fieldbridge.clients.redisconn import RedisError, open_redis, shown
-from fieldbridge.codecs.redis_stream import StreamEntryCodec, entry_payload
+from fieldbridge.codecs.redis_stream import StreamEntryCodec, batch_payload, entry_payload
 from fieldbridge.errors import StoreError
 from fieldbridge.ingest import Ingest
 from fieldbridge.model import Outcome
@@ -23,12 +22,17 @@ from fieldbridge.sources.redis_stream.settings import RedisStreamSettings
 
 log = logging.getLogger("fieldbridge.sources.redis_stream")
 
+Entries = Sequence[tuple[str, dict[str, str]]]  # (entry id, fields) as XREAD gives them
+
 FIRST = "0-0"  # XREAD after this id: the stream's first entry
-BATCHES_AHEAD = 2  # batches handed to ingest while an earlier one commits
 FIRST_BACKOFF = 0.2  # seconds; doubles per failure up to max_backoff (full jitter)
-# A stopping source waits this long for the batches it handed in to be committed (ingest
+# A stopping source waits this long for the batch it handed in to be committed (ingest
 # outlives the sources and answers every payload; this only guards against a hung store).
 DRAIN_TIMEOUT = 30.0
+# Seconds between cursor saves while a backlog is read (each save is a transaction of its
+# own); the cursor is saved at once when the source has caught up and when it stops. After a
+# crash up to this much is read again: duplicates by their entry ids, stored once.
+SAVE_EVERY = 1.0
 
 
 @dataclass(slots=True)
@@ -36,8 +40,8 @@ class StreamStats:
     """What the source has done, for status replies and /healthz."""
 
     read: int = 0  # entries handed to ingest
-    committed: int = 0  # entries committed and covered by the saved cursor
-    cursor: str | None = None  # the saved cursor: last committed entry id
+    committed: int = 0  # entries committed
+    cursor: str | None = None  # the saved cursor: committed up to this entry id
     connected: bool = False
     last_error: str | None = None
     last_read_at: float | None = None
@@ -48,16 +52,20 @@ class StreamStats:
 @dataclass(slots=True)
 class _Batch:
     last_id: str
-    results: list[asyncio.Future[Outcome]]
+    size: int
+    result: asyncio.Future[Outcome]
 
 
 class RedisStreamSource:
     """Pulls `stream` in XREAD batches of `batch_size` after the saved cursor.
 
-    Entries go to ingest at once (up to BATCHES_AHEAD batches in flight); the cursor is saved
-    in the store after a batch is committed, in order. Redis down or restarted: back off,
-    reconnect, go on from the last committed entry; an entry read twice (stopped between
-    commit and cursor save) is stored once, its entry id being the idempotency key.
+    A batch is one payload, committed in one transaction: the journal keeps the stream's
+    order even when the store fails (a batch is in or out as a whole, and the next one is
+    handed in only after it). While a batch commits, the next one is read. The cursor is
+    saved in the store after commit (at most once a second while a backlog is read). Redis
+    down or restarted: back off, reconnect, go on from the last committed entry; an entry
+    read twice (stopped between commit and cursor save) is stored once, its entry id being the
+    idempotency key.
     """
 
     def __init__(
@@ -71,8 +79,9 @@ class RedisStreamSource:
         self._meta = {"stream": settings.stream}
         self.stats = StreamStats()
         self._task: asyncio.Task[None] | None = None
-        self._committed: str | None = None  # last entry id known committed and saved
-        self._batches: deque[_Batch] = deque()
+        self._committed: str | None = None  # last entry id known committed
+        self._batch: _Batch | None = None  # handed to ingest, not yet answered
+        self._saved_at = 0.0  # loop time of the last cursor save
 
     async def __aenter__(self) -> RedisStreamSource:
         self._task = asyncio.create_task(self._run(), name=f"source-{self.name}")
@@ -107,7 +116,7 @@ class RedisStreamSource:
                         delay,
                         self._committed or "the start",
                     )
-                    await self._settle_all()
+                    await self._settle()
                     await asyncio.sleep(delay)
                     self.stats.reconnects += 1
                 else:
@@ -117,9 +126,13 @@ class RedisStreamSource:
                         await client.aclose()
         finally:
             # Stopping: what was handed in is committed by ingest (which outlives us); keep
-            # the cursor of every batch that made it.
+            # the exact place.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(self._settle_all()), DRAIN_TIMEOUT)
+                await asyncio.wait_for(asyncio.shield(self._drain()), DRAIN_TIMEOUT)
+
+    async def _drain(self) -> None:
+        await self._settle()
+        await self._save()
 
     def _client(self) -> aioredis.Redis:
         password = self.settings.password
@@ -128,33 +141,46 @@ class RedisStreamSource:
             password=None if password is None else password.get_secret_value(),
             timeout=self.settings.timeout_s,
             block_ms=self.settings.block_ms,
+            text=True,
         )
 
     async def _pull(self, client: aioredis.Redis) -> None:
         if self._committed is None:
             self._committed = await self._start(client)
-        position = self._committed
-        stream = self.settings.stream
-        count, block = self.settings.batch_size, self.settings.block_ms
         self.stats.connected = True
         self.stats.last_error = None
-        while True:
-            if len(self._batches) >= BATCHES_AHEAD:
-                await self._settle_oldest()
-            if not self._ingest.has_room:
-                await self._ingest.wait_for_room()  # back-pressure: the store is behind
-            # Do not block for new entries while a batch waits for its commit: settle it.
-            reply = await client.xread(
-                {stream: position}, count=count, block=None if self._batches else block
-            )
-            if not reply:
-                if self._batches:
-                    await self._settle_oldest()
-                continue
-            entries: Sequence[tuple[bytes, dict[bytes, bytes]]] = reply[0][1]
-            if not entries:
-                continue
-            position = self._hand_in(entries)
+        loop = asyncio.get_running_loop()
+        ahead: asyncio.Task[Entries] | None = None
+        try:
+            while True:
+                if ahead is not None:
+                    entries, ahead = await ahead, None
+                else:
+                    entries = await self._read(client, self._committed, block=True)
+                if not entries:
+                    await self._save()  # caught up: the exact place
+                    continue
+                batch = await self._hand_in(entries)
+                # Read the next batch while this one commits; it is handed in after the
+                # commit, so the journal keeps the stream's order.
+                ahead = asyncio.create_task(self._read(client, batch.last_id, block=False))
+                await self._settle()
+                caught_up = len(entries) < self.settings.batch_size
+                if caught_up or loop.time() - self._saved_at >= SAVE_EVERY:
+                    await self._save()
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+                with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+                    await ahead
+
+    async def _read(self, client: aioredis.Redis, after: str, *, block: bool) -> Entries:
+        reply = await client.xread(
+            {self.settings.stream: after},
+            count=self.settings.batch_size,
+            block=self.settings.block_ms if block else None,
+        )
+        return reply[0][1] if reply else []
 
     async def _start(self, client: aioredis.Redis) -> str:
         """The saved cursor, else where `start_after_key` says, else the stream's start."""
@@ -166,49 +192,41 @@ class RedisStreamSource:
         if key is None:
             return FIRST
         raw = await client.get(key)
-        text = raw.decode() if raw is not None else ""
+        text = raw if isinstance(raw, str) else ""
         start = text.removeprefix("(")
         if start in ("", "-"):
             return FIRST
         log.info("source %s: no cursor yet; starting after entry %s (%s)", self.name, start, key)
         return start
 
-    def _hand_in(self, entries: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> str:
-        """Offer every entry to ingest without waiting; return the last entry's id."""
-        ingest, codec, meta, source = self._ingest, self._codec, self._meta, self.name
+    async def _hand_in(self, entries: Entries) -> _Batch:
+        """Offer the entries as one payload once ingest has room."""
+        if not self._ingest.has_room:
+            await self._ingest.wait_for_room()  # back-pressure: the store is behind
+        lines = [entry_payload(entry_id, fields or {}) for entry_id, fields in entries]
         now = time.time()
-        results: list[asyncio.Future[Outcome]] = []
-        entry_id = ""
-        for raw_id, raw_fields in entries:
-            entry_id = raw_id.decode()
-            fields = {
-                k.decode(errors="replace"): v.decode(errors="replace")
-                for k, v in raw_fields.items()
-            }
-            # Room was checked for the batch: at most batch_size entries over queue_bound.
-            results.append(ingest.offer(source, entry_payload(entry_id, fields), codec, meta, now))
-        self._batches.append(_Batch(entry_id, results))
-        self.stats.read += len(results)
+        result = self._ingest.offer(self.name, batch_payload(lines), self._codec, self._meta, now)
+        self._batch = _Batch(entries[-1][0], len(lines), result)
+        self.stats.read += len(lines)
         self.stats.last_read_at = now
-        return entry_id
+        return self._batch
 
-    async def _settle_oldest(self) -> None:
-        """Wait for the oldest batch's commit, then save the cursor after it."""
-        batch = self._batches[0]
-        await asyncio.gather(*batch.results)  # StoreError: the store failed; read it again
-        self._batches.popleft()
-        await self._cursors.save_source_cursor(self.name, batch.last_id)
-        self._committed = self.stats.cursor = batch.last_id
-        self.stats.committed += len(batch.results)
+    async def _settle(self) -> None:
+        """Wait for the batch in flight to be committed (StoreError: the store failed; it is
+        read again from the last committed entry)."""
+        batch = self._batch
+        if batch is None:
+            return
+        try:
+            await batch.result
+        finally:
+            self._batch = None
+        self._committed = batch.last_id
+        self.stats.committed += batch.size
 
-    async def _settle_all(self) -> None:
-        """Settle every batch in flight in order; after a failed one, forget the rest (they
-        are read again from the cursor) but still wait for their outcome."""
-        while self._batches:
-            try:
-                await self._settle_oldest()
-            except StoreError:
-                rest = [f for b in self._batches for f in b.results]
-                self._batches.clear()
-                await asyncio.gather(*rest, return_exceptions=True)
-                return
+    async def _save(self) -> None:
+        """Save the cursor where the committed entries end, if it moved."""
+        self._saved_at = asyncio.get_running_loop().time()
+        if self._committed is not None and self._committed != self.stats.cursor:
+            await self._cursors.save_source_cursor(self.name, self._committed)
+            self.stats.cursor = self._committed
