@@ -16,8 +16,7 @@ from fieldbridge.codecs.trapnet import KIND, TRAP_EVENT
 from fieldbridge.errors import AuthError, RetryableDeliveryError
 from fieldbridge.model import JournalEntry, Reading
 from fieldbridge.plugin import RouteSettings, SinkType, register_sink
-from fieldbridge.sinks.base import Destination
-from fieldbridge.sinks.http_client import HttpSinkSettings, sink_client
+from fieldbridge.sinks.http_client import HttpDestination, HttpSinkSettings, sink_client
 from fieldbridge.sinks.http_errors import check_response, transport_failure
 
 if TYPE_CHECKING:
@@ -100,7 +99,7 @@ def render_record(entry: JournalEntry, settings: TrapNZSettings) -> dict[str, An
     return {"dev_id": entry.device, "metadata": {"time": when}, "payload_fields": fields}
 
 
-class TrapNZDestination(Destination):
+class TrapNZDestination(HttpDestination):
     """One POST per trap event, signed with a token from the password grant.
 
     `transport` replaces httpx's network transport of the record calls, `token_transport`
@@ -166,9 +165,7 @@ class TrapNZDestination(Destination):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await super().__aexit__(exc_type, exc, tb)
         if self._auth is not None:
             await self._auth.aclose()
 
