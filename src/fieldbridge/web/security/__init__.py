@@ -1,0 +1,1 @@
+"""Who is asking: users, sessions, API tokens, CSRF, login limits and the audit log."""
