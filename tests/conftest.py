@@ -66,7 +66,8 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 TABLES = (
     "journal, readings, devices, sink_state, dead_letters, quarantine, downlinks, "
     "message_types, message_type_fields, node_gateways, device_transitions, device_subscribers, "
-    "oauth_tokens, sink_skips, dunedb_actions, source_cursors"
+    "oauth_tokens, sink_skips, dunedb_actions, source_cursors, users, api_tokens, sessions, "
+    "audit_log"
 )
 
 

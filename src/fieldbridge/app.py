@@ -11,6 +11,7 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
+from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from fieldbridge import __version__
@@ -33,6 +34,11 @@ from fieldbridge.store.urls import mask_url
 from fieldbridge.timefmt import iso
 from fieldbridge.web.auth import BearerTokens
 from fieldbridge.web.connections import ConnectionGuard, ConnectionLimits
+from fieldbridge.web.security.firstrun import announce, ensure_first_admin
+from fieldbridge.web.security.login import LoginRoutes
+from fieldbridge.web.security.middleware import SecurityMiddleware
+from fieldbridge.web.security.public import public_paths
+from fieldbridge.web.security.resolve import Resolver
 from fieldbridge.web.server import WebServer, build_app
 from fieldbridge.web.spy import SpyEndpoint, SpyHub
 
@@ -267,23 +273,43 @@ class Service:
             queue_bytes=self.settings.spy.queue_bytes,
             metrics=self.metrics,
         )
-        app = build_app(routes, self.health, self.metrics, SpyEndpoint(spy, http.tokens).handle)
+        gate = Middleware(
+            SecurityMiddleware,
+            resolver=Resolver(self.store, http.tokens),
+            is_public=public_paths({r.path for r in routes}, http.metrics_public),
+        )
+        app = build_app(
+            routes,
+            self.health,
+            self.metrics,
+            SpyEndpoint(spy).handle,  # behind the gate: a login, an API token or http.tokens
+            pages=LoginRoutes(self.store, http).routes(),
+            middleware=[gate],
+        )
+        first_password = await ensure_first_admin(self.store)
         limits = ConnectionLimits(
             header_timeout_s=http.header_timeout_s,
             body_timeout_s=http.body_timeout_s,
             max_connections=http.max_connections,
         )
         guard = ConnectionGuard(limits, self.metrics)
-        server = await stack.enter_async_context(WebServer(app, http.listen, guard=guard))
+        server = await stack.enter_async_context(
+            WebServer(app, http.listen, guard=guard, tls_cert=http.tls_cert, tls_key=http.tls_key)
+        )
         stack.callback(spy.close)  # runs first at shutdown: open spy streams end, uvicorn drains
         self.http_port = server.port
         host = http.listen.rpartition(":")[0] or "127.0.0.1"
+        scheme = "https" if http.tls_cert else "http"
         log.info(
-            "fieldbridge serving on http://%s:%d (store %s)",
+            "fieldbridge serving on %s://%s:%d (store %s)",
+            scheme,
             host,
             server.port,
             mask_url(self.settings.store.url),
         )
+        if first_password is not None:
+            shown = "127.0.0.1" if host in ("0.0.0.0", "[::]", "::") else host
+            announce(first_password, f"{scheme}://{shown}:{server.port}")
 
     async def _stop_tasks(self, tasks: list[asyncio.Task[None]]) -> None:
         for runner in self.sinks:

@@ -123,6 +123,28 @@ class HttpSettings(Section):
     header_timeout_s: float = Field(default=10.0, ge=0)  # 0: no deadline
     body_timeout_s: float = Field(default=30.0, ge=0)  # 0: no deadline
     max_connections: int = Field(default=512, ge=1, le=1_000_000)
+    # The console and the REST API (docs/security.md).
+    tls_cert: str | None = None  # PEM certificate (chain) file: serve HTTPS
+    tls_key: str | None = None  # its private key file
+    secure_cookies: bool | None = None  # unset: only with TLS; set true behind a TLS proxy
+    session_max_age_s: int = Field(default=43_200, ge=60, le=2_592_000)
+    login_max_failures: int = Field(default=5, ge=1, le=1000)  # per user name and per address
+    login_window_s: float = Field(default=300.0, ge=1)
+    metrics_public: bool = True  # false: /metrics needs a login or an API token
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> HttpSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("http.tls_cert and http.tls_key go together: set both or neither")
+        for key in ("tls_cert", "tls_key"):
+            path = getattr(self, key)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"http.{key} {path}: no such file")
+        return self
+
+    @property
+    def cookies_secure(self) -> bool:
+        return self.tls_cert is not None if self.secure_cookies is None else self.secure_cookies
 
     def short_form_source(self) -> dict[str, Any] | None:
         """The [[sources.http]] entry this section stands for when the settings have none:

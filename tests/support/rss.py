@@ -24,13 +24,20 @@ def peak_mb(pid: int) -> float:
     return status_mb(pid, "VmHWM")
 
 
-def idle_spy(port: int, timeout: float = 10.0) -> socket.socket:
+def reset_peak(pid: int) -> None:
+    """Start VmHWM again from the current RSS (Linux: clear_refs 5)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def idle_spy(port: int, token: str, timeout: float = 10.0) -> socket.socket:
     """GET /api/v1/spy on a socket that is never read past its first bytes: a watcher that
     stopped reading (a small receive buffer, so the server's side is what fills)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.settimeout(timeout)
     sock.connect(("127.0.0.1", port))
-    sock.sendall(b"GET /api/v1/spy HTTP/1.1\r\nHost: test\r\n\r\n")
+    sock.sendall(
+        f"GET /api/v1/spy HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
+    )
     sock.recv(1, socket.MSG_PEEK)  # the answer started: the watcher is registered
     return sock

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.processes import FIELDBRIDGE, child_env
+from tests.support.web import cli_token
 
 WAIT = 30.0  # seconds; only guards against a hang (a CLI start takes seconds on a loaded machine)
 
@@ -17,9 +18,18 @@ WAIT = 30.0  # seconds; only guards against a hang (a CLI start takes seconds on
 class Spy:
     """`fieldbridge spy` in a subprocess; its stdout lines arrive on a queue."""
 
-    def __init__(self, config: Path, *args: str) -> None:
+    def __init__(self, config: Path, *args: str, token: str | None = None) -> None:
+        """`token`: sent with --token; unset, a new read token is made for this spy."""
+        token = token if token is not None else cli_token(config)
         self.popen = subprocess.Popen(
-            [FIELDBRIDGE, "--config", str(config), "spy", *args],
+            [
+                FIELDBRIDGE,
+                "--config",
+                str(config),
+                "spy",
+                *args,
+                *(["--token", token] if token else []),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import eventually, wait_until
 from tests.support.processes import FieldbridgeProcess
 from tests.support.rss import idle_spy
+from tests.support.web import cli_token
 from tests.web.test_http_api import sample, serve
 
 SLOW_CLIENTS = 1500  # issue 10: this many half-sent heads locked out everyone
@@ -232,7 +233,9 @@ async def test_beyond_max_connections_the_longest_waiting_goes_else_503(tmp_path
             assert first.status_code == 200
             others = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
             for _, writer in others:
-                writer.write(b"GET /api/v1/spy HTTP/1.1\r\nHost: test\r\n\r\n")
+                auth = running.client.headers["authorization"]
+                head = f"GET /api/v1/spy HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\n\r\n"
+                writer.write(head.encode())
             for reader, _ in others:
                 assert (await reader.readline()).startswith(b"HTTP/1.1 200 ")
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -270,7 +273,9 @@ def test_clients_that_hang_up_mid_body_are_one_info_line_each(tmp_path: Path) ->
         for _ in range(HANG_UPS):
             with socket.create_connection(("127.0.0.1", process.port), timeout=WAIT) as sock:
                 sock.sendall(PARTIAL_HEAD + b"Content-Length: 100000\r\n\r\n" + b"[" * 412)
-        spy = idle_spy(process.port)  # a watcher that hangs up while its stream is written
+        spy = idle_spy(
+            process.port, cli_token(process.config_path)
+        )  # a watcher that hangs up while its stream is written
         spy.close()
         with httpx.Client(timeout=WAIT) as client:
             assert client.post(process.ingest_url, json=READING).status_code == 200

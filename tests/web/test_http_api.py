@@ -28,6 +28,7 @@ from tests.fakes.webhook import WebhookReceiver
 from tests.support.locks import sqlite_write_locked
 from tests.support.processes import to_toml
 from tests.support.release import package_version, schema_head
+from tests.support.web import store_token
 
 INGEST = "/api/v1/ingest"
 START_TIMEOUT = 20.0  # seconds for migrate + bind; only guards against a hang
@@ -63,6 +64,7 @@ async def serve(
     http: Mapping[str, Any] | None = None,
     sources: Mapping[str, Any] | None = None,
     sinks: Mapping[str, Any] | None = None,
+    scheme: str = "http",
 ) -> AsyncIterator[Running]:
     """Run fieldbridge's Service on a fresh SQLite file and a free port until the block ends."""
     db_path = tmp_path / "fieldbridge.db"
@@ -87,9 +89,13 @@ async def serve(
         await task  # raises what stopped it
     assert ready.is_set(), "the service did not start in time"
     assert service.http_port
-    base = f"http://127.0.0.1:{service.http_port}"
+    base = f"{scheme}://127.0.0.1:{service.http_port}"
+    # The spy and the API need a credential; the ingest endpoint ignores this one.
+    headers = {"Authorization": f"Bearer {await store_token(service.store, 'read')}"}
     try:
-        async with httpx.AsyncClient(base_url=base, timeout=10.0) as client:
+        async with httpx.AsyncClient(
+            base_url=base, timeout=10.0, headers=headers, verify=False
+        ) as client:
             yield Running(service, client, db_path)
     finally:
         stop.set()

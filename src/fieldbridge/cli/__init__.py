@@ -20,6 +20,7 @@ from fieldbridge.cli.output import console, fail, print_json, print_table
 from fieldbridge.cli.registry_cmds import devices, quarantine, readings
 from fieldbridge.cli.sink_cmds import deadletters, sinks
 from fieldbridge.cli.spy_cmd import spy
+from fieldbridge.cli.user_cmds import tokens, users
 from fieldbridge.config import CONFIG_ENV, Settings
 from fieldbridge.retention import RetentionReport, prune_once
 from fieldbridge.store.lock import StoreInUse
@@ -50,6 +51,8 @@ app.add_typer(decode_app, name="decode")
 app.add_typer(encode_app, name="encode")
 app.add_typer(efento_app, name="efento")
 app.add_typer(dunedb, name="dunedb")
+app.add_typer(users, name="users")
+app.add_typer(tokens, name="tokens")
 app.command("spy")(spy)
 
 

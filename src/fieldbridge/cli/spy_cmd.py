@@ -18,6 +18,8 @@ from fieldbridge.web.spy import HEARTBEAT_S
 
 SHOWN_READINGS = 12  # per message in the text view; --json has them all
 
+TOKEN_ENV = "FIELDBRIDGE_TOKEN"
+
 
 def spy(
     ctx: typer.Context,
@@ -29,6 +31,14 @@ def spy(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print one JSON object per line (NDJSON).")
     ] = False,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar=TOKEN_ENV,
+            help=f"An API token (fieldbridge tokens create --scope read). Default: ${TOKEN_ENV}, "
+            "else the first of http.tokens.",
+        ),
+    ] = None,
 ) -> None:
     """Watch payloads as the running service ingests them: device, readings or why refused.
 
@@ -41,7 +51,8 @@ def spy(
     query = {k: v for k, v in (("source", source), ("topic", topic)) if v}
     if query:
         url += "?" + urlencode(query)
-    headers = {"Authorization": f"Bearer {http.tokens[0]}"} if http.tokens else {}
+    token = token or (http.tokens[0] if http.tokens else None)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         _watch(url, headers, json_out)
     except KeyboardInterrupt:
@@ -131,11 +142,15 @@ def _number(value: object) -> str:
 
 def _refusal(response: httpx.Response) -> str:
     try:
-        detail = str(response.json().get("error"))
+        error = response.json().get("error")
+        detail = str(error.get("message") if isinstance(error, dict) else error)
     except ValueError:
         detail = response.text[:200]
     if response.status_code == 401:
-        return f"the service refused the spy: {detail} (the first of http.tokens is sent)"
+        return (
+            f"the service refused the spy: {detail} (pass an API token with --token or "
+            f"${TOKEN_ENV}: fieldbridge tokens create --name spy --scope read)"
+        )
     if response.status_code == 404:
         return "the service at http.listen has no spy endpoint (an older fieldbridge?)"
     return f"the service refused the spy ({response.status_code}): {detail}"

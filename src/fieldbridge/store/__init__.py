@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import TracebackType
 
+from fieldbridge.store.apitokens import ApiTokenQueries
+from fieldbridge.store.audit import AuditQueries
 from fieldbridge.store.db import Database, Timeout
 from fieldbridge.store.downlinks import DownlinkQueries
 from fieldbridge.store.dunedb import DuneActionQueries
@@ -17,6 +19,7 @@ from fieldbridge.store.sinkstate import SinkStateQueries
 from fieldbridge.store.sourcecursors import SourceCursorQueries
 from fieldbridge.store.tokens import TokenQueries
 from fieldbridge.store.urls import StoreUrl, parse_store_url
+from fieldbridge.store.users import UserQueries
 
 __all__ = ["Pending", "Store", "StoreUrl", "Timeout", "open_store", "parse_store_url"]
 
@@ -32,6 +35,9 @@ class Store(
     TokenQueries,
     DuneActionQueries,
     SourceCursorQueries,
+    UserQueries,
+    ApiTokenQueries,
+    AuditQueries,
 ):
     """Every read and write of fieldbridge's state goes through here."""
 

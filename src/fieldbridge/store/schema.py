@@ -236,3 +236,49 @@ source_cursors = sa.Table(
     sa.Column("position", sa.Text, nullable=False),
     sa.Column("updated_at", Time, nullable=False),
 )
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("role", sa.Text, nullable=False),  # admin | viewer
+    sa.Column("password_hash", sa.Text, nullable=False),  # argon2id; never the password
+    sa.Column("created_at", Time, nullable=False),
+    sa.Column("last_login", Time),
+)
+
+api_tokens = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("scope", sa.Text, nullable=False),  # read | write
+    sa.Column("token_hash", sa.Text, nullable=False, unique=True),  # SHA-256 of the token
+    sa.Column("created_at", Time, nullable=False),
+    sa.Column("created_by", sa.Text, nullable=False, server_default=""),
+    sa.Column("last_used", Time),
+    sa.Column("revoked_at", Time),
+)
+
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("id_hash", sa.Text, primary_key=True),  # SHA-256 of the cookie's value
+    sa.Column("username", sa.Text, nullable=False),
+    sa.Column("csrf_token", sa.Text, nullable=False),
+    sa.Column("created_at", Time, nullable=False),
+    sa.Column("expires_at", Time, nullable=False),
+    sa.Index("ix_sessions_username", "username"),
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("at", Time, nullable=False),
+    sa.Column("actor", sa.Text, nullable=False),  # a user name, or token:<name>
+    sa.Column("action", sa.Text, nullable=False),  # e.g. device.update, sink.pause
+    sa.Column("target", sa.Text, nullable=False, server_default=""),
+    sa.Column("details", sa.Text, nullable=False, server_default="{}"),  # JSON
+    sa.Index("ix_audit_log_at", "at"),
+    sqlite_autoincrement=True,
+)

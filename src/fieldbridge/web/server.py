@@ -13,6 +13,7 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -32,8 +33,12 @@ def build_app(
     health: HealthCheck,
     metrics: Metrics,
     spy: Endpoint | None = None,
+    *,
+    pages: Sequence[BaseRoute] = (),
+    middleware: Sequence[Middleware] = (),
 ) -> Starlette:
-    """The server's own endpoints, plus `routes` (those of the sources it is transport for)."""
+    """The server's own endpoints, plus `routes` (those of the sources it is transport for),
+    then `pages` (login, console, API), all behind `middleware` (the security gate)."""
 
     async def healthz(request: Request) -> Response:
         ok, detail = await health()
@@ -61,7 +66,10 @@ def build_app(
     ]
     if spy is not None:
         served.append(Route("/api/v1/spy", spy, methods=["GET"]))
-    return Starlette(routes=served, exception_handlers={ClientDisconnect: gone})
+    served.extend(pages)
+    return Starlette(
+        routes=served, middleware=list(middleware), exception_handlers={ClientDisconnect: gone}
+    )
 
 
 class _Server(uvicorn.Server):
@@ -106,6 +114,8 @@ class WebServer:
         graceful_s: int = 5,
         keep_alive_s: int = 5,
         guard: ConnectionGuard | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
     ) -> None:
         self._sock = bind(listen)
         self.port = int(self._sock.getsockname()[1])
@@ -121,6 +131,8 @@ class WebServer:
             timeout_graceful_shutdown=graceful_s,
             timeout_keep_alive=keep_alive_s,
             server_header=False,
+            ssl_certfile=tls_cert,
+            ssl_keyfile=tls_key,
         )
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None
