@@ -11,6 +11,7 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
+from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
@@ -124,6 +125,7 @@ class Service:
             for type_name, s in settings.source_settings
         ]
         self.http_port: int | None = None
+        self.web_app: Starlette | None = None  # what the HTTP server serves, once it does
         self.exit_code = 0  # what the process exits with once run() returns (reboot: not 0)
         self.started_at = time.time()
         self._stop: asyncio.Event | None = None
@@ -286,6 +288,7 @@ class Service:
             pages=LoginRoutes(self.store, http).routes(),
             middleware=[gate],
         )
+        self.web_app = app
         first_password = await ensure_first_admin(self.store)
         limits = ConnectionLimits(
             header_timeout_s=http.header_timeout_s,
