@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
+from fieldbridge.errors import StoreError
 from fieldbridge.store.db import Database
+
+log = logging.getLogger("fieldbridge.store")
 
 TOUCH_EVERY = 60.0  # seconds: last_used is written at most this often per token
 
@@ -66,10 +70,13 @@ class ApiTokenQueries:
         token = _token(tuple(rows[0]))
         now = time.time()
         if token.last_used is None or now - token.last_used > TOUCH_EVERY:
-            async with self.db.transaction() as tx:
-                await tx.execute(
-                    "UPDATE api_tokens SET last_used = ? WHERE name = ?", (now, token.name)
-                )
+            try:
+                async with self.db.transaction() as tx:
+                    await tx.execute(
+                        "UPDATE api_tokens SET last_used = ? WHERE name = ?", (now, token.name)
+                    )
+            except StoreError as exc:  # a store that reads but cannot write still serves reads
+                log.warning("token %s: last use not noted: %s", token.name, exc)
         return token
 
     async def revoke_api_token(self, name: str) -> bool:
