@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -12,7 +13,12 @@ import redis.asyncio as aioredis
 
 from fieldbridge.clients.redisconn import RedisError, open_redis
 from fieldbridge.clients.redisconn import shown as shown_redis
-from fieldbridge.errors import ConfigError, PermanentDeliveryError, RetryableDeliveryError
+from fieldbridge.errors import (
+    ConfigError,
+    PartialDeliveryError,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+)
 from fieldbridge.model import JournalEntry
 from fieldbridge.plugin import SinkType, register_sink
 from fieldbridge.sinks.base import Destination, Gate
@@ -23,11 +29,12 @@ from fieldbridge.sinks.mqtt_render import (
     handler_payload,
     json_payload,
     render_topic,
+    smartcitizen_ahead,
     smartcitizen_payload,
     stream_entry,
     topic_fields,
 )
-from fieldbridge.sinks.mqtt_settings import MqttSinkSettings
+from fieldbridge.sinks.mqtt_settings import SMARTCITIZEN_TOKEN, MqttSinkSettings
 
 if TYPE_CHECKING:
     from fieldbridge.store import Store
@@ -199,9 +206,37 @@ class MqttSink(Destination):
     async def send(self, entries: Sequence[JournalEntry]) -> None:
         if self._published_upto is not None:
             entries = self._not_yet_published(entries)
+        refused: dict[int, str] = {}
+        if self.settings.preset == "smartcitizen":
+            entries, refused = self._not_ahead(entries)
         messages = await self._render(entries)
-        if not messages:
-            return
+        if messages:
+            await self._publish(messages, entries)
+        if refused:
+            raise PartialDeliveryError(
+                f"{self.what}: {len(refused)} message(s) not sent: {next(iter(refused.values()))}",
+                refused,
+            )
+
+    def _not_ahead(
+        self, entries: Sequence[JournalEntry]
+    ) -> tuple[list[JournalEntry], dict[int, str]]:
+        """smartcitizen: the entries to send, and those refused (journal id -> why) because
+        the platform would drop their readings: timed more than a day ahead."""
+        now = time.time()
+        fresh: list[JournalEntry] = []
+        refused: dict[int, str] = {}
+        for entry in entries:
+            why = smartcitizen_ahead(entry, self.settings.sensor_ids, now)
+            if why is None:
+                fresh.append(entry)
+            else:
+                refused[entry.id] = why
+        return fresh, refused
+
+    async def _publish(
+        self, messages: Sequence[tuple[str, bytes]], entries: Sequence[JournalEntry]
+    ) -> None:
         conn = await self._connection()
         qos, retain = self.settings.qos, self.settings.retain
         try:
@@ -270,6 +305,14 @@ class MqttSink(Destination):
                 f"attribute {self.settings.token_attribute!r} (fieldbridge devices set) or "
                 f"tokens.{device} in the sink's settings",
                 body="no Smart Citizen token",
+            )
+        if not SMARTCITIZEN_TOKEN.fullmatch(found):
+            # The platform drops a message of a token it did not issue, unseen.
+            raise PermanentDeliveryError(
+                f"{self.what}: device {device!r} has the Smart Citizen token {found!r}, which is "
+                "not 6 lowercase letters and digits as the platform issues them; fix its "
+                f"attribute {self.settings.token_attribute!r} or tokens.{device}",
+                body="not a Smart Citizen token",
             )
         return found
 

@@ -15,6 +15,9 @@ TOPIC_FIELDS = frozenset(
     {"device", "kind", "source", "token", "device_uuid", "device_type", "app_id", "app_name"}
 )
 HANDLER_META = ("_device_uuid", "_device_type", "_app_id", "_app_name")
+# The Smart Citizen platform fails a reading whose recorded_at is more than a day after its
+# clock ("Timestamp not within range", integrations.md §6.1), unseen by the sender.
+SMARTCITIZEN_AHEAD_S = 86400.0
 
 
 def topic_fields(template: str) -> set[str]:
@@ -105,6 +108,24 @@ def smartcitizen_payload(
             )
         data.extend({"recorded_at": iso(at), "sensors": sensors} for at, sensors in by_time.items())
     return orjson.dumps({"data": data}) if data else None
+
+
+def smartcitizen_ahead(
+    entry: JournalEntry, sensor_ids: Mapping[str, int | str], now: float
+) -> str | None:
+    """Why the platform would drop a reading of `entry` it is sent (a time more than a day
+    after `now`), or None."""
+    for reading in entry.readings:
+        if reading.quantity not in sensor_ids or reading.value is None:
+            continue  # not sent
+        if reading.measured_at > now + SMARTCITIZEN_AHEAD_S:
+            return (
+                f"recorded_at {iso(reading.measured_at)} is more than 1 day ahead of now "
+                f"({iso(int(now))}); the Smart Citizen platform drops such a reading unseen. "
+                "Check the device's clock; `fieldbridge deadletters retry` sends it once the "
+                "time has come"
+            )
+    return None
 
 
 def _text(value: float | None) -> str:

@@ -16,6 +16,8 @@ SCHEMES = {"mqtt": (False, 1883), "mqtts": (True, 8883)}
 # The MQTT-Handler's topics are Python %-templates ("%(device_uuid)s"); ours use {name}.
 PERCENT_FIELD = re.compile(r"%\((\w+)\)s")
 PRESETS = ("json", "mqtt-handler", "smartcitizen")
+# A Smart Citizen device token: 6 lowercase alphanumerics (the platform issues no other).
+SMARTCITIZEN_TOKEN = re.compile(r"[a-z0-9]{6}")
 
 
 def braces(template: str) -> str:
@@ -149,11 +151,25 @@ class MqttSinkSettings(SinkSettings):
 
     @model_validator(mode="after")
     def _preset_needs(self) -> MqttSinkSettings:
-        if self.preset == "smartcitizen" and not self.sensor_ids:
+        if self.preset != "smartcitizen":
+            return self
+        if not self.sensor_ids:
             raise ValueError(
                 "preset smartcitizen needs sensor_ids: the Smart Citizen sensor id of each "
                 'quantity to send, e.g. sensor_ids = { battery = 10, temperature = "55" }'
             )
+        if self.qos != 1:
+            raise ValueError("preset smartcitizen publishes with QoS 1: the platform requires it")
+        for device, token in self.tokens.items():
+            if not SMARTCITIZEN_TOKEN.fullmatch(token):
+                raise ValueError(
+                    f"tokens.{device}: {token!r} is not a Smart Citizen device token "
+                    "(6 lowercase letters and digits)"
+                )
+        for quantity, sensor in self.sensor_ids.items():
+            problem = smartcitizen_sensor_problem(sensor)
+            if problem is not None:
+                raise ValueError(f"sensor_ids.{quantity}: {problem}")
         return self
 
     @property
@@ -169,3 +185,22 @@ class MqttSinkSettings(SinkSettings):
     @property
     def client_id(self) -> str:
         return self.broker.client_id or f"fieldbridge-{self.name}"
+
+
+def smartcitizen_sensor_problem(sensor: int | str) -> str | None:
+    """Why the platform would skip every reading sent with this sensor id or key, or None.
+
+    It takes an integer, or text holding a digit, for a sensor id (so a key with a digit
+    never matches a key), and strips non-ASCII from the payload."""
+    if isinstance(sensor, int):
+        return None if sensor >= 0 else f"{sensor} is not a sensor id"
+    if not sensor or not sensor.isascii() or not sensor.isprintable():
+        return f"{sensor!r}: a sensor key is printable ASCII (the platform strips the rest)"
+    if sensor.isdigit():
+        return None
+    if any(c.isdigit() for c in sensor):
+        return (
+            f"{sensor!r}: the platform takes text with a digit for a sensor id, never a key; "
+            "give the numeric sensor id"
+        )
+    return None
