@@ -93,8 +93,8 @@ def simulate(
         typer.Option(
             "--coap",
             metavar="HOST:PORT",
-            help="fieldbridge's Efento CoAP source. Default: listen of the settings' "
-            "[[sources.efento]].",
+            help="fieldbridge's Efento CoAP source. Default: listen of the settings' Efento "
+            "source (sources.efento).",
         ),
     ] = None,
     json_out: Annotated[

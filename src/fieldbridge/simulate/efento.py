@@ -92,6 +92,7 @@ class EfentoSensor:
             ack_interval=ALWAYS,
             channel_types=list(model),  # type: ignore[arg-type]  # enum values, by number
         )
+        self._transmit_every = transmit_every
         self._held: list[Sample] = []  # measured, not yet acknowledged
         self._next_sample: int | None = None
         self.retries = 0
@@ -105,7 +106,13 @@ class EfentoSensor:
 
     @property
     def transmit_every(self) -> float:
-        return float(self.config.transmission_interval)
+        """Seconds between transmissions (the configured interval once a downlink set it)."""
+        return self._transmit_every
+
+    @property
+    def held(self) -> tuple[Sample, ...]:
+        """The samples measured and not yet acknowledged, oldest first."""
+        return tuple(self._held)
 
     @property
     def measure_every(self) -> int:
@@ -230,6 +237,8 @@ class EfentoSensor:
                 else:
                     self.config.ClearField(field.name)  # type: ignore[arg-type]
             self.config.MergeFrom(changed)
+            if changed.transmission_interval:  # proto3: 0 is "not sent"
+                self._transmit_every = float(changed.transmission_interval)
             self.config.configuration_hash = (self.config.configuration_hash + 1) & 0xFFFFFFFF
             follow.append("c")  # a changed configuration is uploaded (spec §2.4)
         elif downlink.configuration_request:
@@ -351,6 +360,9 @@ class EfentoDevice:
         now = time.time()
         if self.sensor.first:
             await self._post("i", self.sensor.device_info(now))
+        self.sensor.measure(now)
+        if not self.sensor.held:
+            return  # nothing measured since the last transmission: a sensor stays asleep
         answer = await self.tally.answer(self.link.post("m", self.sensor.measurements(now)))
         if answer is None:
             self.sensor.not_acknowledged()

@@ -163,7 +163,7 @@ class Fleet:
                     efento.serial_for(plan.seed, index),
                     efento.MODELS[index % len(efento.MODELS)],
                     _rng(plan.seed, "efento", index),
-                    measure_every=max(1, round(period / 3)),
+                    measure_every=max(1, int(period / 3)),
                     transmit_every=period,
                     token=target.token if target.token_option is None else None,
                 )
