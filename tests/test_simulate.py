@@ -30,6 +30,7 @@ from fieldbridge.simulate.efento import (
     EfentoSensor,
     serial_for,
 )
+from fieldbridge.simulate.pacing import Pacer, period_for
 from fieldbridge.simulate.smartcitizen import Kit, token_for
 from fieldbridge.simulate.trapnet import node_id
 from fieldbridge.store import open_store
@@ -150,6 +151,27 @@ def test_device_ids_come_from_the_seed() -> None:
     [item] = body["data"]
     assert item["recorded_at"] == "2026-11-30T00:53:20Z"
     assert {s["id"] for s in item["sensors"]} == {10, 14, 53, 55, 56, 58, 87, 88, 89}
+
+
+async def test_pacing_keeps_each_device_to_its_period_and_stops_at_once() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    pacer = Pacer(random.Random(1), stop, loop.time() + 1.0, clock=loop.time)
+    sent: list[float] = []
+
+    async def send() -> None:
+        sent.append(loop.time())
+
+    await pacer.run(lambda: 0.1, send)
+    assert 4 <= len(sent) <= 12  # 1 s at 0.1 s ± 15 %, the first within one period
+    assert all(0.08 <= b - a <= 0.3 for a, b in itertools.pairwise(sent))  # a busy loop: later
+    assert period_for(8, 2.0) == 4.0
+
+    stopping = Pacer(random.Random(1), stop, None, clock=loop.time)
+    loop.call_later(0.3, stop.set)
+    started = loop.time()
+    await stopping.run(lambda: 60.0, send)
+    assert loop.time() - started < 1.0
 
 
 # --- where the traffic goes ----------------------------------------------------------------------
@@ -295,7 +317,7 @@ async def test_a_queued_downlink_reaches_a_simulated_sensor(
         serial = serial_for(1, 0).hex().upper()
         running = await asyncio.create_subprocess_exec(
             FIELDBRIDGE, "--config", str(service.config_path), "simulate", "--efento", "1",
-            "--smartcitizen", "0", "--trapnet", "0", "--duration", "40", "--rate", "2", "--json",
+            "--smartcitizen", "0", "--trapnet", "0", "--duration", "0", "--rate", "2", "--json",
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env(),
         )  # fmt: skip
         try:
@@ -320,7 +342,7 @@ async def test_a_queued_downlink_reaches_a_simulated_sensor(
         finally:
             running.terminate()  # SIGTERM: stops as Ctrl-C does, with its summary
             out, err = await asyncio.wait_for(running.communicate(), 30)
-        assert running.returncode == 0, err.decode()
+        assert running.returncode == 0, err.decode() + out.decode()
         summary = json.loads(out)
         assert summary["stopped"] is True
         assert summary["kinds"]["efento"]["failed"] == 0
