@@ -99,11 +99,11 @@ def resolve(
         host, port = parse_listen(efento.listen)
         targets.efento = _coap_target(_reachable(host), port, efento)
     else:
-        targets.missing["efento"] = (
-            "the settings have no Efento CoAP source, so nothing would take the sensors' "
-            f"frames. Add to the settings file\n\n{EFENTO_SOURCE}\n\n(or use {DEMO_FILE}, "
-            "which has every source the simulator needs), run fieldbridge with it, and give "
-            "simulate the same --config; or give --coap HOST:PORT of a running Efento source"
+        targets.missing["efento"] = _what_to_add(
+            settings,
+            "the settings have no Efento CoAP source, so nothing would take the sensors' frames",
+            EFENTO_SOURCE,
+            "--coap HOST:PORT of a running Efento source",
         )
 
     kits = _mqtt_source(mqtt_sources, "smartcitizen", ["device/sck/a1b2c3/readings"])
@@ -147,14 +147,28 @@ def resolve(
     elif network is not None:
         targets.trapnet = _mqtt_target(None, network, prefix)
     else:
-        targets.missing["trapnet"] = (
+        targets.missing["trapnet"] = _what_to_add(
+            settings,
             'the settings have no MQTT source with codec "trapnet" on AKLC/# and '
-            "EnvironmentalServices/#, so the broker would take the trap network's messages "
-            f"but nothing would store them. Add to the settings file\n\n{TRAPNET_SOURCE}\n\n"
-            f"(or use {DEMO_FILE}), run fieldbridge with it, and give simulate the same "
-            "--config; or give --mqtt HOST:PORT of the broker a running one reads"
+            "EnvironmentalServices/#, so the broker would take the trap network's messages but "
+            "nothing would store them",
+            TRAPNET_SOURCE,
+            "--mqtt HOST:PORT of the broker a running one reads",
         )
     return targets
+
+
+def _what_to_add(settings: Settings, problem: str, entry: str, instead: str) -> str:
+    """Why a kind has nowhere to go, the settings entry to add (its second paragraph), and
+    where: a settings file replaces the built-in sources, so without one, the demo file."""
+    path = type(settings).toml_path
+    if path is None:
+        return (
+            f"{problem} (the built-in settings have none). Such a source is\n\n{entry}\n\n"
+            f"but a settings file replaces the built-in sources: run the service and simulate "
+            f"with --config {DEMO_FILE}, which has them all; or give {instead}"
+        )
+    return f"{problem}. Add to {path}\n\n{entry}\n\nand restart fieldbridge; or give {instead}"
 
 
 def _http_url(settings: Settings) -> str | None:
@@ -162,7 +176,9 @@ def _http_url(settings: Settings) -> str | None:
         return None
     host, _, port = settings.http.listen.rpartition(":")
     host = _reachable(host.strip("[]") or "127.0.0.1")
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    # HTTPS when the server has a certificate (http.tls_cert, with the console's security).
+    scheme = "https" if getattr(settings.http, "tls_cert", None) else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def _reachable(host: str) -> str:
