@@ -18,6 +18,7 @@ from fieldbridge.cli.efento_downlink_cmds import efento_app
 from fieldbridge.cli.messagetype_cmds import messagetypes
 from fieldbridge.cli.output import console, fail, print_json, print_table
 from fieldbridge.cli.registry_cmds import devices, quarantine, readings
+from fieldbridge.cli.simulate_cmd import simulate
 from fieldbridge.cli.sink_cmds import deadletters, sinks
 from fieldbridge.cli.spy_cmd import spy
 from fieldbridge.cli.user_cmds import tokens, users
@@ -54,6 +55,7 @@ app.add_typer(dunedb, name="dunedb")
 app.add_typer(users, name="users")
 app.add_typer(tokens, name="tokens")
 app.command("spy")(spy)
+app.command("simulate")(simulate)
 
 
 def _version(value: bool) -> None:
