@@ -83,16 +83,20 @@ def test_defaults_without_any_file() -> None:
     assert settings.http.listen == "127.0.0.1:8080"
     assert settings.ingest == IngestSettings(batch_size=500, flush_ms=5.0, queue_bound=10_000)
     assert settings.log == LogSettings()
-    assert settings.sink_settings == []
-    # The default run takes MQTT with an embedded broker, besides HTTP.
+    # One sink: every message again as JSON on the local broker, something to watch.
+    assert [(t, s.name) for t, s in settings.sink_settings] == [("mqtt", "local-mqtt")]
+    # The default run takes MQTT with an embedded broker and Efento CoAP, besides HTTP.
     sources = [
         (t, s.name, getattr(s, "embedded_broker", None)) for t, s in settings.source_settings
     ]
-    # HTTP ingest on POST /api/v1/ingest, and MQTT (generic JSON and Smart Citizen Kits)
+    # HTTP ingest on POST /api/v1/ingest, MQTT (generic JSON, Smart Citizen Kits, the trap
+    # network) and Efento sensors on this machine's UDP 5683.
     assert sources == [
         ("http", "http", None),
         ("mqtt", "mqtt", "auto"),
         ("mqtt", "smartcitizen", "auto"),
+        ("mqtt", "trapnet", "auto"),
+        ("efento", "efento", None),
     ]
 
 
@@ -318,8 +322,8 @@ def test_public_dict_has_every_section() -> None:
     public = load_settings().public_dict()
     assert set(public) == set(Settings.model_fields)
     assert public["store"]["url"] == "sqlite:///var/fieldbridge.db"  # no password: unchanged
-    assert public["sinks"] == {}
-    assert [s["name"] for s in public["sources"]["mqtt"]] == ["mqtt", "smartcitizen"]
+    assert [s["name"] for s in public["sinks"]["mqtt"]] == ["local-mqtt"]
+    assert [s["name"] for s in public["sources"]["mqtt"]] == ["mqtt", "smartcitizen", "trapnet"]
     json.dumps(public)  # JSON-ready
 
 

@@ -177,33 +177,29 @@ async def test_pacing_keeps_each_device_to_its_period_and_stops_at_once() -> Non
 # --- where the traffic goes ----------------------------------------------------------------------
 
 
-def test_default_settings_have_no_efento_or_trapnet_source_and_say_what_to_add() -> None:
-    targets = resolve(load_settings(None))
-    assert targets.http == "http://127.0.0.1:8080"
-    assert (
-        targets.smartcitizen is not None and targets.smartcitizen.where == "mqtt://127.0.0.1:1883"
-    )
-    assert targets.efento is None and targets.trapnet is None
-    assert "[[sources.efento]]" in targets.missing["efento"]
-    assert 'codec = "trapnet"' in targets.missing["trapnet"]
-
-
-def test_the_settings_said_to_add_and_the_demo_file_give_every_target(tmp_path: Path) -> None:
-    missing = resolve(load_settings(None)).missing
+def test_the_built_in_settings_and_the_settings_said_to_add_give_every_target(
+    tmp_path: Path,
+) -> None:
+    built_in = resolve(load_settings(None))
+    assert built_in.missing == {}
+    assert built_in.efento is not None and built_in.efento.where == "coap://127.0.0.1:5683"
+    assert built_in.smartcitizen is not None and built_in.trapnet is not None
+    bare = tmp_path / "bare.toml"
+    bare.write_text('[http]\nlisten = "127.0.0.1:8080"\n')
+    missing = resolve(load_settings(bare)).missing
     snippets = [text.split("\n\n")[1] for text in (missing["efento"], missing["trapnet"])]
     added = tmp_path / "added.toml"
     added.write_text("\n\n".join(snippets) + "\n")
     targets = resolve(load_settings(added))
     assert targets.efento is not None and targets.efento.where == "coap://127.0.0.1:5683"
     assert targets.trapnet is not None and targets.trapnet.prefix == "AKLC"
-    demo = resolve(load_settings(ROOT / "examples" / "demo.toml"))
-    assert demo.missing == {}
-    assert demo.efento is not None and demo.smartcitizen is not None and demo.trapnet is not None
 
 
-def test_addresses_given_replace_the_settings() -> None:
+def test_addresses_given_replace_the_settings(tmp_path: Path) -> None:
+    bare = tmp_path / "bare.toml"
+    bare.write_text('[http]\nlisten = "127.0.0.1:8080"\n')
     targets = resolve(
-        load_settings(None), coap="10.0.0.5:5684", mqtt="broker:1884", http="http://x:1"
+        load_settings(bare), coap="10.0.0.5:5684", mqtt="broker:1884", http="http://x:1"
     )
     assert targets.efento is not None and targets.efento.where == "coap://10.0.0.5:5684"
     assert targets.trapnet is not None and targets.trapnet.where == "mqtt://broker:1884"

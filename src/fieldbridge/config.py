@@ -237,7 +237,7 @@ class Settings(BaseSettings):
         if cls.preset is not None:
             chain.append(InitSettingsSource(settings_cls, init_kwargs=cls.preset))
         elif cls.toml_path is None and cls.default_run:
-            defaults = {"sources": default_run_sources()}
+            defaults = {"sources": default_run_sources(), "sinks": default_run_sinks()}
             chain.append(InitSettingsSource(settings_cls, init_kwargs=defaults))
         return tuple(chain)
 
@@ -331,6 +331,16 @@ def default_run_sources() -> dict[str, list[dict[str, Any]]]:
     return {
         type_name: [dict(entry) for entry in plugin.default_run]
         for type_name, plugin in SOURCE_TYPES.items()
+        if plugin.default_run
+    }
+
+
+def default_run_sinks() -> dict[str, list[dict[str, Any]]]:
+    """[[sinks.*]] of a run without a settings file (environment overrides still apply)."""
+    load_builtins()
+    return {
+        type_name: [dict(entry) for entry in plugin.default_run]
+        for type_name, plugin in SINK_TYPES.items()
         if plugin.default_run
     }
 

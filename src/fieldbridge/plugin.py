@@ -94,6 +94,8 @@ class SinkType(Generic[SnkT]):
 
     settings: type[SnkT]
     build: Callable[[SnkT], Destination]
+    # Entries this type adds when fieldbridge runs without a settings file (see SourceType).
+    default_run: tuple[Mapping[str, Any], ...] = ()
 
 
 SOURCE_TYPES: dict[str, SourceType[Any]] = {}

@@ -27,7 +27,6 @@ url = "mqtt://127.0.0.1:1883"
 topics = ["AKLC/#", "EnvironmentalServices/#"]
 codec = "trapnet"
 embedded_broker = "auto\""""
-DEMO_FILE = "examples/demo.toml"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +114,8 @@ def resolve(
         targets.missing["smartcitizen"] = (
             'the settings have no MQTT source with codec "smartcitizen" on device/sck/+/...; '
             "fieldbridge without a settings file has one (`make run`); else add it as "
-            f"{DEMO_FILE} does, or give --mqtt HOST:PORT of the broker a running one reads"
+            "fieldbridge.example.toml shows, or give --mqtt HOST:PORT of the broker a running "
+            "one reads"
         )
     if kits is not None and _codec_option(kits, "tokens") is not None:
         targets.notes.append(
@@ -160,13 +160,12 @@ def resolve(
 
 def _what_to_add(settings: Settings, problem: str, entry: str, instead: str) -> str:
     """Why a kind has nowhere to go, the settings entry to add (its second paragraph), and
-    where: a settings file replaces the built-in sources, so without one, the demo file."""
+    where: the settings file, or (the built-in settings, narrowed by FIELDBRIDGE_SOURCES) one."""
     path = type(settings).toml_path
     if path is None:
         return (
-            f"{problem} (the built-in settings have none). Such a source is\n\n{entry}\n\n"
-            f"but a settings file replaces the built-in sources: run the service and simulate "
-            f"with --config {DEMO_FILE}, which has them all; or give {instead}"
+            f"{problem} (FIELDBRIDGE_SOURCES left it out of the built-in settings). Such a "
+            f"source is\n\n{entry}\n\nin a settings file given with --config; or give {instead}"
         )
     return f"{problem}. Add to {path}\n\n{entry}\n\nand restart fieldbridge; or give {instead}"
 

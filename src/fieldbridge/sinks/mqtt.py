@@ -328,7 +328,18 @@ def build(settings: MqttSinkSettings) -> MqttSink:
     return MqttSink(settings)
 
 
-register_sink("mqtt", SinkType(MqttSinkSettings, build))
+# Without a settings file: every reading again as JSON on the local broker (the one the default
+# MQTT sources use, embedded when none runs), so a new installation has a sink to watch.
+DEFAULT_RUN = (
+    {
+        "name": "local-mqtt",
+        "preset": "json",
+        "topic": "fieldbridge/out/{device}",
+        "broker": {"url": "mqtt://127.0.0.1:1883"},
+    },
+)
+
+register_sink("mqtt", SinkType(MqttSinkSettings, build, DEFAULT_RUN))
 
 
 def _entry_order(entry_id: str) -> tuple[int, int] | None:

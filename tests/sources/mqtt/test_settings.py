@@ -144,7 +144,7 @@ def test_tls_insecure_checks_nothing(tmp_path: Path) -> None:
 def test_default_run_without_a_settings_file() -> None:
     settings = load_settings()
     mqtt = {s.name: s for t, s in settings.source_settings if t == "mqtt"}
-    assert set(mqtt) == {"mqtt", "smartcitizen"}
+    assert set(mqtt) == {"mqtt", "smartcitizen", "trapnet"}
     for source in mqtt.values():
         assert isinstance(source, MqttSettings)
         assert source.url == "mqtt://127.0.0.1:1883"
@@ -153,10 +153,11 @@ def test_default_run_without_a_settings_file() -> None:
     assert mqtt["mqtt"].codec == "json" and mqtt["mqtt"].topics == ["sensors/+/data"]
     assert mqtt["smartcitizen"].codec == "smartcitizen"
     assert "device/sck/+/readings" in mqtt["smartcitizen"].topics
+    assert mqtt["trapnet"].codec == "trapnet" and mqtt["trapnet"].monitor is not None
 
 
 def test_environment_can_drop_the_default_run_sources(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FIELDBRIDGE_SOURCES", '{"mqtt": []}')
+    monkeypatch.setenv("FIELDBRIDGE_SOURCES", '{"mqtt": [], "efento": []}')
     # HTTP ingest stays: no [[sources.http]] given, so [http]'s short form runs one.
     assert [(t, s.name) for t, s in load_settings().source_settings] == [("http", "http")]
 

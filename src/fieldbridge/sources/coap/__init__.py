@@ -18,4 +18,7 @@ def build(settings: EfentoCoapSettings, ingest: Ingest, access: StoreAccess) -> 
     return EfentoCoapSource(settings, ingest, access)
 
 
-register_source("efento", SourceType(EfentoCoapSettings, build))
+# Without a settings file: Efento sensors (and `fieldbridge simulate`) on this machine only.
+DEFAULT_RUN = ({"name": "efento", "listen": "127.0.0.1:5683"},)
+
+register_source("efento", SourceType(EfentoCoapSettings, build, DEFAULT_RUN))

@@ -24,8 +24,9 @@ def build(settings: MqttSettings, ingest: Ingest, access: StoreAccess) -> MqttSo
     return MqttSource(settings, ingest, monitor)  # PUBACKs need nothing of the store
 
 
-# Without a settings file: generic JSON on sensors/<device>/data and Smart Citizen Kits, on the
-# broker at 127.0.0.1:1883, or on an embedded Mosquitto when none answers there.
+# Without a settings file: generic JSON on sensors/<device>/data, Smart Citizen Kits and the
+# trap network (seed 000, with its liveness monitor), on the broker at 127.0.0.1:1883, or on an
+# embedded Mosquitto when none answers there.
 DEFAULT_RUN = (
     {
         "name": "mqtt",
@@ -44,6 +45,13 @@ DEFAULT_RUN = (
         ],
         "codec": "smartcitizen",
         "embedded_broker": "auto",
+    },
+    {
+        "name": "trapnet",
+        "topics": ["AKLC/#", "EnvironmentalServices/#"],
+        "codec": "trapnet",
+        "embedded_broker": "auto",
+        "monitor": True,
     },
 )
 
