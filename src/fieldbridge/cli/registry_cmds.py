@@ -4,22 +4,31 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import orjson
 import typer
 
-from fieldbridge.cli.context import with_store
-from fieldbridge.cli.output import fail, print_json, print_table
+from fieldbridge.cli.context import settings_of, with_store
+from fieldbridge.cli.output import console, fail, print_json, print_table
 from fieldbridge.cli.records import device_json, links_json, quarantine_json, stored_reading_json
 from fieldbridge.errors import DecodeError
+from fieldbridge.ingest import Ingest
 from fieldbridge.model import (
     Device,
     DeviceStatus,
-    NotifyChannel,
+    QuarantineEntry,
     Role,
     Subscriber,
     check_device_id,
 )
+from fieldbridge.reingest import CannotReingest, Reingested, reingest
 from fieldbridge.store import Store
-from fieldbridge.store.registry import UNSET
+from fieldbridge.store.devicechange import (
+    ChangeRefused,
+    DeviceChange,
+    change_device,
+    location,
+    parse_subscriber,
+)
 from fieldbridge.timefmt import iso, parse_iso
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -37,11 +46,29 @@ quarantine = typer.Typer(
 def devices_list(
     ctx: typer.Context,
     kind: Annotated[str | None, typer.Option(help="Only devices of this kind.")] = None,
+    source: Annotated[
+        str | None, typer.Option(help="Only devices first seen on this source.")
+    ] = None,
+    status: Annotated[
+        DeviceStatus | None, typer.Option(help="Only devices current, down or in maintenance.")
+    ] = None,
+    search: Annotated[
+        str | None, typer.Option(help="Only devices whose id or name holds this (any case).")
+    ] = None,
+    after: Annotated[
+        str | None,
+        typer.Option(help="Start after this id (the last one of the previous page)."),
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 1000,
     json_out: JsonFlag = False,
 ) -> None:
     """List devices, by id."""
-    found = with_store(ctx, lambda s: s.list_devices(kind=kind, limit=limit))
+    found = with_store(
+        ctx,
+        lambda s: s.search_devices(
+            kind=kind, source=source, status=status, q=search, after=after, limit=limit
+        ),
+    )
     if json_out:
         print_json([device_json(d) for d in found])
         return
@@ -126,18 +153,11 @@ def _shown(data: dict[str, Any]) -> list[tuple[str, Any]]:
     return rows
 
 
-def _parse_subscribers(values: list[str], option: str) -> list[Subscriber]:
-    out = []
-    for value in values:
-        channel, _, address = value.partition(":")
-        if channel not in ("email", "sms") or not address.strip():
-            fail(f"{option} {value!r}: give email:ADDRESS or sms:NUMBER", code=2)
-        if channel == "email" and "@" not in address:
-            fail(f"{option} {value!r}: an email address has an @", code=2)
-        if channel == "sms" and not address.lstrip("+").replace(" ", "").isdigit():
-            fail(f"{option} {value!r}: an sms number is digits, e.g. sms:+64211234567", code=2)
-        out.append(Subscriber(NotifyChannel(channel), address.strip()))
-    return out
+def _parse_subscribers(values: list[str], option: str) -> tuple[Subscriber, ...]:
+    try:
+        return tuple(parse_subscriber(value, option) for value in values)
+    except ChangeRefused as exc:
+        fail(str(exc), code=2)
 
 
 def _parse_pairs(values: list[str], option: str) -> dict[str, str]:
@@ -165,9 +185,12 @@ def _parse_location(text: str) -> dict[str, float]:
         lat, lon = float(lat_text), float(lon_text)
     except ValueError:
         lat = lon = float("nan")
-    if not sep or not (-90 <= lat <= 90 and -180 <= lon <= 180):
+    if not sep or lat != lat or lon != lon:
         fail(f"--location {text!r}: write LAT,LON in degrees, e.g. -36.83,174.83", code=2)
-    return {"latitude": lat, "longitude": lon}
+    try:
+        return location(lat, lon, f"--location {text!r}")
+    except ChangeRefused as exc:
+        fail(str(exc), code=2)
 
 
 @devices.command("add")
@@ -257,54 +280,40 @@ def devices_set(
 ) -> None:
     """Set flags (routing switches such as influx), attributes, name, message type, status,
     allowed downtime, role, team, a location override or who is notified of a device."""
-    flags = _parse_flags(flag or [])
-    attrs: dict[str, object] = dict(_parse_pairs(attr or [], "--attr"))
-    remove: tuple[str, ...] = ()
-    if location is not None:
-        if location.strip():
-            attrs["location_override"] = _parse_location(location)
-        else:
-            remove = ("location_override",)
+    fixed = None if location is None or not location.strip() else _parse_location(location)
+    change = DeviceChange(
+        flags=_parse_flags(flag or []),
+        attributes=dict(_parse_pairs(attr or [], "--attr")),
+        name=name,
+        message_type=message_type,
+        status=status,
+        allowed_downtime_min=allowed_downtime,
+        role=role,
+        team=team,
+        location=fixed,
+        remove_location=location is not None and fixed is None,
+        notify=_parse_subscribers(notify or [], "--notify"),
+        no_notify=_parse_subscribers(no_notify or [], "--no-notify"),
+    )
+    if change.empty:
+        fail(
+            "nothing to set; give --flag KEY=on|off, --attr KEY=VALUE, --name, --message-type, "
+            "--status, --allowed-downtime, --role, --team, --location, --notify or --no-notify",
+            code=2,
+        )
     if status is DeviceStatus.DOWN:
         fail(
             "--status down: a device goes down by itself when it stays silent past its "
             "allowed downtime; set current or maintenance",
             code=2,
         )
-    add = _parse_subscribers(notify or [], "--notify")
-    drop = _parse_subscribers(no_notify or [], "--no-notify")
-    columns = (message_type, status, allowed_downtime, role, team)
-    nothing = not flags and not attrs and not remove and not add and not drop
-    if nothing and name is None and columns == (None,) * 5:
-        fail(
-            "nothing to set; give --flag KEY=on|off, --attr KEY=VALUE, --name, --message-type, "
-            "--status, --allowed-downtime, --role, --team, --location, --notify or --no-notify",
-            code=2,
-        )
 
     async def update(store: Store) -> dict[str, Any] | None:
-        if message_type and await store.get_message_type(message_type) is None:
-            fail(
-                f"--message-type {message_type!r}: no such message type; add it with "
-                "`fieldbridge messagetypes add`"
-            )
-        device = await store.update_device(
-            device_id,
-            flags=flags,
-            attributes=attrs,
-            name=name,
-            status=status,
-            allowed_downtime_min=allowed_downtime,
-            role=role,
-            message_type=UNSET if message_type is None else (message_type or None),
-            team=UNSET if team is None else (team or None),
-            remove_attributes=remove,
-        )
-        if device is None:
-            return None
-        if add or drop:
-            await store.set_subscribers(device_id, add=add, remove=drop)
-        return await _full_json(store, device)
+        try:
+            device = await change_device(store, device_id, change)
+        except ChangeRefused as exc:
+            fail(str(exc))
+        return None if device is None else await _full_json(store, device)
 
     data = with_store(ctx, update)
     if data is None:
@@ -371,3 +380,83 @@ def quarantine_list(
             for r in rows
         ],
     )
+
+
+def _quarantine_id(value: int) -> int:
+    if value < 1:
+        fail(f"ID {value}: quarantine ids start at 1 (`fieldbridge quarantine list`)", code=2)
+    return value
+
+
+def quarantine_detail_json(q: QuarantineEntry) -> dict[str, Any]:
+    """A quarantined payload as `quarantine show` prints it: the raw bytes as hex too."""
+    return {**quarantine_json(q), "size": len(q.payload), "payload_hex": q.payload.hex()}
+
+
+QuarantineId = Annotated[
+    int, typer.Argument(metavar="ID", help="The quarantined payload's id (quarantine list).")
+]
+
+
+@quarantine.command("show")
+def quarantine_show(ctx: typer.Context, qid: QuarantineId, json_out: JsonFlag = False) -> None:
+    """Show one quarantined payload: the reason, its metadata, the raw bytes as hex and text."""
+    found = with_store(ctx, lambda s: s.get_quarantined(_quarantine_id(qid)))
+    if found is None:
+        fail(f"no quarantined payload {qid}; `fieldbridge quarantine list` shows them")
+    data = quarantine_detail_json(found)
+    if json_out:
+        print_json(data)
+        return
+    rows: list[tuple[str, Any]] = [
+        (key, data[key]) for key in ("id", "received_at", "source", "reason", "size")
+    ]
+    rows.append(("meta", orjson.dumps(data["meta"]).decode()))
+    rows.append(("text", data["payload_text"] if data["payload_text"] is not None else "<binary>"))
+    hex_text = data["payload_hex"]
+    rows += [("hex" if i == 0 else "", hex_text[i : i + 64]) for i in range(0, len(hex_text), 64)]
+    print_table(f"quarantined payload {qid}", ["field", "value"], rows)
+
+
+@quarantine.command("reingest")
+def quarantine_reingest(ctx: typer.Context, qid: QuarantineId, json_out: JsonFlag = False) -> None:
+    """Decode a quarantined payload again with its source's current codec (after a codec fix)
+    and store it as ingest does; it leaves the quarantine once stored. The running service's
+    sinks deliver it."""
+    settings = settings_of(ctx)
+
+    async def go(store: Store) -> Reingested:
+        async with Ingest(store) as ingest:
+            return await reingest(store, ingest, settings.source_settings, _quarantine_id(qid))
+
+    try:
+        done = with_store(ctx, go)
+    except CannotReingest as exc:
+        fail(f"quarantined payload {qid} not stored: {exc.message}")
+    if json_out:
+        print_json(
+            {
+                "quarantine_id": done.quarantine_id,
+                "source": done.source,
+                "message_ids": list(done.message_ids),
+                "duplicates": done.duplicates,
+                "quarantined": list(done.quarantined),
+            }
+        )
+        return
+    ids = ", ".join(str(i) for i in done.message_ids)
+    console.print(f"quarantined payload {qid} stored as message {ids}; removed from quarantine")
+    if done.quarantined:
+        parts = ", ".join(str(i) for i in done.quarantined)
+        console.print(f"parts still refused, quarantined anew: {parts}")
+
+
+@quarantine.command("drop")
+def quarantine_drop(ctx: typer.Context, qid: QuarantineId, json_out: JsonFlag = False) -> None:
+    """Delete a quarantined payload for good."""
+    if not with_store(ctx, lambda s: s.drop_quarantined(_quarantine_id(qid))):
+        fail(f"no quarantined payload {qid}; `fieldbridge quarantine list` shows them")
+    if json_out:
+        print_json({"id": qid, "dropped": True})
+    else:
+        console.print(f"quarantined payload {qid} dropped")
