@@ -60,6 +60,26 @@ class SinkStateQueries:
                 (name, max(cursor, 0), time.time()),
             )
 
+    async def start_replay(self, name: str, since: float) -> tuple[int, int]:
+        """Ask the running sink to send again what was received from `since` on; return the
+        first message id it sends again and the journal's head id then (nothing after the head
+        is older than `since`, so a `since` after the last message sends nothing again)."""
+        async with self.db.transaction() as tx:
+            rows = await tx.fetchall(
+                "SELECT COALESCE(MAX(id), 0), (SELECT MIN(id) FROM journal WHERE received_at >= ?) "
+                "FROM journal",
+                (since,),
+            )
+            head = int(rows[0][0])
+            from_id = int(rows[0][1]) if rows[0][1] is not None else head + 1
+            await tx.execute(
+                "INSERT INTO sink_state (name, replay_from, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET replay_from = excluded.replay_from, "
+                "updated_at = excluded.updated_at",
+                (name, from_id - 1, time.time()),
+            )
+        return from_id, head
+
     async def take_replay(self, name: str) -> int | None:
         """Apply a pending replay request: move the cursor there and clear the request."""
         async with self.db.transaction() as tx:
