@@ -1,0 +1,171 @@
+"""The web console in a real browser (Debian's Chromium, headless) against a running fieldbridge:
+log in, find a device, toggle a flag, queue an Efento downlink, steer a sink, retry a dead
+letter, watch the live view; a screenshot of every page goes to var/test-artifacts/."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from fieldbridge.model import DeadLetterState
+from tests.conftest import wait_until
+from tests.support.console import ConsoleService
+from tests.support.processes import WebhookReceiver
+from tests.web.console.conftest import screenshot
+from tests.web.console.seed import EFENTO_SERIAL, KIT, post, seed
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver() as hook:
+        yield hook
+
+
+@pytest.fixture
+def fb(tmp_path: Path, receiver: WebhookReceiver) -> Iterator[ConsoleService]:
+    sinks = {"webhook": [{"name": "hook", "url": receiver.url}]}
+    with ConsoleService(tmp_path / "svc", sinks=sinks) as service:
+        seed(service.ingest_url)
+        yield service
+
+
+def test_overview_and_devices(fb: ConsoleService, page: Page) -> None:
+    page.goto(fb.base_url + "/")
+    expect(page.get_by_test_id("devices-count")).to_have_text("3")
+    expect(page.get_by_test_id("quarantine-count")).to_have_text("1")
+    expect(page.locator(".chart canvas").first).to_be_visible()
+    expect(page.locator("table.sinks")).to_contain_text("hook")
+    screenshot(page, "overview")
+
+    page.get_by_role("navigation").get_by_role("link", name="Devices").click()
+    page.get_by_role("searchbox").fill("2c02")
+    rows = page.locator("#device-rows tr")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text(EFENTO_SERIAL)
+    page.get_by_role("searchbox").fill("")
+    expect(rows).to_have_count(3)
+    screenshot(page, "devices")
+
+    page.get_by_role("link", name=KIT).click()
+    expect(page.locator("h1")).to_contain_text(KIT)
+    expect(page.locator("figcaption")).to_have_count(2)  # humidity and temperature
+    expect(page.locator(".chart canvas")).to_have_count(2)
+    expect(page.locator("details.raw").first).to_contain_text("temperature")
+    screenshot(page, "device")
+
+
+def test_toggling_a_flag_writes_the_store(fb: ConsoleService, page: Page) -> None:
+    page.goto(fb.base_url + "/devices/" + KIT)
+    switch = page.locator('button[role=switch][data-flag="upload_trapnz"]')
+    expect(switch).to_have_attribute("aria-checked", "false")
+    switch.click()
+    expect(page.locator('button[role=switch][data-flag="upload_trapnz"]')).to_have_attribute(
+        "aria-checked", "true"
+    )
+    device = fb.call(lambda: fb.store.get_device(KIT))
+    assert device is not None and device.flags == {"upload_trapnz": True}
+    page.locator('button[role=switch][data-flag="upload_trapnz"]').click()
+    expect(page.locator('button[role=switch][data-flag="upload_trapnz"]')).to_have_attribute(
+        "aria-checked", "false"
+    )
+    device = fb.call(lambda: fb.store.get_device(KIT))
+    assert device is not None and device.flags == {"upload_trapnz": False}
+
+
+def test_efento_form_queues_a_downlink(fb: ConsoleService, page: Page) -> None:
+    page.goto(fb.base_url + "/devices/" + EFENTO_SERIAL)
+    page.get_by_label("Transmission interval (s)").fill("900")
+    page.get_by_label("Measurement period base (s)").fill("60")
+    page.get_by_label("ask for its configuration").check()
+    page.get_by_role("button", name="Queue downlink").click()
+    expect(page.locator("#downlinks .notice.ok")).to_contain_text("queued downlink 1")
+    expect(page.locator("#downlinks tr[data-downlink]")).to_have_count(1)
+    [downlink] = fb.call(lambda: fb.store.pending_downlinks(EFENTO_SERIAL))
+    assert downlink.origin == "console"
+    assert downlink.fields == {
+        "measurement_period_base": 60,
+        "transmission_interval": 900,
+        "configuration_request": True,
+    }
+    assert downlink.expect_hash_change is True
+    screenshot(page, "device-efento")
+
+    page.get_by_label("Other settings, one NAME=VALUE a line").fill("no_such_setting=1")
+    page.get_by_role("button", name="Queue downlink").click()
+    expect(page.locator("#downlinks .notice.error")).to_contain_text("no_such_setting")
+    assert len(fb.call(lambda: fb.store.pending_downlinks(EFENTO_SERIAL))) == 1
+
+
+def test_pause_and_resume_a_sink(fb: ConsoleService, page: Page) -> None:
+    page.goto(fb.base_url + "/sinks")
+    row = page.locator('tr[data-sink="hook"]')
+    row.get_by_role("button", name="Pause").click()
+    expect(row.get_by_test_id("state")).to_have_text("paused")
+    assert fb.call(lambda: fb.store.sink_state("hook")).paused
+    screenshot(page, "sinks")
+    row.get_by_role("button", name="Resume").click()
+    expect(row.get_by_role("button", name="Pause")).to_be_visible()
+    assert not fb.call(lambda: fb.store.sink_state("hook")).paused
+
+
+def test_retrying_a_dead_letter_sends_it_again(
+    fb: ConsoleService, page: Page, receiver: WebhookReceiver
+) -> None:
+    wait_until(lambda: len(receiver.ids()) == 180, "the sink to deliver the seeded messages")
+    fb.call(lambda: fb.store.add_dead_letter("hook", 7, 400, '{"error": "bad reading"}'))
+    before = receiver.received[7]
+    page.goto(fb.base_url + "/sinks")
+    dead = page.locator('#dead-letters tr[data-dead="1"]')
+    expect(dead).to_contain_text("bad reading")
+    screenshot(page, "sinks-dead-letters")
+    dead.get_by_role("button", name="Retry").click()
+    expect(page.locator("#dead-letters .notice.ok")).to_contain_text("will be sent again")
+    # The running sink takes it: sends message 7 again and forgets the dead letter.
+    wait_until(lambda: receiver.received[7] > before, "the sink to send message 7 again")
+    wait_until(
+        lambda: not fb.call(lambda: fb.store.list_dead_letters(state=DeadLetterState.RETRY)),
+        "the retried dead letter to be resolved",
+    )
+
+
+def test_replay_from_a_time_shows_progress(fb: ConsoleService, page: Page) -> None:
+    page.goto(fb.base_url + "/sinks")
+    page.get_by_label("send again what arrived from (UTC)").fill("2020-01-01T00:00:00")
+    page.get_by_role("button", name="Replay").click()
+    box = page.locator('#replay-progress [data-replay="hook"]')
+    expect(box).to_have_attribute("data-finished", "true", timeout=15_000)
+    expect(box).to_contain_text("messages sent again")
+
+
+def test_live_view_shows_a_message_published_now(fb: ConsoleService, page: Page) -> None:
+    page.goto(fb.base_url + "/live")
+    expect(page.locator("#live-status")).to_have_attribute("data-state", "open")
+    assert post(fb.ingest_url, {"device": "live-1", "readings": {"t": 21.5}}).status_code == 200
+    assert post(fb.ingest_url, {"device": "live-1", "readings": {"t": "x"}}).status_code == 422
+    rows = page.locator("#live-events tr")
+    expect(rows).to_have_count(2)
+    expect(rows.nth(1)).to_contain_text("live-1")
+    expect(rows.nth(1)).to_contain_text("t=21.5")
+    expect(rows.nth(0)).to_contain_text("rejected")
+    screenshot(page, "live")
+
+    page.goto(fb.base_url + "/live?device=other")
+    expect(page.locator("#live-status")).to_have_attribute("data-state", "open")
+    post(fb.ingest_url, {"device": "live-1", "readings": {"t": 1}})
+    post(fb.ingest_url, {"device": "other", "readings": {"t": 2}})
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("other")
+
+
+def test_quarantine_shows_the_raw_payload(fb: ConsoleService, page: Page) -> None:
+    page.goto(fb.base_url + "/quarantine")
+    entry = page.locator("article.quarantined").first
+    expect(entry).to_contain_text("readings.temperature: must be a number")
+    expect(entry.locator("pre.text")).to_contain_text('"warm"')
+    expect(entry.locator("pre.hex")).to_contain_text("7b 22")
+    screenshot(page, "quarantine")
