@@ -8,6 +8,9 @@ from typing import Any
 
 import httpx
 
+from fieldbridge.model import Decoded, Reading
+from fieldbridge.store import Pending
+
 EFENTO_SERIAL = "282C024156AF"
 KIT = "kit-ak-0042"
 TRAP = "trap-node-17"
@@ -45,3 +48,21 @@ def seed(ingest_url: str) -> None:
         assert answer.status_code == 200, answer.text
     refused = post(ingest_url, {"device": KIT, "readings": {"temperature": "warm"}})
     assert refused.status_code == 422, refused.text
+
+
+def past_hour(now: float) -> list[Pending]:
+    """An hour of traffic from three sources as ingest commits it (received over the hour, not
+    all now), so the overview's rate chart has a shape; none of these devices is seeded above."""
+    out = []
+    for minute in range(60, 0, -1):
+        at = now - minute * 60
+        for source, device, per_minute in (
+            ("coap", "282C02415700", 40 + 25 * (minute % 4 == 0)),
+            ("mqtt", "kit-ak-0007", 90 + 5 * ((minute // 7) % 5)),
+            ("trapnet", "gw-01", 15 + 30 * (minute % 10 == 0)),
+        ):
+            for i in range(per_minute):
+                reading = Reading("temperature", 15.0, at + i / 100, 0, "C")
+                decoded = Decoded(device=device, readings=(reading,), kind=source)
+                out.append(Pending(source, at + i / 100, "{}", b"{}", decoded=[decoded]))
+    return out

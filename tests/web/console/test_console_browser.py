@@ -4,20 +4,24 @@ letter, watch the live view; a screenshot of every page goes to var/test-artifac
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
 from fieldbridge.model import DeadLetterState
+from fieldbridge.web.security.principal import Principal, Role
 from tests.conftest import wait_until
 from tests.support.console import ConsoleService
 from tests.support.processes import WebhookReceiver
 from tests.web.console.conftest import screenshot
-from tests.web.console.seed import EFENTO_SERIAL, KIT, post, seed
+from tests.web.console.seed import EFENTO_SERIAL, KIT, past_hour, post, seed
 
 pytestmark = pytest.mark.browser
+VIEWER = Principal("vera", "session", role=Role.VIEWER, csrf_token="viewer-csrf")
 
 
 @pytest.fixture
@@ -35,20 +39,21 @@ def fb(tmp_path: Path, receiver: WebhookReceiver) -> Iterator[ConsoleService]:
 
 
 def test_overview_and_devices(fb: ConsoleService, page: Page) -> None:
+    fb.call(lambda: fb.store.commit(past_hour(time.time())))
     page.goto(fb.base_url + "/")
-    expect(page.get_by_test_id("devices-count")).to_have_text("3")
+    expect(page.get_by_test_id("devices-count")).to_have_text("6")
     expect(page.get_by_test_id("quarantine-count")).to_have_text("1")
     expect(page.locator(".chart canvas").first).to_be_visible()
     expect(page.locator("table.sinks")).to_contain_text("hook")
     screenshot(page, "overview")
 
     page.get_by_role("navigation").get_by_role("link", name="Devices").click()
-    page.get_by_role("searchbox").fill("2c02")
+    page.get_by_role("searchbox").fill("4156af")
     rows = page.locator("#device-rows tr")
     expect(rows).to_have_count(1)
     expect(rows.first).to_contain_text(EFENTO_SERIAL)
     page.get_by_role("searchbox").fill("")
-    expect(rows).to_have_count(3)
+    expect(rows).to_have_count(6)
     screenshot(page, "devices")
 
     page.get_by_role("link", name=KIT).click()
@@ -169,3 +174,35 @@ def test_quarantine_shows_the_raw_payload(fb: ConsoleService, page: Page) -> Non
     expect(entry.locator("pre.text")).to_contain_text('"warm"')
     expect(entry.locator("pre.hex")).to_contain_text("7b 22")
     screenshot(page, "quarantine")
+
+
+@pytest.fixture
+def viewer_fb(tmp_path: Path) -> Iterator[ConsoleService]:
+    with ConsoleService(tmp_path / "svc", principal=VIEWER) as service:
+        seed(service.ingest_url)
+        yield service
+
+
+def test_a_viewer_sees_everything_and_changes_nothing(
+    viewer_fb: ConsoleService, page: Page
+) -> None:
+    fb = viewer_fb
+    page.goto(fb.base_url + "/devices/" + KIT)
+    switch = page.locator('button[role=switch][data-flag="upload_trapnz"]')
+    expect(switch).to_be_disabled()
+    expect(page.get_by_role("link", name="Audit")).to_have_count(0)
+    headers = {"X-CSRF-Token": VIEWER.csrf_token or ""}
+    for path, form in (
+        (f"/devices/{KIT}/flags", {"flag": "upload_trapnz", "on": "true"}),
+        (f"/devices/{EFENTO_SERIAL}/efento", {"transmission_interval": "900"}),
+        ("/sinks/hook/pause", {}),
+        ("/sinks/replay", {"sink": "hook", "since": "2020-01-01T00:00:00"}),
+        ("/deadletters/1/retry", {}),
+        ("/deadletters/1/drop", {}),
+    ):
+        answer = httpx.post(fb.base_url + path, data=form, headers=headers, timeout=10.0)
+        assert answer.status_code == 403, (path, answer.text)
+    assert httpx.get(fb.base_url + "/audit", timeout=10.0).status_code == 403
+    device = fb.call(lambda: fb.store.get_device(KIT))
+    assert device is not None and device.flags == {}
+    assert fb.call(lambda: fb.store.pending_downlinks()) == []
