@@ -1,7 +1,8 @@
 """A running fieldbridge with the web console, in a background thread, for browser tests.
 
 The service is the real one (`Service` on a SQLite file in a temporary folder: sources,
-ingest, sinks); its console is served beside it on a free port of its own.
+ingest, sinks); its console is served beside it on a free port of its own, behind the same
+security gate and login pages as the service's own server, with an admin and a viewer.
 """
 
 from __future__ import annotations
@@ -14,35 +15,26 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from starlette.applications import Starlette
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.middleware import Middleware
 
 from fieldbridge.app import Service
 from fieldbridge.config import load_settings
 from fieldbridge.store import Store
 from fieldbridge.web.console import console_routes
 from fieldbridge.web.context import WebContext
-from fieldbridge.web.security.principal import PRINCIPAL_KEY, Principal, Role
-from fieldbridge.web.server import WebServer
+from fieldbridge.web.security.login import LoginRoutes
+from fieldbridge.web.security.middleware import SecurityMiddleware
+from fieldbridge.web.security.public import public_paths
+from fieldbridge.web.security.resolve import Resolver
+from fieldbridge.web.server import WebServer, build_app
 from fieldbridge.web.spy import SpyHub
 from tests.support.processes import to_toml
+from tests.support.web import store_user
 
 T = TypeVar("T")
 START_TIMEOUT = 20.0
-ADMIN = Principal("admin", "session", role=Role.ADMIN, csrf_token="test-csrf")
-
-
-class AsPrincipal:
-    """Test-only: puts a fixed caller in the scope, as the security middleware would."""
-
-    def __init__(self, app: ASGIApp, principal: Principal) -> None:
-        self.app = app
-        self.principal = principal
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            scope[PRINCIPAL_KEY] = self.principal
-        await self.app(scope, receive, send)
+ADMIN = ("ada", "admin-password-1")  # name, password
+VIEWER = ("vera", "viewer-password-1")
 
 
 class ConsoleService:
@@ -54,7 +46,6 @@ class ConsoleService:
         *,
         sinks: Mapping[str, Any] | None = None,
         sources: Mapping[str, Any] | None = None,
-        principal: Principal = ADMIN,
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.db_path = workdir / "fieldbridge.db"
@@ -69,7 +60,6 @@ class ConsoleService:
             config["sinks"] = sinks
         self.config_path = workdir / "fieldbridge.toml"
         self.config_path.write_text(to_toml(config))
-        self.principal = principal
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._stop: asyncio.Event | None = None
@@ -127,8 +117,17 @@ class ConsoleService:
                 sinks=service.sinks,
                 started_at=service.started_at,
             )
-            app = AsPrincipal(Starlette(routes=console_routes(ctx)), self.principal)
-            async with WebServer(app, "127.0.0.1:0") as server:  # type: ignore[arg-type]
+            await store_user(service.store, ADMIN[0], "admin", ADMIN[1])
+            await store_user(service.store, VIEWER[0], "viewer", VIEWER[1])
+            http = service.settings.http
+            gate = Middleware(
+                SecurityMiddleware,
+                resolver=Resolver(service.store, http.tokens),
+                is_public=public_paths((), http.metrics_public),
+            )
+            pages = [*LoginRoutes(service.store, http).routes(), *console_routes(ctx)]
+            app = build_app([], service.health, service.metrics, pages=pages, middleware=[gate])
+            async with WebServer(app, "127.0.0.1:0") as server:
                 self.console_port = server.port
                 started.set_result(None)
                 await stop.wait()

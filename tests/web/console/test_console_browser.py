@@ -4,24 +4,33 @@ letter, watch the live view; a screenshot of every page goes to var/test-artifac
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
 from fieldbridge.model import DeadLetterState
-from fieldbridge.web.security.principal import Principal, Role
 from tests.conftest import wait_until
-from tests.support.console import ConsoleService
+from tests.support.console import ADMIN, VIEWER, ConsoleService
 from tests.support.processes import WebhookReceiver
 from tests.web.console.conftest import screenshot
 from tests.web.console.seed import EFENTO_SERIAL, KIT, past_hour, post, seed
 
 pytestmark = pytest.mark.browser
-VIEWER = Principal("vera", "session", role=Role.VIEWER, csrf_token="viewer-csrf")
+
+
+def log_in(page: Page, fb: ConsoleService, who: tuple[str, str], path: str = "/") -> None:
+    """Open `path` as a stranger, get sent to /login, log in there and come back to `path`."""
+    page.goto(fb.base_url + path)
+    expect(page).to_have_url(re.compile(r"/login\?next="))
+    page.get_by_label("User name").fill(who[0])
+    page.get_by_label("Password").fill(who[1])
+    page.get_by_role("button", name="Log in").click()
+    expect(page).to_have_url(fb.base_url + path)
+    expect(page.get_by_test_id("user")).to_contain_text(who[0])
 
 
 @pytest.fixture
@@ -40,7 +49,7 @@ def fb(tmp_path: Path, receiver: WebhookReceiver) -> Iterator[ConsoleService]:
 
 def test_overview_and_devices(fb: ConsoleService, page: Page) -> None:
     fb.call(lambda: fb.store.commit(past_hour(time.time())))
-    page.goto(fb.base_url + "/")
+    log_in(page, fb, ADMIN)
     expect(page.get_by_test_id("devices-count")).to_have_text("6")
     expect(page.get_by_test_id("quarantine-count")).to_have_text("1")
     expect(page.locator(".chart canvas").first).to_be_visible()
@@ -65,7 +74,7 @@ def test_overview_and_devices(fb: ConsoleService, page: Page) -> None:
 
 
 def test_toggling_a_flag_writes_the_store(fb: ConsoleService, page: Page) -> None:
-    page.goto(fb.base_url + "/devices/" + KIT)
+    log_in(page, fb, ADMIN, "/devices/" + KIT)
     switch = page.locator('button[role=switch][data-flag="upload_trapnz"]')
     expect(switch).to_have_attribute("aria-checked", "false")
     switch.click()
@@ -83,7 +92,7 @@ def test_toggling_a_flag_writes_the_store(fb: ConsoleService, page: Page) -> Non
 
 
 def test_efento_form_queues_a_downlink(fb: ConsoleService, page: Page) -> None:
-    page.goto(fb.base_url + "/devices/" + EFENTO_SERIAL)
+    log_in(page, fb, ADMIN, "/devices/" + EFENTO_SERIAL)
     page.get_by_label("Transmission interval (s)").fill("900")
     page.get_by_label("Measurement period base (s)").fill("60")
     page.get_by_label("ask for its configuration").check()
@@ -107,7 +116,7 @@ def test_efento_form_queues_a_downlink(fb: ConsoleService, page: Page) -> None:
 
 
 def test_pause_and_resume_a_sink(fb: ConsoleService, page: Page) -> None:
-    page.goto(fb.base_url + "/sinks")
+    log_in(page, fb, ADMIN, "/sinks")
     row = page.locator('tr[data-sink="hook"]')
     row.get_by_role("button", name="Pause").click()
     expect(row.get_by_test_id("state")).to_have_text("paused")
@@ -124,7 +133,7 @@ def test_retrying_a_dead_letter_sends_it_again(
     wait_until(lambda: len(receiver.ids()) == 180, "the sink to deliver the seeded messages")
     fb.call(lambda: fb.store.add_dead_letter("hook", 7, 400, '{"error": "bad reading"}'))
     before = receiver.received[7]
-    page.goto(fb.base_url + "/sinks")
+    log_in(page, fb, ADMIN, "/sinks")
     dead = page.locator('#dead-letters tr[data-dead="1"]')
     expect(dead).to_contain_text("bad reading")
     screenshot(page, "sinks-dead-letters")
@@ -139,7 +148,7 @@ def test_retrying_a_dead_letter_sends_it_again(
 
 
 def test_replay_from_a_time_shows_progress(fb: ConsoleService, page: Page) -> None:
-    page.goto(fb.base_url + "/sinks")
+    log_in(page, fb, ADMIN, "/sinks")
     page.get_by_label("send again what arrived from (UTC)").fill("2020-01-01T00:00:00")
     page.get_by_role("button", name="Replay").click()
     box = page.locator('#replay-progress [data-replay="hook"]')
@@ -148,7 +157,7 @@ def test_replay_from_a_time_shows_progress(fb: ConsoleService, page: Page) -> No
 
 
 def test_live_view_shows_a_message_published_now(fb: ConsoleService, page: Page) -> None:
-    page.goto(fb.base_url + "/live")
+    log_in(page, fb, ADMIN, "/live")
     expect(page.locator("#live-status")).to_have_attribute("data-state", "open")
     assert post(fb.ingest_url, {"device": "live-1", "readings": {"t": 21.5}}).status_code == 200
     assert post(fb.ingest_url, {"device": "live-1", "readings": {"t": "x"}}).status_code == 422
@@ -168,7 +177,7 @@ def test_live_view_shows_a_message_published_now(fb: ConsoleService, page: Page)
 
 
 def test_quarantine_shows_the_raw_payload(fb: ConsoleService, page: Page) -> None:
-    page.goto(fb.base_url + "/quarantine")
+    log_in(page, fb, ADMIN, "/quarantine")
     entry = page.locator("article.quarantined").first
     expect(entry).to_contain_text("readings.temperature: must be a number")
     expect(entry.locator("pre.text")).to_contain_text('"warm"')
@@ -176,22 +185,12 @@ def test_quarantine_shows_the_raw_payload(fb: ConsoleService, page: Page) -> Non
     screenshot(page, "quarantine")
 
 
-@pytest.fixture
-def viewer_fb(tmp_path: Path) -> Iterator[ConsoleService]:
-    with ConsoleService(tmp_path / "svc", principal=VIEWER) as service:
-        seed(service.ingest_url)
-        yield service
-
-
-def test_a_viewer_sees_everything_and_changes_nothing(
-    viewer_fb: ConsoleService, page: Page
-) -> None:
-    fb = viewer_fb
-    page.goto(fb.base_url + "/devices/" + KIT)
+def test_a_viewer_sees_everything_and_changes_nothing(fb: ConsoleService, page: Page) -> None:
+    log_in(page, fb, VIEWER, "/devices/" + KIT)
     switch = page.locator('button[role=switch][data-flag="upload_trapnz"]')
     expect(switch).to_be_disabled()
     expect(page.get_by_role("link", name="Audit")).to_have_count(0)
-    headers = {"X-CSRF-Token": VIEWER.csrf_token or ""}
+    csrf = page.locator("nav input[name=csrf_token]").get_attribute("value") or ""
     for path, form in (
         (f"/devices/{KIT}/flags", {"flag": "upload_trapnz", "on": "true"}),
         (f"/devices/{EFENTO_SERIAL}/efento", {"transmission_interval": "900"}),
@@ -200,9 +199,33 @@ def test_a_viewer_sees_everything_and_changes_nothing(
         ("/deadletters/1/retry", {}),
         ("/deadletters/1/drop", {}),
     ):
-        answer = httpx.post(fb.base_url + path, data=form, headers=headers, timeout=10.0)
-        assert answer.status_code == 403, (path, answer.text)
-    assert httpx.get(fb.base_url + "/audit", timeout=10.0).status_code == 403
+        answer = page.request.post(
+            fb.base_url + path, form=form, headers={"X-CSRF-Token": csrf}, max_redirects=0
+        )
+        assert answer.status == 403, (path, answer.text())
+        assert "may look but not change" in answer.text()
+    assert page.request.get(fb.base_url + "/audit").status == 403
     device = fb.call(lambda: fb.store.get_device(KIT))
     assert device is not None and device.flags == {}
     assert fb.call(lambda: fb.store.pending_downlinks()) == []
+    assert not fb.call(lambda: fb.store.sink_state("hook")).paused
+
+
+def test_changes_are_in_the_audit_log_and_logout_ends_the_session(
+    fb: ConsoleService, page: Page
+) -> None:
+    log_in(page, fb, ADMIN, "/devices/" + KIT)
+    page.locator('button[role=switch][data-flag="upload_influxdb"]').click()
+    expect(page.locator('button[role=switch][data-flag="upload_influxdb"]')).to_have_attribute(
+        "aria-checked", "true"
+    )
+    page.get_by_role("navigation").get_by_role("link", name="Audit").click()
+    entry = page.locator("tbody tr").filter(has_text="device.update")
+    expect(entry).to_contain_text(ADMIN[0])
+    expect(entry).to_contain_text(KIT)
+    expect(entry).to_contain_text('"upload_influxdb": true')
+    screenshot(page, "audit")
+    page.get_by_role("button", name="Log out").click()
+    expect(page).to_have_url(re.compile(r"/login"))
+    page.goto(fb.base_url + "/sinks")
+    expect(page).to_have_url(re.compile(r"/login\?next=%2Fsinks"))
