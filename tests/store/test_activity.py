@@ -3,9 +3,10 @@ and a replay from a time; on both backends."""
 
 from __future__ import annotations
 
-from fieldbridge.model import Decoded, Reading
+from fieldbridge.model import Decoded, DeviceStatus, Reading
 from fieldbridge.store import Pending, Store
 from fieldbridge.store.activity import IngestBucket, Point
+from fieldbridge.store.sinkstate import Replay
 
 T0 = 1_800_000_000.0  # a multiple of 60
 
@@ -44,7 +45,7 @@ async def test_search_finds_devices_by_any_part_of_id_name_kind_or_source(store:
     await store.update_device("kit_1", name="Orchard North")
 
     async def ids(text: str) -> list[str]:
-        return [d.id for d in await store.search_devices(text)]
+        return [d.id for d in await store.find_devices(text)]
 
     assert await ids("2c02") == ["282C024156AF"]
     assert await ids("EFENTO") == ["282C024156AF"]
@@ -55,6 +56,10 @@ async def test_search_finds_devices_by_any_part_of_id_name_kind_or_source(store:
     assert await ids("mqtt") == ["282C024156AF"]
     assert len(await ids("")) == 3
     assert await store.device_status_counts() == {"current": 3}
+    await store.update_device("kit%2", status=DeviceStatus.MAINTENANCE)
+    found = await store.find_devices("kit", status=DeviceStatus.MAINTENANCE)
+    assert [d.id for d in found] == ["kit%2"]
+    assert await store.device_status_counts() == {"current": 2, "maintenance": 1}
 
 
 async def test_quantity_points_in_a_range_by_channel(store: Store) -> None:
@@ -86,11 +91,11 @@ async def test_quantity_points_in_a_range_by_channel(store: Store) -> None:
     ]
 
 
-async def test_start_replay_from_a_time_asks_for_the_messages_from_then_on(store: Store) -> None:
+async def test_replay_from_a_time_asks_for_the_messages_from_then_on(store: Store) -> None:
     await store.commit([message("http", "d", T0 + i * 10) for i in range(5)])  # ids 1..5
-    assert await store.start_replay("hook", T0 + 15) == (3, 5)
+    assert await store.replay("hook", since=T0 + 15) == Replay("hook", 3, 5, 3)
     assert (await store.sink_state("hook")).replay_from == 2
     assert await store.take_replay("hook") == 2
     # A time after the last message: nothing to send again, the cursor goes to the head.
-    assert await store.start_replay("hook", T0 + 1000) == (6, 5)
+    assert await store.replay("hook", since=T0 + 1000) == Replay("hook", 6, 5, 0)
     assert (await store.sink_state("hook")).replay_from == 5

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from fieldbridge.model import DeadLetter, DeadLetterState, SinkRunState, SinkState
 from fieldbridge.store.db import Database, Row
 
 STATE_COLUMNS = "name, cursor, paused, state, last_error, replay_from, updated_at"
 DEAD_COLUMNS = "id, sink, message_id, attempts, status, body, created_at, state"
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """A replay asked for: the first message sent again, the journal's head then, how many."""
+
+    name: str
+    from_id: int
+    head_id: int
+    messages: int
 
 
 class SinkStateQueries:
@@ -60,25 +71,23 @@ class SinkStateQueries:
                 (name, max(cursor, 0), time.time()),
             )
 
-    async def start_replay(self, name: str, since: float) -> tuple[int, int]:
-        """Ask the running sink to send again what was received from `since` on; return the
-        first message id it sends again and the journal's head id then (nothing after the head
-        is older than `since`, so a `since` after the last message sends nothing again)."""
-        async with self.db.transaction() as tx:
-            rows = await tx.fetchall(
-                "SELECT COALESCE(MAX(id), 0), (SELECT MIN(id) FROM journal WHERE received_at >= ?) "
-                "FROM journal",
-                (since,),
+    async def replay(
+        self, name: str, *, from_id: int | None = None, since: float | None = None
+    ) -> Replay:
+        """Ask the running sink to send again from a message id, or from the first message
+        received at or after `since` (exactly one of the two); nothing to send again when no
+        message is that recent."""
+        if (from_id is None) == (since is None):
+            raise ValueError("give exactly one of from_id and since")
+        rows = await self.db.fetchall("SELECT COALESCE(MAX(id), 0) FROM journal")
+        head = int(rows[0][0])
+        if from_id is None:
+            first = await self.db.fetchall(
+                "SELECT MIN(id) FROM journal WHERE received_at >= ?", (since,)
             )
-            head = int(rows[0][0])
-            from_id = int(rows[0][1]) if rows[0][1] is not None else head + 1
-            await tx.execute(
-                "INSERT INTO sink_state (name, replay_from, updated_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET replay_from = excluded.replay_from, "
-                "updated_at = excluded.updated_at",
-                (name, from_id - 1, time.time()),
-            )
-        return from_id, head
+            from_id = int(first[0][0]) if first[0][0] is not None else head + 1
+        await self.request_replay(name, from_id - 1)
+        return Replay(name, from_id, head, max(0, head - (from_id - 1)))
 
     async def take_replay(self, name: str) -> int | None:
         """Apply a pending replay request: move the cursor there and clear the request."""

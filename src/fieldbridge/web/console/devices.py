@@ -38,9 +38,8 @@ class Devices:
         """The whole page, or only its rows when htmx asks (the search box as you type)."""
         text = request.query_params.get("q", "").strip()
         status = request.query_params.get("status", "")
-        found = await self.ctx.store.search_devices(text, limit=SHOWN)
-        if status in DeviceStatus.__members__.values():
-            found = [d for d in found if d.status == status]
+        chosen = DeviceStatus(status) if status in set(DeviceStatus) else None
+        found = await self.ctx.store.find_devices(text, status=chosen, limit=SHOWN)
         values = {"devices": found, "q": text, "status": status, "shown": SHOWN}
         if request.headers.get("HX-Request") and request.headers.get("HX-Target") == "device-rows":
             return render(request, "device_rows.html", values)

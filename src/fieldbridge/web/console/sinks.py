@@ -80,9 +80,10 @@ class Sinks:
         except ValueError:
             error = f"{text!r} is not a time; e.g. 2026-11-23T08:00 (UTC)"
             return render(request, "notice.html", {"error": error}, 422)
-        from_id, head = await self.ctx.store.start_replay(name, since)
-        await record(request, self.ctx, "sink.replay", name, {"since": text, "from_id": from_id})
-        return await self._progress(request, name, from_id - 1, head)
+        replay = await self.ctx.store.replay(name, since=since)
+        details = {"since": text, "from_id": replay.from_id, "messages": replay.messages}
+        await record(request, self.ctx, "sink.replay", name, details)
+        return await self._progress(request, name, replay.from_id - 1, replay.head_id)
 
     async def progress(self, request: Request) -> Response:
         name = request.path_params["name"]
