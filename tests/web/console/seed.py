@@ -8,8 +8,8 @@ from typing import Any
 
 import httpx
 
-from fieldbridge.model import Decoded, Reading
-from fieldbridge.store import Pending
+from fieldbridge.model import Decoded, DeviceStatus, Reading
+from fieldbridge.store import Pending, Store
 
 EFENTO_SERIAL = "282C024156AF"
 KIT = "kit-ak-0042"
@@ -66,3 +66,10 @@ def past_hour(now: float) -> list[Pending]:
                 decoded = Decoded(device=device, readings=(reading,), kind=source)
                 out.append(Pending(source, at + i / 100, "{}", b"{}", decoded=[decoded]))
     return out
+
+
+async def describe(store: Store) -> None:
+    """What operators and the devices' own reports add: names, batteries, a maintenance."""
+    await store.update_device(KIT, name="Orchard north")
+    await store.update_device(EFENTO_SERIAL, name="Cool store 2", attributes={"battery": "ok"})
+    await store.update_device(TRAP, attributes={"battery": 3.71}, status=DeviceStatus.MAINTENANCE)

@@ -17,7 +17,7 @@ from tests.conftest import wait_until
 from tests.support.console import ADMIN, VIEWER, ConsoleService
 from tests.support.processes import WebhookReceiver
 from tests.web.console.conftest import screenshot
-from tests.web.console.seed import EFENTO_SERIAL, KIT, past_hour, post, seed
+from tests.web.console.seed import EFENTO_SERIAL, KIT, describe, past_hour, post, seed
 
 pytestmark = pytest.mark.browser
 
@@ -44,6 +44,7 @@ def fb(tmp_path: Path, receiver: WebhookReceiver) -> Iterator[ConsoleService]:
     sinks = {"webhook": [{"name": "hook", "url": receiver.url}]}
     with ConsoleService(tmp_path / "svc", sinks=sinks) as service:
         seed(service.ingest_url)
+        service.call(lambda: describe(service.store))
         yield service
 
 
