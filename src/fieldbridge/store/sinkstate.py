@@ -161,9 +161,15 @@ class SinkStateQueries:
             )
 
     async def list_dead_letters(
-        self, *, sink: str | None = None, state: DeadLetterState | None = None, limit: int = 1000
+        self,
+        *,
+        sink: str | None = None,
+        state: DeadLetterState | None = None,
+        after: int | None = None,
+        limit: int = 1000,
     ) -> list[DeadLetter]:
-        clauses, params = _filters(sink=sink, state=state)
+        """Dead letters by id; `after` is the last id of the previous page."""
+        clauses, params = _filters(sink=sink, state=state, after=after)
         rows = await self.db.fetchall(
             f"SELECT {DEAD_COLUMNS} FROM dead_letters {clauses} ORDER BY id LIMIT ?",
             [*params, limit],
@@ -212,6 +218,7 @@ def _filters(
     state: DeadLetterState | None = None,
     ids: Sequence[int] = (),
     message_ids: Sequence[int] | None = None,
+    after: int | None = None,
 ) -> tuple[str, list[object]]:
     """WHERE clause for dead letters; an empty `message_ids` matches none (unlike `ids`)."""
     clauses: list[str] = []
@@ -229,6 +236,9 @@ def _filters(
         marks = ",".join("?" * len(message_ids))
         clauses.append(f"message_id IN ({marks})" if message_ids else "1 = 0")
         params.extend(message_ids)
+    if after is not None:
+        clauses.append("id > ?")
+        params.append(after)
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
