@@ -13,6 +13,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from fieldbridge.model import DeadLetterState
+from fieldbridge.store import Pending
 from tests.conftest import wait_until
 from tests.support.console import ADMIN, VIEWER, ConsoleService
 from tests.support.processes import WebhookReceiver
@@ -115,6 +116,17 @@ def test_efento_form_queues_a_downlink(fb: ConsoleService, page: Page) -> None:
     expect(page.locator("#downlinks .notice.error")).to_contain_text("no_such_setting")
     assert len(fb.call(lambda: fb.store.pending_downlinks(EFENTO_SERIAL))) == 1
 
+    page.on("dialog", lambda dialog: dialog.accept())  # Cancel asks first
+    page.locator('#downlinks tr[data-downlink="1"]').get_by_role("button", name="Cancel").click()
+    expect(page.locator("#downlinks .notice.ok")).to_contain_text("downlink 1 cancelled")
+    expect(page.locator("#downlinks tr[data-downlink]")).to_have_count(0)
+    assert fb.call(lambda: fb.store.pending_downlinks(EFENTO_SERIAL)) == []
+    cancelled = fb.call(lambda: fb.store.get_downlink(1))
+    assert (
+        cancelled is not None
+        and cancelled.failed_reason == f"cancelled in the console by {ADMIN[0]}"
+    )
+
 
 def test_pause_and_resume_a_sink(fb: ConsoleService, page: Page) -> None:
     log_in(page, fb, ADMIN, "/sinks")
@@ -126,6 +138,7 @@ def test_pause_and_resume_a_sink(fb: ConsoleService, page: Page) -> None:
     row.get_by_role("button", name="Resume").click()
     expect(row.get_by_role("button", name="Pause")).to_be_visible()
     assert not fb.call(lambda: fb.store.sink_state("hook")).paused
+    assert fb.call(lambda: fb.store.count_quarantine()) == 1
 
 
 def test_retrying_a_dead_letter_sends_it_again(
@@ -177,13 +190,33 @@ def test_live_view_shows_a_message_published_now(fb: ConsoleService, page: Page)
     expect(rows.first).to_contain_text("other")
 
 
-def test_quarantine_shows_the_raw_payload(fb: ConsoleService, page: Page) -> None:
+def test_quarantine_shows_the_raw_payload_and_reingests_or_drops_it(
+    fb: ConsoleService, page: Page
+) -> None:
+    # A payload an older codec refused, which the http source's codec takes now.
+    fixed = b'{"device": "late-1", "readings": {"t": 1.5}}'
+    older = Pending("http", time.time(), "{}", fixed, reason="an older codec refused it")
+    fb.call(lambda: fb.store.commit([older]))
+    page.on("dialog", lambda dialog: dialog.accept())  # the Drop button asks first
     log_in(page, fb, ADMIN, "/quarantine")
-    entry = page.locator("article.quarantined").first
-    expect(entry).to_contain_text("readings.temperature: must be a number")
-    expect(entry.locator("pre.text")).to_contain_text('"warm"')
-    expect(entry.locator("pre.hex")).to_contain_text("7b 22")
+    refused, taken = page.locator('[data-quarantine="1"]'), page.locator('[data-quarantine="2"]')
+    expect(refused).to_contain_text("readings.temperature: must be a number")
+    expect(refused.locator("pre.text")).to_contain_text('"warm"')
+    expect(refused.locator("pre.hex")).to_contain_text("7b 22")
+    expect(taken).to_contain_text("an older codec refused it")
     screenshot(page, "quarantine")
+
+    taken.get_by_role("button", name="Re-ingest").click()
+    expect(page.locator(".notice.ok")).to_contain_text("payload 2 re-ingested: stored as messages")
+    assert fb.call(lambda: fb.store.get_quarantined(2)) is None
+    assert [r.reading.value for r in fb.call(lambda: fb.store.list_readings("late-1"))] == [1.5]
+
+    refused.get_by_role("button", name="Re-ingest").click()
+    expect(refused.locator(".notice.error")).to_contain_text("the codec still refuses it")
+    assert fb.call(lambda: fb.store.count_quarantine()) == 1
+    refused.get_by_role("button", name="Drop").click()
+    expect(page.locator(".notice.ok").filter(has_text="payload 1 dropped")).to_be_visible()
+    assert fb.call(lambda: fb.store.count_quarantine()) == 0
 
 
 def test_a_viewer_sees_everything_and_changes_nothing(fb: ConsoleService, page: Page) -> None:
@@ -199,6 +232,9 @@ def test_a_viewer_sees_everything_and_changes_nothing(fb: ConsoleService, page: 
         ("/sinks/replay", {"sink": "hook", "since": "2020-01-01T00:00:00"}),
         ("/deadletters/1/retry", {}),
         ("/deadletters/1/drop", {}),
+        ("/quarantine/1/reingest", {}),
+        ("/quarantine/1/drop", {}),
+        ("/downlinks/1/cancel", {}),
     ):
         answer = page.request.post(
             fb.base_url + path, form=form, headers={"X-CSRF-Token": csrf}, max_redirects=0

@@ -1,4 +1,5 @@
-"""POST /devices/{id}/efento: an Efento configuration downlink, queued as `efento config` does."""
+"""POST /devices/{id}/efento: queue an Efento configuration downlink as `efento config` does;
+POST /downlinks/{id}/cancel: give one up."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from fieldbridge.web.console.changes import record
 from fieldbridge.web.console.guard import refuse_unless_writer
 from fieldbridge.web.console.templating import render
 from fieldbridge.web.context import WebContext
+from fieldbridge.web.security.principal import principal_of
 
 EFENTO_KIND = "efento"
 # The settings the form asks for by name; anything else goes in its "other settings" box.
@@ -60,7 +62,10 @@ class EfentoForm:
         self.ctx = ctx
 
     def routes(self) -> list[BaseRoute]:
-        return [Route("/devices/{device_id:path}/efento", self.queue, methods=["POST"])]
+        return [
+            Route("/devices/{device_id:path}/efento", self.queue, methods=["POST"]),
+            Route("/downlinks/{downlink_id:int}/cancel", self.cancel, methods=["POST"]),
+        ]
 
     async def queue(self, request: Request) -> Response:
         refusal = refuse_unless_writer(request)
@@ -90,6 +95,25 @@ class EfentoForm:
         note = f"queued downlink {downlink_id} ({len(payload)} bytes); it leaves with the "
         note += "sensor's next confirmable message"
         return await self._answer(request, device, note=note)
+
+    async def cancel(self, request: Request) -> Response:
+        """Give up a downlink not yet confirmed, so it is never sent (again)."""
+        refusal = refuse_unless_writer(request)
+        if refusal is not None:
+            return refusal
+        downlink_id: int = request.path_params["downlink_id"]
+        store = self.ctx.store
+        found = await store.get_downlink(downlink_id)
+        reason = f"cancelled in the console by {principal_of(request).actor}"
+        cancelled = await store.cancel_downlink(downlink_id, reason)
+        if cancelled is None:
+            error = f"downlink {downlink_id} is not waiting (confirmed, failed or unknown)"
+            if found is None:
+                return render(request, "notice.html", {"error": error}, 404)
+            return await self._answer(request, found.device, error=error, status_code=409)
+        await record(request, self.ctx, "downlink.cancel", str(downlink_id))
+        note = f"downlink {downlink_id} cancelled"
+        return await self._answer(request, cancelled.device, note=note)
 
     async def _answer(
         self,

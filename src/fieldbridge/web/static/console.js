@@ -50,7 +50,7 @@
   });
 
   // 4xx answers carry a readable fragment: a refusal (403) goes to the notice area, a bad
-  // form (400, 404, 422) replaces the target like a success would.
+  // form or a change that no longer applies (400, 404, 409, 422) replaces the target.
   document.addEventListener("htmx:beforeSwap", function (evt) {
     var status = evt.detail.xhr.status;
     if (status === 403) {
@@ -58,7 +58,7 @@
       var tmp = document.createElement("div");
       tmp.innerHTML = evt.detail.xhr.responseText;
       notice(tmp.textContent.trim() || "not allowed");
-    } else if (status === 400 || status === 404 || status === 422) {
+    } else if (status === 400 || status === 404 || status === 409 || status === 422) {
       evt.detail.shouldSwap = true;
       evt.detail.isError = false;
     }
