@@ -58,7 +58,6 @@ class Devices:
         since = until - 60 - RANGES[chosen]
         values: dict[str, Any] = {
             "device": device,
-            "battery": battery(device),
             "flags": flag_switches(device),
             "transitions": await store.transitions(device.id, 50),
             "charts": await self._charts(device, since, until),
@@ -81,13 +80,3 @@ class Devices:
             )
             charts.append(quantity_chart(quantity, points))
         return charts
-
-
-def battery(device: Device) -> str | None:
-    """The battery as the device last reported it (volts, or Efento's ok/low), if it does."""
-    value = device.attributes.get("battery")
-    if value is None:
-        return None
-    if isinstance(value, float):
-        return f"{value:g} V"
-    return str(value)

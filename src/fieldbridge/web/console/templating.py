@@ -57,6 +57,16 @@ def as_text(data: bytes, limit: int = 2048) -> str | None:
     return printable(text, keep="\n") + ("..." if len(data) > limit else "")
 
 
+def battery(attributes: Mapping[str, Any]) -> str:
+    """The battery as a device last reported it (volts, or Efento's ok/low); '' if it does not."""
+    value = attributes.get("battery")
+    if value is None:
+        return ""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:g} V"
+    return str(value)
+
+
 def device_url(device_id: str) -> str:
     return "/devices/" + quote(device_id, safe="")
 
@@ -68,7 +78,9 @@ _env = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-_env.filters.update(ago=ago, when=when, hexdump=hexdump, as_text=as_text, device_url=device_url)
+_env.filters.update(
+    ago=ago, when=when, hexdump=hexdump, as_text=as_text, device_url=device_url, battery=battery
+)
 
 
 def render(
