@@ -25,8 +25,10 @@ SCREENSHOTS = Path(__file__).resolve().parents[3] / "var" / "test-artifacts" / "
 expect.set_options(timeout=WAIT_MS)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def browser() -> Iterator[Browser]:
+    """One per test, not per session: Playwright's sync API runs an event loop in the test
+    thread while it is open, and pytest-asyncio tests on the same xdist worker need none."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: run scripts/system-deps.sh (apt package chromium)")
     with sync_playwright() as playwright:
