@@ -9,6 +9,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from fieldbridge.model import Device
+from fieldbridge.store.devicechange import ChangeRefused, DeviceChange, change_device
 from fieldbridge.web.console.changes import record
 from fieldbridge.web.console.guard import refuse_unless_writer
 from fieldbridge.web.console.templating import render
@@ -59,7 +60,10 @@ class DeviceFlags:
                 request, "notice.html", {"error": "give flag=NAME and on=true|false"}, 400
             )
         on = value == "true"
-        device = await self.ctx.store.update_device(device_id, flags={name: on})
+        try:
+            device = await change_device(self.ctx.store, device_id, DeviceChange(flags={name: on}))
+        except ChangeRefused as exc:
+            return render(request, "notice.html", {"error": str(exc)}, 422)
         if device is None:
             return render(request, "notice.html", {"error": f"no device {device_id}"}, 404)
         await record(request, self.ctx, "device.update", device_id, {"flags": {name: on}})
