@@ -13,6 +13,7 @@ declare -A NEEDED=(
   [systemd-sysusers]=systemd        # tests/test_deploy.py: deploy/fieldbridge.sysusers.conf
   [influxd]=influxdb                # InfluxDB sink tests start their own influxd (1.x)
   [redis-server]=redis-server       # Redis stream tests start their own redis-server
+  [chromium]=chromium               # tests/web/console: Playwright drives Debian's Chromium
 )
 
 missing=()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import TracebackType
 
+from fieldbridge.store.activity import ActivityQueries
 from fieldbridge.store.apitokens import ApiTokenQueries
 from fieldbridge.store.audit import AuditQueries
 from fieldbridge.store.db import Database, Timeout
@@ -38,6 +39,7 @@ class Store(
     UserQueries,
     ApiTokenQueries,
     AuditQueries,
+    ActivityQueries,
 ):
     """Every read and write of fieldbridge's state goes through here."""
 

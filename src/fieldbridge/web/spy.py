@@ -1,4 +1,5 @@
-"""GET /api/v1/spy: every ingested payload, live, as NDJSON lines for `fieldbridge spy`."""
+"""GET /api/v1/spy: every ingested payload, live, as NDJSON lines for `fieldbridge spy` (or as
+Server-Sent Events for the console's live view)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -37,10 +39,15 @@ class Watcher:
     """One connected spy: its filters and a queue bounded in bytes that drops the oldest lines."""
 
     def __init__(
-        self, source: str | None, topic: str | None, max_bytes: int = DEFAULT_QUEUE_BYTES
+        self,
+        source: str | None,
+        topic: str | None,
+        max_bytes: int = DEFAULT_QUEUE_BYTES,
+        device: str | None = None,
     ) -> None:
         self.source = source
         self.topic = topic
+        self.device = device
         self.max_bytes = max_bytes
         self.lines: deque[bytes] = deque()
         self.queued_bytes = 0
@@ -54,6 +61,10 @@ class Watcher:
         if self.topic is None:
             return True
         return isinstance(topic, str) and matches(self.topic, topic)
+
+    def wants_devices(self, devices: Callable[[], set[str]]) -> bool:
+        """With a device filter, whether the payload decoded to a message of that device."""
+        return self.device is None or self.device in devices()
 
     def push(self, line: bytes) -> int:
         """Queue `line`, dropping the oldest lines over `max_bytes`; return how many dropped."""
@@ -119,8 +130,8 @@ class SpyHub:
     def full(self) -> bool:
         return len(self._watchers) >= self.max_watchers
 
-    def watch(self, source: str | None, topic: str | None) -> Watcher:
-        watcher = Watcher(source, topic, self.queue_bytes)
+    def watch(self, source: str | None, topic: str | None, device: str | None = None) -> Watcher:
+        watcher = Watcher(source, topic, self.queue_bytes, device)
         if self._closed:
             watcher.close()
             return watcher
@@ -148,8 +159,16 @@ class SpyHub:
     def _tap(self, item: Incoming, pending: Pending, outcome: Outcome) -> None:
         topic = item.meta.get("topic")
         line: bytes | None = None
+        found: set[str] | None = None
+
+        def devices() -> set[str]:
+            nonlocal found
+            if found is None:
+                found = {d.device for d in pending.decoded or ()}
+            return found
+
         for watcher in self._watchers:
-            if watcher.wants(item.source, topic):
+            if watcher.wants(item.source, topic) and watcher.wants_devices(devices):
                 if line is None:
                     line = self._line(item, pending, outcome)
                 dropped = watcher.push(line)
@@ -255,14 +274,43 @@ class SpyEndpoint:
             "topic": topic,
             "queue_bytes": self._hub.queue_bytes,
         }
-        return StreamingResponse(
-            _stream(self._hub, watcher, orjson.dumps(hello) + b"\n"),
-            media_type=NDJSON,
-            headers={"Cache-Control": "no-store"},
-        )
+        return stream_response(self._hub, watcher, hello, NDJSON_FRAMING)
 
 
-async def _stream(hub: SpyHub, watcher: Watcher, hello: bytes) -> AsyncIterator[bytes]:
+@dataclass(frozen=True)
+class Framing:
+    """How a stream wraps its NDJSON lines on the wire."""
+
+    media_type: str
+    heartbeat: bytes
+    wrap: Callable[[bytes], bytes]  # a chunk of whole lines -> what is sent
+
+
+def _sse_events(chunk: bytes) -> bytes:
+    """Each NDJSON line as one Server-Sent Event (JSON holds no raw newline, so one data:)."""
+    return b"".join(b"data: " + line + b"\n\n" for line in chunk.splitlines())
+
+
+NDJSON_FRAMING = Framing(NDJSON, b'{"type":"heartbeat"}\n', lambda chunk: chunk)
+# An SSE comment line keeps proxies and the browser's EventSource from timing out.
+SSE_FRAMING = Framing("text/event-stream", b": heartbeat\n\n", _sse_events)
+
+
+def stream_response(
+    hub: SpyHub, watcher: Watcher, hello: Mapping[str, Any], framing: Framing
+) -> StreamingResponse:
+    """The streaming answer for a watcher: `hello` first, then its lines as they come."""
+    first = framing.wrap(orjson.dumps(hello) + b"\n")
+    return StreamingResponse(
+        _stream(hub, watcher, first, framing),
+        media_type=framing.media_type,
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _stream(
+    hub: SpyHub, watcher: Watcher, hello: bytes, framing: Framing = NDJSON_FRAMING
+) -> AsyncIterator[bytes]:
     try:
         yield hello
         while not watcher.closed:
@@ -271,12 +319,12 @@ async def _stream(hub: SpyHub, watcher: Watcher, hello: bytes) -> AsyncIterator[
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(watcher.wake.wait(), HEARTBEAT_S)
                 if not watcher.lines and not watcher.closed:
-                    yield b'{"type":"heartbeat"}\n'
+                    yield framing.heartbeat
                 continue
             if watcher.dropped:
                 dropped, watcher.dropped = watcher.dropped, 0
-                yield orjson.dumps({"type": "dropped", "count": dropped}) + b"\n"
-            yield watcher.take()
+                yield framing.wrap(orjson.dumps({"type": "dropped", "count": dropped}) + b"\n")
+            yield framing.wrap(watcher.take())
     finally:
         hub.leave(watcher)
 
