@@ -13,7 +13,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from fieldbridge import __version__
 from fieldbridge.config import Settings
@@ -33,14 +33,17 @@ from fieldbridge.store.lock import ServiceLock
 from fieldbridge.store.migrate import head_revision, pending_revisions, upgrade, within
 from fieldbridge.store.urls import mask_url
 from fieldbridge.timefmt import iso
+from fieldbridge.web.api import api_app
 from fieldbridge.web.auth import BearerTokens
 from fieldbridge.web.connections import ConnectionGuard, ConnectionLimits
+from fieldbridge.web.console import console_routes
+from fieldbridge.web.context import WebContext
 from fieldbridge.web.security.firstrun import announce, ensure_first_admin
 from fieldbridge.web.security.login import LoginRoutes
 from fieldbridge.web.security.middleware import SecurityMiddleware
 from fieldbridge.web.security.public import public_paths
 from fieldbridge.web.security.resolve import Resolver
-from fieldbridge.web.server import WebServer, build_app
+from fieldbridge.web.server import OwnPathsMount, WebServer, build_app
 from fieldbridge.web.spy import SpyEndpoint, SpyHub
 
 log = logging.getLogger("fieldbridge")
@@ -126,6 +129,7 @@ class Service:
         ]
         self.http_port: int | None = None
         self.web_app: Starlette | None = None  # what the HTTP server serves, once it does
+        self.web_context: WebContext | None = None  # what its pages and API routes read
         self.exit_code = 0  # what the process exits with once run() returns (reboot: not 0)
         self.started_at = time.time()
         self._stop: asyncio.Event | None = None
@@ -280,12 +284,27 @@ class Service:
             resolver=Resolver(self.store, http.tokens),
             is_public=public_paths({r.path for r in routes}, http.metrics_public),
         )
+        self.web_context = WebContext(
+            settings=self.settings,
+            store=self.store,
+            metrics=self.metrics,
+            ingest=self.ingest,
+            spy=spy,
+            health=self.health,
+            sinks=self.sinks,
+            started_at=self.started_at,
+        )
+        pages: list[BaseRoute] = [
+            *LoginRoutes(self.store, http).routes(),
+            *console_routes(self.web_context),
+            OwnPathsMount("/api", api_app(self.web_context)),
+        ]
         app = build_app(
             routes,
             self.health,
             self.metrics,
             SpyEndpoint(spy).handle,  # behind the gate: a login, an API token or http.tokens
-            pages=LoginRoutes(self.store, http).routes(),
+            pages=pages,
             middleware=[gate],
         )
         self.web_app = app

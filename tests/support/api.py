@@ -12,17 +12,8 @@ from typing import Any
 
 import httpx
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
-from starlette.routing import Mount
 
-from fieldbridge.web.api import api_app
 from fieldbridge.web.context import WebContext
-from fieldbridge.web.security.login import LoginRoutes
-from fieldbridge.web.security.middleware import SecurityMiddleware
-from fieldbridge.web.security.public import public_paths
-from fieldbridge.web.security.resolve import Resolver
-from fieldbridge.web.server import build_app
-from fieldbridge.web.spy import SpyHub
 from tests.support.web import login, store_token, store_user
 from tests.web.test_http_api import Running, serve
 
@@ -31,31 +22,9 @@ BASE = "http://fieldbridge.test"
 
 
 def web_app(fb: Running) -> tuple[Starlette, WebContext]:
-    """The service's parts served as app.py serves them, with the API mounted at /api."""
-    service = fb.service
-    http = service.settings.http
-    ctx = WebContext(
-        settings=service.settings,
-        store=service.store,
-        metrics=service.metrics,
-        ingest=service.ingest,
-        spy=SpyHub(service.ingest, max_watchers=1, queue_bytes=65_536),
-        health=service.health,
-        sinks=service.sinks,
-        started_at=service.started_at,
-    )
-    gate = Middleware(
-        SecurityMiddleware,
-        resolver=Resolver(service.store, http.tokens),
-        is_public=public_paths(set(), http.metrics_public),
-    )
-    app = build_app(
-        [],
-        service.health,
-        service.metrics,
-        pages=[*LoginRoutes(service.store, http).routes(), Mount("/api", api_app(ctx))],
-        middleware=[gate],
-    )
+    """What the running service serves (app.py's wiring: gate, login, console, API)."""
+    app, ctx = fb.service.web_app, fb.service.web_context
+    assert app is not None and ctx is not None
     return app, ctx
 
 

@@ -1,8 +1,7 @@
 """A running fieldbridge with the web console, in a background thread, for browser tests.
 
 The service is the real one (`Service` on a SQLite file in a temporary folder: sources,
-ingest, sinks); its console is served beside it on a free port of its own, behind the same
-security gate and login pages as the service's own server, with an admin and a viewer.
+ingest, sinks), serving its console as `fieldbridge run` does, with an admin and a viewer.
 """
 
 from __future__ import annotations
@@ -15,19 +14,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from starlette.middleware import Middleware
-
 from fieldbridge.app import Service
 from fieldbridge.config import load_settings
 from fieldbridge.store import Store
-from fieldbridge.web.console import console_routes
-from fieldbridge.web.context import WebContext
-from fieldbridge.web.security.login import LoginRoutes
-from fieldbridge.web.security.middleware import SecurityMiddleware
-from fieldbridge.web.security.public import public_paths
-from fieldbridge.web.security.resolve import Resolver
-from fieldbridge.web.server import WebServer, build_app
-from fieldbridge.web.spy import SpyHub
 from tests.support.processes import to_toml
 from tests.support.web import store_user
 
@@ -106,32 +95,12 @@ class ConsoleService:
             await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
             if task.done():
                 await task
-            spy = SpyHub(service.ingest, metrics=service.metrics)
-            ctx = WebContext(
-                settings=service.settings,
-                store=service.store,
-                metrics=service.metrics,
-                ingest=service.ingest,
-                spy=spy,
-                health=service.health,
-                sinks=service.sinks,
-                started_at=service.started_at,
-            )
             await store_user(service.store, ADMIN[0], "admin", ADMIN[1])
             await store_user(service.store, VIEWER[0], "viewer", VIEWER[1])
-            http = service.settings.http
-            gate = Middleware(
-                SecurityMiddleware,
-                resolver=Resolver(service.store, http.tokens),
-                is_public=public_paths((), http.metrics_public),
-            )
-            pages = [*LoginRoutes(service.store, http).routes(), *console_routes(ctx)]
-            app = build_app([], service.health, service.metrics, pages=pages, middleware=[gate])
-            async with WebServer(app, "127.0.0.1:0") as server:
-                self.console_port = server.port
-                started.set_result(None)
-                await stop.wait()
-                spy.close()
+            assert service.http_port is not None
+            self.console_port = service.http_port  # app.py's own wiring: gate, login, console
+            started.set_result(None)
+            await stop.wait()
             await task
         except BaseException as exc:
             if not started.done():

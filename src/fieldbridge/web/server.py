@@ -13,10 +13,12 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Match, Mount, Route
+from starlette.types import Scope
 
 from fieldbridge.errors import ConfigError
 from fieldbridge.observe import Metrics
@@ -68,8 +70,35 @@ def build_app(
         served.append(Route("/api/v1/spy", spy, methods=["GET"]))
     served.extend(pages)
     return Starlette(
-        routes=served, middleware=list(middleware), exception_handlers={ClientDisconnect: gone}
+        routes=served,
+        middleware=list(middleware),
+        exception_handlers={ClientDisconnect: gone, 404: api_errors, 405: api_errors},
     )
+
+
+class OwnPathsMount(Mount):
+    """A Mount that claims only the paths its app has a route for: /api/v1/ingest (a source's)
+    and /api/v1/spy live beside the API under /api, and a wrong method on them stays 405."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match is not Match.FULL:
+            return match, child
+        inner = {**scope, **child}
+        if any(route.matches(inner)[0] is not Match.NONE for route in self.routes):
+            return match, child
+        return Match.NONE, {}
+
+
+def api_errors(request: Request, exc: Exception) -> Response:
+    """404 and 405 in the API's error shape under /api/, plain text elsewhere."""
+    assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers or {})
+    if not request.url.path.startswith("/api/"):
+        return PlainTextResponse(str(exc.detail), status_code=exc.status_code, headers=headers)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    body = {"error": {"code": code, "message": str(exc.detail), "details": {}}}
+    return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
 
 class _Server(uvicorn.Server):
