@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     from fieldbridge.ingest import Ingest
+    from fieldbridge.model import Codec
     from fieldbridge.sinks.base import Destination
     from fieldbridge.sources.access import StoreAccess
     from fieldbridge.sources.base import Source
@@ -50,6 +51,11 @@ class SourceSettings(PluginSettings):
     def http_paths(self) -> tuple[str, ...]:
         """Paths this source serves on fieldbridge's HTTP server ([http]); most serve none."""
         return ()
+
+    def payload_codec(self) -> Codec | None:
+        """The codec this source decodes its payloads with, to decode a quarantined one again
+        (`quarantine reingest`); None: its payloads cannot be decoded again alone."""
+        return None
 
 
 class RouteSettings(BaseModel):

@@ -10,16 +10,15 @@ from fieldbridge.cli.context import with_store
 from fieldbridge.cli.output import fail, print_json, print_table
 from fieldbridge.cli.records import device_json, links_json, quarantine_json, stored_reading_json
 from fieldbridge.errors import DecodeError
-from fieldbridge.model import (
-    Device,
-    DeviceStatus,
-    NotifyChannel,
-    Role,
-    Subscriber,
-    check_device_id,
-)
+from fieldbridge.model import Device, DeviceStatus, Role, Subscriber, check_device_id
 from fieldbridge.store import Store
-from fieldbridge.store.registry import UNSET
+from fieldbridge.store.devicechange import (
+    ChangeRefused,
+    DeviceChange,
+    change_device,
+    location,
+    parse_subscriber,
+)
 from fieldbridge.timefmt import iso, parse_iso
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -126,18 +125,11 @@ def _shown(data: dict[str, Any]) -> list[tuple[str, Any]]:
     return rows
 
 
-def _parse_subscribers(values: list[str], option: str) -> list[Subscriber]:
-    out = []
-    for value in values:
-        channel, _, address = value.partition(":")
-        if channel not in ("email", "sms") or not address.strip():
-            fail(f"{option} {value!r}: give email:ADDRESS or sms:NUMBER", code=2)
-        if channel == "email" and "@" not in address:
-            fail(f"{option} {value!r}: an email address has an @", code=2)
-        if channel == "sms" and not address.lstrip("+").replace(" ", "").isdigit():
-            fail(f"{option} {value!r}: an sms number is digits, e.g. sms:+64211234567", code=2)
-        out.append(Subscriber(NotifyChannel(channel), address.strip()))
-    return out
+def _parse_subscribers(values: list[str], option: str) -> tuple[Subscriber, ...]:
+    try:
+        return tuple(parse_subscriber(value, option) for value in values)
+    except ChangeRefused as exc:
+        fail(str(exc), code=2)
 
 
 def _parse_pairs(values: list[str], option: str) -> dict[str, str]:
@@ -165,9 +157,12 @@ def _parse_location(text: str) -> dict[str, float]:
         lat, lon = float(lat_text), float(lon_text)
     except ValueError:
         lat = lon = float("nan")
-    if not sep or not (-90 <= lat <= 90 and -180 <= lon <= 180):
+    if not sep or lat != lat or lon != lon:
         fail(f"--location {text!r}: write LAT,LON in degrees, e.g. -36.83,174.83", code=2)
-    return {"latitude": lat, "longitude": lon}
+    try:
+        return location(lat, lon, f"--location {text!r}")
+    except ChangeRefused as exc:
+        fail(str(exc), code=2)
 
 
 @devices.command("add")
@@ -257,54 +252,40 @@ def devices_set(
 ) -> None:
     """Set flags (routing switches such as influx), attributes, name, message type, status,
     allowed downtime, role, team, a location override or who is notified of a device."""
-    flags = _parse_flags(flag or [])
-    attrs: dict[str, object] = dict(_parse_pairs(attr or [], "--attr"))
-    remove: tuple[str, ...] = ()
-    if location is not None:
-        if location.strip():
-            attrs["location_override"] = _parse_location(location)
-        else:
-            remove = ("location_override",)
+    fixed = None if location is None or not location.strip() else _parse_location(location)
+    change = DeviceChange(
+        flags=_parse_flags(flag or []),
+        attributes=dict(_parse_pairs(attr or [], "--attr")),
+        name=name,
+        message_type=message_type,
+        status=status,
+        allowed_downtime_min=allowed_downtime,
+        role=role,
+        team=team,
+        location=fixed,
+        remove_location=location is not None and fixed is None,
+        notify=_parse_subscribers(notify or [], "--notify"),
+        no_notify=_parse_subscribers(no_notify or [], "--no-notify"),
+    )
+    if change.empty:
+        fail(
+            "nothing to set; give --flag KEY=on|off, --attr KEY=VALUE, --name, --message-type, "
+            "--status, --allowed-downtime, --role, --team, --location, --notify or --no-notify",
+            code=2,
+        )
     if status is DeviceStatus.DOWN:
         fail(
             "--status down: a device goes down by itself when it stays silent past its "
             "allowed downtime; set current or maintenance",
             code=2,
         )
-    add = _parse_subscribers(notify or [], "--notify")
-    drop = _parse_subscribers(no_notify or [], "--no-notify")
-    columns = (message_type, status, allowed_downtime, role, team)
-    nothing = not flags and not attrs and not remove and not add and not drop
-    if nothing and name is None and columns == (None,) * 5:
-        fail(
-            "nothing to set; give --flag KEY=on|off, --attr KEY=VALUE, --name, --message-type, "
-            "--status, --allowed-downtime, --role, --team, --location, --notify or --no-notify",
-            code=2,
-        )
 
     async def update(store: Store) -> dict[str, Any] | None:
-        if message_type and await store.get_message_type(message_type) is None:
-            fail(
-                f"--message-type {message_type!r}: no such message type; add it with "
-                "`fieldbridge messagetypes add`"
-            )
-        device = await store.update_device(
-            device_id,
-            flags=flags,
-            attributes=attrs,
-            name=name,
-            status=status,
-            allowed_downtime_min=allowed_downtime,
-            role=role,
-            message_type=UNSET if message_type is None else (message_type or None),
-            team=UNSET if team is None else (team or None),
-            remove_attributes=remove,
-        )
-        if device is None:
-            return None
-        if add or drop:
-            await store.set_subscribers(device_id, add=add, remove=drop)
-        return await _full_json(store, device)
+        try:
+            device = await change_device(store, device_id, change)
+        except ChangeRefused as exc:
+            fail(str(exc))
+        return None if device is None else await _full_json(store, device)
 
     data = with_store(ctx, update)
     if data is None:

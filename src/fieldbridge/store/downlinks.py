@@ -89,22 +89,46 @@ class DownlinkQueries:
         *,
         device: str | None = None,
         state: DownlinkState | None = None,
+        before: int | None = None,
         limit: int = 1000,
     ) -> list[Downlink]:
-        """Downlinks in any state, newest first."""
-        clauses, params = [], []
+        """Downlinks in any state, newest first; `before` is the last id of the previous page."""
+        clauses: list[str] = []
+        params: list[object] = []
         if device is not None:
             clauses.append("device = ?")
             params.append(device)
         if state is not None:
             clauses.append("state = ?")
             params.append(state)
+        if before is not None:
+            clauses.append("id < ?")
+            params.append(before)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = await self.db.fetchall(
             f"SELECT {DOWNLINK_COLUMNS} FROM downlinks {where} ORDER BY id DESC LIMIT ?",
             [*params, limit],
         )
         return [_downlink(r) for r in rows]
+
+    async def get_downlink(self, downlink_id: int) -> Downlink | None:
+        rows = await self.db.fetchall(
+            f"SELECT {DOWNLINK_COLUMNS} FROM downlinks WHERE id = ?", (downlink_id,)
+        )
+        return _downlink(rows[0]) if rows else None
+
+    async def cancel_downlink(
+        self, downlink_id: int, reason: str, now: float | None = None
+    ) -> Downlink | None:
+        """Give up a queued or sent (unconfirmed) downlink, so it is never sent (again); it
+        becomes failed with `reason`. None if it is not queued or sent (or not there)."""
+        async with self.db.transaction() as tx:
+            rows = await tx.fetchall(
+                "UPDATE downlinks SET state = ?, failed_reason = ?, failed_at = ? "
+                f"WHERE id = ? AND state IN (?, ?) RETURNING {DOWNLINK_COLUMNS}",
+                [FAILED, reason, time.time() if now is None else now, downlink_id, QUEUED, SENT],
+            )
+        return _downlink(rows[0]) if rows else None
 
     async def take_downlinks(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from fieldbridge.model import (
     Device,
@@ -22,6 +23,24 @@ DEVICE_COLUMNS = (
     "role, status, status_since, allowed_downtime_min, message_type, team"
 )
 UNSET: object = object()  # update_device: leave the column as it is
+READING_COLUMNS = (
+    "message_id, device, quantity, value, measured_at, channel, unit, extra, reading_key, seq"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingKey:
+    """Where a page of readings ends: the order readings_page walks them in."""
+
+    measured_at: float
+    message_id: int
+    seq: int
+
+
+def _like(text: str) -> str:
+    """A LIKE pattern matching `text` anywhere, its own % and _ taken literally."""
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
 
 
 class RegistryQueries:
@@ -32,6 +51,38 @@ class RegistryQueries:
         rows = await self.db.fetchall(
             f"SELECT {DEVICE_COLUMNS} FROM devices {where} ORDER BY id LIMIT ?",
             [*params, limit],
+        )
+        return [_device(row) for row in rows]
+
+    async def search_devices(
+        self,
+        *,
+        kind: str | None = None,
+        source: str | None = None,
+        status: DeviceStatus | None = None,
+        q: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[Device]:
+        """Devices by id, filtered; `q` matches id or name anywhere (any case); `after` is the
+        last id of the previous page."""
+        clauses: list[str] = []
+        params: list[object] = []
+        for column, value in (("kind", kind), ("source", source), ("status", status)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if q:
+            clauses.append(
+                "(LOWER(id) LIKE ? ESCAPE '\\' OR LOWER(COALESCE(name, '')) LIKE ? ESCAPE '\\')"
+            )
+            params += [_like(q), _like(q)]
+        if after is not None:
+            clauses.append("id > ?")
+            params.append(after)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = await self.db.fetchall(
+            f"SELECT {DEVICE_COLUMNS} FROM devices {where} ORDER BY id LIMIT ?", [*params, limit]
         )
         return [_device(row) for row in rows]
 
@@ -185,23 +236,96 @@ class RegistryQueries:
             for mid, dev, q, v, t, ch, unit, extra, key in rows
         ]
 
+    async def readings_page(
+        self,
+        device: str,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        quantity: str | None = None,
+        after: ReadingKey | None = None,
+        limit: int = 1000,
+    ) -> tuple[list[StoredReading], ReadingKey | None]:
+        """A device's readings measured in [since, until), in time order, after `after`; and
+        the key to ask for the next page with (None: this was the last)."""
+        clauses: list[str] = ["device = ?"]
+        params: list[object] = [device]
+        if since is not None:
+            clauses.append("measured_at >= ?")
+            params.append(since)
+        if until is not None:
+            clauses.append("measured_at < ?")
+            params.append(until)
+        if quantity is not None:
+            clauses.append("quantity = ?")
+            params.append(quantity)
+        if after is not None:
+            clauses.append(
+                "(measured_at > ? OR (measured_at = ? AND (message_id > ? OR "
+                "(message_id = ? AND seq > ?))))"
+            )
+            at = after.measured_at
+            params += [at, at, after.message_id, after.message_id, after.seq]
+        rows = await self.db.fetchall(
+            f"SELECT {READING_COLUMNS} FROM readings WHERE {' AND '.join(clauses)} "
+            "ORDER BY measured_at, message_id, seq LIMIT ?",
+            [*params, limit + 1],
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        found = [_stored_reading(row) for row in rows]
+        last = rows[-1] if more else None
+        key = None if last is None else ReadingKey(float(last[4]), int(last[0]), int(last[9]))
+        return found, key
+
     async def list_quarantine(
-        self, *, source: str | None = None, limit: int = 100
+        self, *, source: str | None = None, before: int | None = None, limit: int = 100
     ) -> list[QuarantineEntry]:
-        where, params = ("WHERE source = ?", [source]) if source else ("", [])
+        """Quarantined payloads, newest first; `before` is the last id of the previous page."""
+        clauses: list[str] = []
+        params: list[object] = []
+        if source:
+            clauses.append("source = ?")
+            params.append(source)
+        if before is not None:
+            clauses.append("id < ?")
+            params.append(before)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = await self.db.fetchall(
             "SELECT id, received_at, source, meta, payload, reason FROM quarantine "
             f"{where} ORDER BY id DESC LIMIT ?",
             [*params, limit],
         )
-        return [
-            QuarantineEntry(qid, at, src, jsoncol.load(meta), bytes(payload), reason)
-            for qid, at, src, meta, payload, reason in rows
-        ]
+        return [_quarantined(row) for row in rows]
+
+    async def get_quarantined(self, quarantine_id: int) -> QuarantineEntry | None:
+        rows = await self.db.fetchall(
+            "SELECT id, received_at, source, meta, payload, reason FROM quarantine WHERE id = ?",
+            (quarantine_id,),
+        )
+        return _quarantined(rows[0]) if rows else None
+
+    async def drop_quarantined(self, quarantine_id: int) -> bool:
+        """Delete one quarantined payload; False if there is no such id."""
+        async with self.db.transaction() as tx:
+            rows = await tx.fetchall(
+                "DELETE FROM quarantine WHERE id = ? RETURNING id", (quarantine_id,)
+            )
+        return bool(rows)
 
     async def count_quarantine(self) -> int:
         rows = await self.db.fetchall("SELECT COUNT(*) FROM quarantine")
         return int(rows[0][0])
+
+
+def _quarantined(row: Row) -> QuarantineEntry:
+    qid, at, src, meta, payload, reason = row
+    return QuarantineEntry(int(qid), at, src, jsoncol.load(meta), bytes(payload), reason)
+
+
+def _stored_reading(row: Row) -> StoredReading:
+    mid, dev, q, v, t, ch, unit, extra, key = row[:9]
+    return StoredReading(mid, dev, Reading(q, v, t, ch, unit, jsoncol.load(extra) or None, key))
 
 
 def _device(row: Row) -> Device:

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from fieldbridge.model import DeadLetter, DeadLetterState, SinkRunState, SinkState
 from fieldbridge.store.db import Database, Row
 
 STATE_COLUMNS = "name, cursor, paused, state, last_error, replay_from, updated_at"
 DEAD_COLUMNS = "id, sink, message_id, attempts, status, body, created_at, state"
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """A replay asked for: the first message sent again, the journal's head then, how many."""
+
+    name: str
+    from_id: int
+    head_id: int
+    messages: int
 
 
 class SinkStateQueries:
@@ -59,6 +70,24 @@ class SinkStateQueries:
                 "updated_at = excluded.updated_at",
                 (name, max(cursor, 0), time.time()),
             )
+
+    async def replay(
+        self, name: str, *, from_id: int | None = None, since: float | None = None
+    ) -> Replay:
+        """Ask the running sink to send again from a message id, or from the first message
+        received at or after `since` (exactly one of the two); nothing to send again when no
+        message is that recent."""
+        if (from_id is None) == (since is None):
+            raise ValueError("give exactly one of from_id and since")
+        rows = await self.db.fetchall("SELECT COALESCE(MAX(id), 0) FROM journal")
+        head = int(rows[0][0])
+        if from_id is None:
+            first = await self.db.fetchall(
+                "SELECT MIN(id) FROM journal WHERE received_at >= ?", (since,)
+            )
+            from_id = int(first[0][0]) if first[0][0] is not None else head + 1
+        await self.request_replay(name, from_id - 1)
+        return Replay(name, from_id, head, max(0, head - (from_id - 1)))
 
     async def take_replay(self, name: str) -> int | None:
         """Apply a pending replay request: move the cursor there and clear the request."""
@@ -132,9 +161,15 @@ class SinkStateQueries:
             )
 
     async def list_dead_letters(
-        self, *, sink: str | None = None, state: DeadLetterState | None = None, limit: int = 1000
+        self,
+        *,
+        sink: str | None = None,
+        state: DeadLetterState | None = None,
+        after: int | None = None,
+        limit: int = 1000,
     ) -> list[DeadLetter]:
-        clauses, params = _filters(sink=sink, state=state)
+        """Dead letters by id; `after` is the last id of the previous page."""
+        clauses, params = _filters(sink=sink, state=state, after=after)
         rows = await self.db.fetchall(
             f"SELECT {DEAD_COLUMNS} FROM dead_letters {clauses} ORDER BY id LIMIT ?",
             [*params, limit],
@@ -183,6 +218,7 @@ def _filters(
     state: DeadLetterState | None = None,
     ids: Sequence[int] = (),
     message_ids: Sequence[int] | None = None,
+    after: int | None = None,
 ) -> tuple[str, list[object]]:
     """WHERE clause for dead letters; an empty `message_ids` matches none (unlike `ids`)."""
     clauses: list[str] = []
@@ -200,6 +236,9 @@ def _filters(
         marks = ",".join("?" * len(message_ids))
         clauses.append(f"message_id IN ({marks})" if message_ids else "1 = 0")
         params.extend(message_ids)
+    if after is not None:
+        clauses.append("id > ?")
+        params.append(after)
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 

@@ -7,7 +7,9 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from fieldbridge.codecs import efento
 from fieldbridge.codecs.efento import splits
+from fieldbridge.model import Codec
 from fieldbridge.plugin import SourceSettings
 
 ENDPOINTS = ("m", "i", "c", "t")
@@ -88,6 +90,9 @@ class EfentoCoapSettings(SourceSettings):
     @property
     def where(self) -> str:
         return f"sources.efento.{self.name}"
+
+    def payload_codec(self) -> Codec:
+        return efento.decode
 
     @property
     def tokens_required(self) -> bool:

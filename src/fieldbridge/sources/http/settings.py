@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
+from fieldbridge.codecs import http_json
+from fieldbridge.model import Codec
 from fieldbridge.plugin import SourceSettings
 
 DEFAULT_NAME = "http"
@@ -28,3 +30,6 @@ class HttpSourceSettings(SourceSettings):
 
     def http_paths(self) -> tuple[str, ...]:
         return (self.path,)
+
+    def payload_codec(self) -> Codec:
+        return http_json.decode

@@ -131,6 +131,9 @@ class MqttSettings(SourceSettings):
         assert self._codec is not None
         return self._codec
 
+    def payload_codec(self) -> Codec:
+        return self.decoder
+
     @property
     def where(self) -> str:
         """How log lines and errors name this source's settings."""

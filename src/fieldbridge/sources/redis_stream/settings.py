@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr, field_validator
 
+from fieldbridge.codecs.redis_stream import StreamEntryCodec
+from fieldbridge.model import Codec
 from fieldbridge.plugin import SourceSettings
 
 
@@ -30,3 +32,6 @@ class RedisStreamSettings(SourceSettings):
         if not device.isprintable():
             raise ValueError("device must be printable text (no control characters)")
         return device
+
+    def payload_codec(self) -> Codec:
+        return StreamEntryCodec(self.device, self.kind)
