@@ -55,9 +55,7 @@ async def reingest(
         raise CannotReingest(
             "no_codec", f"source {entry.source!r} cannot decode a payload again on its own"
         )
-    outcome = await ingest.submit(
-        entry.source, entry.payload, codec, entry.meta, entry.received_at
-    )
+    outcome = await ingest.submit(entry.source, entry.payload, codec, entry.meta, entry.received_at)
     if not isinstance(outcome, Accepted):
         # Ingest kept the refused payload a second time; the first copy is the one that stays.
         await store.drop_quarantined(outcome.quarantine_id)
