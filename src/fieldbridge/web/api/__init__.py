@@ -39,7 +39,7 @@ def api_app(ctx: WebContext, *, root_path: str = "/api") -> FastAPI:
         openapi_url="/openapi.json",
         docs_url=None,
         redoc_url=None,
-        responses=documented(401, 503),
+        responses=documented(400, 401, 503),
     )
     setattr(app.state, CONTEXT_KEY, ctx)
     install(app)
