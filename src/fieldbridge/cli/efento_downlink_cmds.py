@@ -1,4 +1,4 @@
-"""The `efento config` and `efento pending` commands: queue and list Efento downlinks."""
+"""The `efento config`, `efento pending` and `efento cancel` commands: Efento downlinks."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import typer
 
 from fieldbridge.cli.context import with_store
 from fieldbridge.cli.output import console, fail, print_json, print_table
+from fieldbridge.cli.user_cmds import _actor
 from fieldbridge.codecs.efento import changes_configuration, encode_config
 from fieldbridge.model import Device, Downlink
 from fieldbridge.store import Store
@@ -194,3 +195,29 @@ def _fields_text(d: Downlink) -> str:
     if d.fields is None:
         return f"{len(d.payload)} bytes"
     return ", ".join(f"{k}={json.dumps(v)}" for k, v in d.fields.items())
+
+
+@efento_app.command("cancel")
+def efento_cancel(
+    ctx: typer.Context,
+    downlink_id: Annotated[
+        int, typer.Argument(metavar="ID", help="The downlink's id (efento pending).")
+    ],
+    json_out: JsonFlag = False,
+) -> None:
+    """Give up a queued or sent (unconfirmed) downlink: it is never sent (again) and shows as
+    failed, cancelled."""
+
+    async def cancel(store: Store) -> tuple[Downlink | None, Downlink | None]:
+        done = await store.cancel_downlink(downlink_id, f"cancelled by {_actor()}")
+        return done, (await store.get_downlink(downlink_id) if done is None else None)
+
+    done, found = with_store(ctx, cancel)
+    if done is None:
+        if found is None:
+            fail(f"no downlink {downlink_id}; `fieldbridge efento pending --all` lists them")
+        fail(f"downlink {downlink_id} is {found.state}; nothing to cancel")
+    if json_out:
+        print_json(downlink_json(done))
+    else:
+        console.print(f"downlink {downlink_id} for {done.device} cancelled")

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import orjson
 import typer
 
-from fieldbridge.cli.context import with_store
-from fieldbridge.cli.output import fail, print_json, print_table
+from fieldbridge.cli.context import settings_of, with_store
+from fieldbridge.cli.output import console, fail, print_json, print_table
 from fieldbridge.cli.records import device_json, links_json, quarantine_json, stored_reading_json
 from fieldbridge.errors import DecodeError
-from fieldbridge.model import Device, DeviceStatus, Role, Subscriber, check_device_id
+from fieldbridge.ingest import Ingest
+from fieldbridge.model import (
+    Device,
+    DeviceStatus,
+    QuarantineEntry,
+    Role,
+    Subscriber,
+    check_device_id,
+)
+from fieldbridge.reingest import CannotReingest, Reingested, reingest
 from fieldbridge.store import Store
 from fieldbridge.store.devicechange import (
     ChangeRefused,
@@ -36,11 +46,29 @@ quarantine = typer.Typer(
 def devices_list(
     ctx: typer.Context,
     kind: Annotated[str | None, typer.Option(help="Only devices of this kind.")] = None,
+    source: Annotated[
+        str | None, typer.Option(help="Only devices first seen on this source.")
+    ] = None,
+    status: Annotated[
+        DeviceStatus | None, typer.Option(help="Only devices current, down or in maintenance.")
+    ] = None,
+    search: Annotated[
+        str | None, typer.Option(help="Only devices whose id or name holds this (any case).")
+    ] = None,
+    after: Annotated[
+        str | None,
+        typer.Option(help="Start after this id (the last one of the previous page)."),
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 1000,
     json_out: JsonFlag = False,
 ) -> None:
     """List devices, by id."""
-    found = with_store(ctx, lambda s: s.list_devices(kind=kind, limit=limit))
+    found = with_store(
+        ctx,
+        lambda s: s.search_devices(
+            kind=kind, source=source, status=status, q=search, after=after, limit=limit
+        ),
+    )
     if json_out:
         print_json([device_json(d) for d in found])
         return
@@ -352,3 +380,83 @@ def quarantine_list(
             for r in rows
         ],
     )
+
+
+def _quarantine_id(value: int) -> int:
+    if value < 1:
+        fail(f"ID {value}: quarantine ids start at 1 (`fieldbridge quarantine list`)", code=2)
+    return value
+
+
+def quarantine_detail_json(q: QuarantineEntry) -> dict[str, Any]:
+    """A quarantined payload as `quarantine show` prints it: the raw bytes as hex too."""
+    return {**quarantine_json(q), "size": len(q.payload), "payload_hex": q.payload.hex()}
+
+
+QuarantineId = Annotated[
+    int, typer.Argument(metavar="ID", help="The quarantined payload's id (quarantine list).")
+]
+
+
+@quarantine.command("show")
+def quarantine_show(ctx: typer.Context, qid: QuarantineId, json_out: JsonFlag = False) -> None:
+    """Show one quarantined payload: the reason, its metadata, the raw bytes as hex and text."""
+    found = with_store(ctx, lambda s: s.get_quarantined(_quarantine_id(qid)))
+    if found is None:
+        fail(f"no quarantined payload {qid}; `fieldbridge quarantine list` shows them")
+    data = quarantine_detail_json(found)
+    if json_out:
+        print_json(data)
+        return
+    rows: list[tuple[str, Any]] = [
+        (key, data[key]) for key in ("id", "received_at", "source", "reason", "size")
+    ]
+    rows.append(("meta", orjson.dumps(data["meta"]).decode()))
+    rows.append(("text", data["payload_text"] if data["payload_text"] is not None else "<binary>"))
+    hex_text = data["payload_hex"]
+    rows += [("hex" if i == 0 else "", hex_text[i : i + 64]) for i in range(0, len(hex_text), 64)]
+    print_table(f"quarantined payload {qid}", ["field", "value"], rows)
+
+
+@quarantine.command("reingest")
+def quarantine_reingest(ctx: typer.Context, qid: QuarantineId, json_out: JsonFlag = False) -> None:
+    """Decode a quarantined payload again with its source's current codec (after a codec fix)
+    and store it as ingest does; it leaves the quarantine once stored. The running service's
+    sinks deliver it."""
+    settings = settings_of(ctx)
+
+    async def go(store: Store) -> Reingested:
+        async with Ingest(store) as ingest:
+            return await reingest(store, ingest, settings.source_settings, _quarantine_id(qid))
+
+    try:
+        done = with_store(ctx, go)
+    except CannotReingest as exc:
+        fail(f"quarantined payload {qid} not stored: {exc.message}")
+    if json_out:
+        print_json(
+            {
+                "quarantine_id": done.quarantine_id,
+                "source": done.source,
+                "message_ids": list(done.message_ids),
+                "duplicates": done.duplicates,
+                "quarantined": list(done.quarantined),
+            }
+        )
+        return
+    ids = ", ".join(str(i) for i in done.message_ids)
+    console.print(f"quarantined payload {qid} stored as message {ids}; removed from quarantine")
+    if done.quarantined:
+        parts = ", ".join(str(i) for i in done.quarantined)
+        console.print(f"parts still refused, quarantined anew: {parts}")
+
+
+@quarantine.command("drop")
+def quarantine_drop(ctx: typer.Context, qid: QuarantineId, json_out: JsonFlag = False) -> None:
+    """Delete a quarantined payload for good."""
+    if not with_store(ctx, lambda s: s.drop_quarantined(_quarantine_id(qid))):
+        fail(f"no quarantined payload {qid}; `fieldbridge quarantine list` shows them")
+    if json_out:
+        print_json({"id": qid, "dropped": True})
+    else:
+        console.print(f"quarantined payload {qid} dropped")
