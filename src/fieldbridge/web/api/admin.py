@@ -136,17 +136,18 @@ async def list_audit(
     actor: Annotated[str | None, Query(max_length=256, pattern=PRINTABLE)] = None,
     action: Annotated[str | None, Query(max_length=256, pattern=PRINTABLE)] = None,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> Page[AuditOut]:
     """Every change, newest first: who, what, on what, when."""
     before = decode_cursor(cursor, "audit")
     found = await ctx.store.list_audit(
-        limit=limit,
+        limit=limit + 1,  # one more: is there a next page?
         before=None if before is None else int_position(before),
         actor=actor,
         action=action,
     )
-    more = len(found) == limit
+    more = len(found) > limit
+    found = found[:limit]
     return Page[AuditOut](
         items=[
             AuditOut(

@@ -53,9 +53,10 @@ async def list_devices(
         status=DeviceStatus(status) if status else None,
         q=q,
         after=None if after is None else str_position(after),
-        limit=limit,
+        limit=limit + 1,  # one more: is there a next page?
     )
-    more = len(found) == limit
+    more = len(found) > limit
+    found = found[:limit]
     return Page[DeviceOut](
         items=[DeviceOut.of(d) for d in found],
         next_cursor=encode_cursor("devices", found[-1].id) if more else None,

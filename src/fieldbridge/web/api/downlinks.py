@@ -38,9 +38,10 @@ async def list_downlinks(
         device=device.upper() if device else None,
         state=DownlinkState(state) if state else None,
         before=None if before is None else int_position(before),
-        limit=limit,
+        limit=limit + 1,  # one more: is there a next page?
     )
-    more = len(found) == limit
+    more = len(found) > limit
+    found = found[:limit]
     return Page[DownlinkOut](
         items=[DownlinkOut.of(d) for d in found],
         next_cursor=encode_cursor("downlinks", found[-1].id) if more else None,

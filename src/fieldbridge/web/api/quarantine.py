@@ -34,9 +34,10 @@ async def list_quarantine(
     """Payloads refused by their codec, newest first, with the reason."""
     before = decode_cursor(cursor, "quarantine")
     found = await ctx.store.list_quarantine(
-        source=source, before=None if before is None else int_position(before), limit=limit
+        source=source, before=None if before is None else int_position(before), limit=limit + 1
     )
-    more = len(found) == limit
+    more = len(found) > limit
+    found = found[:limit]
     return Page[QuarantineOut](
         items=[QuarantineOut.of(q) for q in found],
         next_cursor=encode_cursor("quarantine", found[-1].id) if more else None,

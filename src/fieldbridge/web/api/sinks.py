@@ -125,9 +125,10 @@ async def list_dead_letters(
         sink=sink,
         state=DeadLetterState(state) if state else None,
         after=None if after is None else int_position(after),
-        limit=limit,
+        limit=limit + 1,  # one more: is there a next page?
     )
-    more = len(found) == limit
+    more = len(found) > limit
+    found = found[:limit]
     return Page[DeadLetterOut](
         items=[DeadLetterOut.of(d) for d in found],
         next_cursor=encode_cursor("deadletters", found[-1].id) if more else None,
