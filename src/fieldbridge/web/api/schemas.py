@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,6 +28,7 @@ IsoTime = Annotated[str, Field(description="ISO 8601 UTC, e.g. 2026-11-23T08:30:
 # showing it later both take it as it is.
 PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 Text = Annotated[str, Field(max_length=256, pattern=PRINTABLE)]
+Key = Annotated[str, Field(min_length=1, max_length=128, pattern=PRINTABLE)]
 Scalar = str | int | float | bool | None
 
 
@@ -96,16 +98,25 @@ def _location(d: Device) -> Location | None:
     override = d.attributes.get("location_override")
     if isinstance(override, dict):
         return Location(
-            latitude=override.get("latitude"),
-            longitude=override.get("longitude"),
+            latitude=_degrees(override.get("latitude")),
+            longitude=_degrees(override.get("longitude")),
             source="override",
         )
     lat, lon = d.attributes.get("latitude"), d.attributes.get("longitude")
     if lat is None and lon is None:
         return None
-    numbers = (float(v) if isinstance(v, int | float) else None for v in (lat, lon))
-    latitude, longitude = numbers
-    return Location(latitude=latitude, longitude=longitude, source="reported")
+    return Location(latitude=_degrees(lat), longitude=_degrees(lon), source="reported")
+
+
+def _degrees(value: object) -> float | None:
+    """A stored coordinate as a number; what a codec stored as text reads as such, else null."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None  # JSON has no NaN
 
 
 class Relay(BaseModel):
@@ -180,12 +191,12 @@ class DevicePatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    flags: dict[Text, bool] | None = Field(
+    flags: dict[Key, bool] | None = Field(
         default=None,
         max_length=64,
         description='Switches to set, e.g. {"upload_trapnz": true}; others stay.',
     )
-    attributes: dict[Text, Scalar] | None = Field(
+    attributes: dict[Key, Scalar] | None = Field(
         default=None, max_length=64, description="Attributes to set; others stay."
     )
     name: Annotated[str, Field(min_length=1, max_length=256, pattern=PRINTABLE)] | None = None
@@ -400,7 +411,7 @@ class DownlinkIn(BaseModel):
     device: Annotated[str, Field(pattern=r"^[0-9A-Fa-f]{12}$")] = Field(
         description="The sensor's serial: 12 hex digits."
     )
-    settings: dict[Text, Any] = Field(
+    settings: dict[Key, Any] = Field(
         default_factory=dict,
         max_length=64,
         description='ProtoConfig settings by name, e.g. {"transmission_interval": 900}.',
