@@ -10,7 +10,7 @@ import typer
 
 from fieldbridge.cli.context import with_store
 from fieldbridge.cli.output import console, fail, print_json, print_table
-from fieldbridge.cli.user_cmds import _actor
+from fieldbridge.cli.user_cmds import actor
 from fieldbridge.codecs.efento import changes_configuration, encode_config
 from fieldbridge.model import Device, Downlink
 from fieldbridge.store import Store
@@ -209,7 +209,7 @@ def efento_cancel(
     failed, cancelled."""
 
     async def cancel(store: Store) -> tuple[Downlink | None, Downlink | None]:
-        done = await store.cancel_downlink(downlink_id, f"cancelled by {_actor()}")
+        done = await store.cancel_downlink(downlink_id, f"cancelled by {actor()}")
         return done, (await store.get_downlink(downlink_id) if done is None else None)
 
     done, found = with_store(ctx, cancel)

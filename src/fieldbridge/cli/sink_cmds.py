@@ -158,22 +158,16 @@ async def _replay(
 ) -> dict[str, Any]:
     await migrate(settings)
     async with build_store(settings) as store:
-        head = await store.head_id()
-        if from_id is None:
-            assert since is not None
-            first = await store.first_id_since(since)
-            from_id = first if first is not None else head + 1
-        await store.request_replay(name, from_id - 1)
-        total = max(0, head - (from_id - 1))
+        replay = await store.replay(name, from_id=from_id, since=since)  # as the API and console
         result: dict[str, Any] = {
             "name": name,
-            "from_id": from_id,
-            "head_id": head,
-            "messages": total,
+            "from_id": replay.from_id,
+            "head_id": replay.head_id,
+            "messages": replay.messages,
             "caught_up": None,
         }
         if follow:
-            result["caught_up"] = await _follow(store, name, from_id - 1, head)
+            result["caught_up"] = await _follow(store, name, replay.from_id - 1, replay.head_id)
         return result
 
 

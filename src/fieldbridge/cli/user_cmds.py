@@ -32,7 +32,7 @@ tokens = typer.Typer(
 )
 
 
-def _actor() -> str:
+def actor() -> str:
     """Who the audit log says made a change from the command line."""
     try:
         return f"cli:{getpass.getuser()}"
@@ -74,7 +74,7 @@ def users_add(
     async def go(store: Store) -> bool:
         added = await store.add_user(name, role, await hash_password_async(password))
         if added:
-            await record(store, _actor(), "user.create", name, {"role": str(role)})
+            await record(store, actor(), "user.create", name, {"role": str(role)})
         return added
 
     if not with_store(ctx, go):
@@ -97,7 +97,7 @@ def users_passwd(
     async def go(store: Store) -> bool:
         changed = await store.set_password(name, await hash_password_async(password))
         if changed:
-            await record(store, _actor(), "user.passwd", name)
+            await record(store, actor(), "user.passwd", name)
         return changed
 
     if not with_store(ctx, go):
@@ -119,7 +119,7 @@ def users_remove(
     async def go(store: Store) -> bool:
         removed = await store.delete_user(name)
         if removed:
-            await record(store, _actor(), "user.delete", name)
+            await record(store, actor(), "user.delete", name)
         return removed
 
     if not with_store(ctx, go):
@@ -165,9 +165,9 @@ def tokens_create(
     plain, hashed = mint_token()
 
     async def go(store: Store) -> bool:
-        made = await store.create_api_token(name, scope, hashed, _actor())
+        made = await store.create_api_token(name, scope, hashed, actor())
         if made:
-            await record(store, _actor(), "token.create", name, {"scope": str(scope)})
+            await record(store, actor(), "token.create", name, {"scope": str(scope)})
         return made
 
     if not with_store(ctx, go):
@@ -224,7 +224,7 @@ def tokens_revoke(
     async def go(store: Store) -> bool:
         revoked = await store.revoke_api_token(name)
         if revoked:
-            await record(store, _actor(), "token.revoke", name)
+            await record(store, actor(), "token.revoke", name)
         return revoked
 
     if not with_store(ctx, go):

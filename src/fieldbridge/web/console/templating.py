@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import quote
 
 import jinja2
+import orjson
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
@@ -67,6 +68,13 @@ def battery(attributes: Mapping[str, Any]) -> str:
     return str(value)
 
 
+def shown(value: Any) -> str:
+    """An attribute as its owner would write it: JSON for lists and objects, else text."""
+    if isinstance(value, dict | list):
+        return orjson.dumps(value, default=str).decode()
+    return str(value)
+
+
 def device_url(device_id: str) -> str:
     return "/devices/" + quote(device_id, safe="")
 
@@ -79,7 +87,13 @@ _env = jinja2.Environment(
     lstrip_blocks=True,
 )
 _env.filters.update(
-    ago=ago, when=when, hexdump=hexdump, as_text=as_text, device_url=device_url, battery=battery
+    ago=ago,
+    when=when,
+    hexdump=hexdump,
+    as_text=as_text,
+    device_url=device_url,
+    battery=battery,
+    shown=shown,
 )
 
 
