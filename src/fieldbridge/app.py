@@ -331,7 +331,11 @@ class Service:
         )
         if first_password is not None:
             shown = "127.0.0.1" if host in ("0.0.0.0", "[::]", "::") else host
-            announce(first_password, f"{scheme}://{shown}:{server.port}")
+            announce(
+                first_password,
+                f"{scheme}://{shown}:{server.port}",
+                json_lines=self.settings.log.format == "json",
+            )
 
     async def _stop_tasks(self, tasks: list[asyncio.Task[None]]) -> None:
         for runner in self.sinks:

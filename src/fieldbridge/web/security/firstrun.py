@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
+
+import orjson
 
 from fieldbridge.store import Store
 from fieldbridge.web.security.audit import record
@@ -10,6 +13,10 @@ from fieldbridge.web.security.passwords import hash_password_async, random_passw
 from fieldbridge.web.security.principal import Role
 
 FIRST_ADMIN = "admin"
+FIELDBRIDGE_ADMIN_HINT = (
+    f"{FIRST_ADMIN}; its password is in this line only: set another with "
+    f"fieldbridge users passwd {FIRST_ADMIN}"
+)
 
 
 async def ensure_first_admin(store: Store) -> str | None:
@@ -23,8 +30,21 @@ async def ensure_first_admin(store: Store) -> str | None:
     return password
 
 
-def announce(password: str, url: str) -> None:
-    """Straight to the terminal, never through the logs (which may be kept or shipped)."""
+def announce(password: str, url: str, *, json_lines: bool = False) -> None:
+    """Straight to standard error, never through the log handlers (a log file, a level filter);
+    with JSON logs, as one JSON object like theirs, so the stream stays parseable."""
+    if json_lines:
+        line = {
+            "time": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            "level": "WARNING",
+            "logger": "fieldbridge.security",
+            "message": f"created the console's first user {FIELDBRIDGE_ADMIN_HINT}",
+            "user": FIRST_ADMIN,
+            "password": password,
+            "login": f"{url}/login",
+        }
+        print(orjson.dumps(line).decode(), file=sys.stderr, flush=True)
+        return
     print(
         "\n"
         f"  Created the console's first user: {FIRST_ADMIN}\n"
