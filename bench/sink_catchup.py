@@ -37,7 +37,7 @@ from fieldbridge.codecs import http_json
 from fieldbridge.ingest import Ingest
 from fieldbridge.model import Accepted
 from fieldbridge.sinks.influxdb import plan_requests
-from fieldbridge.sinks.influxdb_lines import render
+from fieldbridge.sinks.influxdb_lines import Renderer
 from fieldbridge.sinks.influxdb_settings import InfluxDBSettings
 from fieldbridge.store import open_store, parse_store_url
 from fieldbridge.store.migrate import upgrade
@@ -81,11 +81,12 @@ async def prebuilt(url: str, settings: InfluxDBSettings) -> list[bytes]:
     """The journal's lines as request bodies, rendered and grouped as the sink does."""
     bodies: list[bytes] = []
     cursor = 0
+    renderer = Renderer(settings.layout())
     async with open_store(url) as store:
-        while entries := await store.read_journal(cursor, settings.batch_size, with_payload=False):
-            lines = render(entries, settings.layout(), {})
+        while entries := await store.read_journal(cursor, settings.batch_size, rows=True):
+            rendered = renderer.texts(entries, {})
             for lane in plan_requests(
-                lines, settings.lines_per_request, settings.max_request_bytes
+                rendered, settings.lines_per_request, settings.max_request_bytes
             ):
                 bodies.extend(request.body for request in lane)
             cursor = entries[-1].id

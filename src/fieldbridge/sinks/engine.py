@@ -212,14 +212,20 @@ class SinkRunner:
                 return await task
             await _discard(task)
         return await self._store.read_journal(
-            self._cursor, self.settings.batch_size, with_payload=self._destination.wants_payload
+            self._cursor,
+            self.settings.batch_size,
+            with_payload=self._destination.wants_payload,
+            rows=self._destination.reading_rows,
         )
 
     def _read_ahead(self, cursor: int) -> None:
         """Read the next batch while this one is sent: the store and the destination work at
         the same time. At most one batch ahead, so memory stays bounded by two batches."""
         read = self._store.read_journal(
-            cursor, self.settings.batch_size, with_payload=self._destination.wants_payload
+            cursor,
+            self.settings.batch_size,
+            with_payload=self._destination.wants_payload,
+            rows=self._destination.reading_rows,
         )
         self._ahead = (cursor, asyncio.create_task(read, name=f"sink-{self.name}-read-ahead"))
 

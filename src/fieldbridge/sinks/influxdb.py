@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -29,7 +28,7 @@ from fieldbridge.model import JournalEntry
 from fieldbridge.plugin import SinkType, register_sink
 from fieldbridge.sinks.http_client import HttpDestination, sink_client
 from fieldbridge.sinks.http_errors import check_response, transport_failure
-from fieldbridge.sinks.influxdb_lines import Line, Renderer
+from fieldbridge.sinks.influxdb_lines import Line, Rendered, Renderer
 from fieldbridge.sinks.influxdb_partial import rejected_lines
 from fieldbridge.sinks.influxdb_settings import InfluxDBSettings
 from fieldbridge.store import Store
@@ -37,49 +36,61 @@ from fieldbridge.store import Store
 V1_PRECISION = {"s": "s", "ms": "ms", "us": "u", "ns": "n"}
 
 
+GZIP_IN_THREAD = 64 * 1024  # bodies at least this long are gzipped off the event loop
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
     body: bytes  # uncompressed
-    lines: list[Line]
+    texts: list[str]  # its lines
+    owners: list[JournalEntry]  # the message of each line (same positions)
 
 
-def plan_requests(lines: Sequence[Line], max_lines: int, max_bytes: int) -> list[list[Request]]:
+def plan_requests(rendered: Rendered, max_lines: int, max_bytes: int) -> list[list[Request]]:
     """Lanes of requests: a lane's requests go one after the other, lanes go side by side. A
     series is hashed to one lane, so its points keep their order."""
-    lanes_wanted = max(1, -(-len(lines) // max_lines))
-    lanes: list[list[Line]] = [[] for _ in range(lanes_wanted)]
-    lane_of: dict[str, int] = {}
-    for line in lines:
-        lane = lane_of.get(line.series)
-        if lane is None:
-            lane = lane_of[line.series] = zlib.crc32(line.series.encode()) % lanes_wanted
-        lanes[lane].append(line)
-    out: list[list[Request]] = []
-    for lane_lines in lanes:
-        requests: list[Request] = []
-        members: list[Line] = []
-        size = 0
-        for line in lane_lines:
-            text = line.text
+    texts, owners, hashes = rendered
+    lanes_wanted = max(1, -(-len(texts) // max_lines))
+    if lanes_wanted == 1:
+        return [_requests(texts, owners, max_lines, max_bytes)] if texts else []
+    lanes: list[tuple[list[str], list[JournalEntry]]] = [([], []) for _ in range(lanes_wanted)]
+    for text, owner, crc in zip(texts, owners, hashes, strict=True):
+        lane_texts, lane_owners = lanes[crc % lanes_wanted]
+        lane_texts.append(text)
+        lane_owners.append(owner)
+    return [_requests(t, o, max_lines, max_bytes) for t, o in lanes if t]
+
+
+def _requests(
+    texts: list[str], owners: list[JournalEntry], max_lines: int, max_bytes: int
+) -> list[Request]:
+    """A lane's lines in requests of at most `max_lines` lines and `max_bytes` bytes."""
+    out: list[Request] = []
+    for start in range(0, len(texts), max_lines):
+        some, theirs = texts[start : start + max_lines], owners[start : start + max_lines]
+        body = _body(some)
+        if len(body) <= max_bytes:
+            out.append(Request(body, some, theirs))
+            continue
+        first, size = 0, 0  # too long: cut by bytes, line by line
+        for at, text in enumerate(some):
             grow = (len(text) if text.isascii() else len(text.encode())) + 1
-            if members and (len(members) >= max_lines or size + grow > max_bytes):
-                requests.append(_request(members))
-                members, size = [], 0
-            members.append(line)
+            if at > first and size + grow > max_bytes:
+                out.append(Request(_body(some[first:at]), some[first:at], theirs[first:at]))
+                first, size = at, 0
             size += grow
-        if members:
-            requests.append(_request(members))
-        if requests:
-            out.append(requests)
+        out.append(Request(_body(some[first:]), some[first:], theirs[first:]))
     return out
 
 
-def _request(members: list[Line]) -> Request:
-    return Request(("\n".join(line.text for line in members) + "\n").encode(), members)
+def _body(texts: list[str]) -> bytes:
+    return ("\n".join(texts) + "\n").encode()
 
 
 class InfluxDBDestination(HttpDestination):
     """One POST per request body; `transport` replaces httpx's network transport."""
+
+    reading_rows = True  # plain numbers render straight from the stored rows
 
     def __init__(
         self, settings: InfluxDBSettings, transport: httpx.AsyncBaseTransport | None = None
@@ -148,15 +159,17 @@ class InfluxDBDestination(HttpDestination):
         return await self._store.device_teams({e.device for e in entries})
 
     async def send(self, entries: Sequence[JournalEntry]) -> None:
-        lines = self._renderer.render(entries, await self._teams(entries))
-        if not lines:
-            return  # messages without readings: nothing to write
+        teams = await self._teams(entries)
         lanes = plan_requests(
-            lines, self.settings.lines_per_request, self.settings.max_request_bytes
+            self._renderer.texts(entries, teams),
+            self.settings.lines_per_request,
+            self.settings.max_request_bytes,
         )
+        if not lanes:
+            return  # messages without readings: nothing to write
         window = asyncio.Semaphore(self.settings.max_in_flight)
         results = await asyncio.gather(
-            *(self._lane(requests, window) for requests in lanes), return_exceptions=True
+            *(self._lane(requests, window, teams) for requests in lanes), return_exceptions=True
         )
         partial: list[PartialDeliveryError] = []
         for result in results:  # an outage first: the whole batch is tried again later
@@ -175,24 +188,32 @@ class InfluxDBDestination(HttpDestination):
                 status=partial[0].status,
             )
 
-    async def _lane(self, requests: list[Request], window: asyncio.Semaphore) -> None:
+    async def _lane(
+        self, requests: list[Request], window: asyncio.Semaphore, teams: Mapping[str, str | None]
+    ) -> None:
         """A lane's requests in order; the partial refusals of all of them together."""
         rejected: dict[int, str] = {}
         status: int | None = None
         for request in requests:
             async with window:
                 try:
-                    await self._post(request)
+                    await self._post(request, teams)
                 except PartialDeliveryError as exc:
                     rejected.update(exc.rejected)
                     status = exc.status
         if rejected:
             raise PartialDeliveryError(f"{self._what}: partial write", rejected, status=status)
 
-    async def _post(self, request: Request) -> None:
+    async def _post(self, request: Request, teams: Mapping[str, str | None]) -> None:
         assert self._client is not None, "use the destination inside `async with`"
-        body = request.body
-        content = gzip.compress(body, compresslevel=1) if self.settings.gzip else body
+        content = request.body
+        if self.settings.gzip:
+            # zlib lets go of the GIL: a long body is compressed beside the next batch's
+            # rendering instead of holding up the event loop.
+            if len(content) >= GZIP_IN_THREAD:
+                content = await asyncio.to_thread(gzip.compress, content, 1)
+            else:
+                content = gzip.compress(content, compresslevel=1)
         try:
             response = await self._client.post(self._endpoint, params=self._params, content=content)
         except httpx.TransportError as exc:
@@ -202,8 +223,9 @@ class InfluxDBDestination(HttpDestination):
             # 1.x when no line parsed) or `field type conflict` (1.x, within one request)
             # refused the whole request, which the engine then halves.
             message = _error_text(response)
+            print("DBG", request.body.decode())
             if "partial write" in message:
-                self._partial(request.lines, message, response.status_code)
+                self._partial(self._lines(request, teams), message, response.status_code)
         if not 200 <= response.status_code < 300:
             self._refused(response)
 
@@ -223,6 +245,18 @@ class InfluxDBDestination(HttpDestination):
                 retry_after=exc.retry_after,
             ) from None
         raise AssertionError(f"HTTP {response.status_code} is not a refusal")
+
+    def _lines(self, request: Request, teams: Mapping[str, str | None]) -> list[Line]:
+        """The lines of a request with what a partial write is matched against: its messages
+        rendered again (the renderer is deterministic), keeping the lines it carried."""
+        texts = set(request.texts)
+        entries = {id(entry): entry for entry in request.owners}.values()
+        return [
+            line
+            for entry in entries
+            for line in self._renderer.entry_lines(entry, teams.get(entry.device))
+            if line.text in texts
+        ]
 
     def _partial(self, lines: list[Line], message: str, status: int) -> None:
         """Raise PartialDeliveryError naming the messages of the refused lines, or a plain

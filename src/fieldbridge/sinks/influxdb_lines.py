@@ -15,11 +15,13 @@ from __future__ import annotations
 import math
 import re
 import string
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from fieldbridge.model import JournalEntry, Reading
+from fieldbridge.model import JournalEntry, Reading, ReadingRow
+from fieldbridge.store import jsoncol
 
 # Where a tag's value comes from; `tags` lists which of these a sink writes.
 TAG_NAMES = ("device", "kind", "source", "channel", "team", "unit")
@@ -177,6 +179,28 @@ def _naming(
 NAMING_CACHE = 65_536  # combinations of device, quantity, channel and unit kept worked out
 
 
+def reading_of(row: ReadingRow) -> Reading:
+    """A stored reading row as a Reading."""
+    _, quantity, value, measured_at, channel, unit, extra = row
+    return Reading(quantity, value, measured_at, channel, unit, jsoncol.load(extra) or None)
+
+
+def readings_of(entry: JournalEntry) -> Sequence[Reading]:
+    """A message's readings, whether it was read with Reading objects or with rows."""
+    if entry.readings or not entry.rows:
+        return entry.readings
+    return [reading_of(row) for row in entry.rows]
+
+
+class Rendered(NamedTuple):
+    """A batch's lines in order: the text, the message and the hash of the series of each
+    (same positions)."""
+
+    texts: list[str]
+    owners: list[JournalEntry]
+    hashes: list[int]
+
+
 class Renderer:
     """Lines of messages for one layout. The same few combinations of device, quantity,
     channel and unit repeat across batches: their naming is worked out once and kept."""
@@ -185,13 +209,20 @@ class Renderer:
         self.layout = layout
         self._scale = SCALE[layout.precision]
         self._naming: dict[tuple[object, ...], tuple[str, str, str]] = {}
+        # (source, kind, device, team) -> (quantity, channel, unit) -> (series, field, hash):
+        # the naming of plain readings as the row path needs it.
+        self._plain: dict[
+            tuple[str, str | None, str, str | None],
+            dict[tuple[str, int, str | None], tuple[str, str, int]],
+        ] = {}
+        self._plain_size = 0
 
     def entry_lines(self, entry: JournalEntry, team: str | None = None) -> list[Line]:
         """The lines of one message, in the order their first reading appears."""
         scale, cache, layout = self._scale, self._naming, self.layout
         grouped: dict[tuple[str, str, int], dict[str, str]] = {}
         about = (entry.source, entry.kind, entry.device, team)
-        for reading in entry.readings:
+        for reading in readings_of(entry):
             stamp = round(reading.measured_at * scale)
             value = reading.value
             if value is not None and not reading.extra:  # the common case
@@ -232,6 +263,70 @@ class Renderer:
         for entry in entries:
             out.extend(self.entry_lines(entry, teams.get(entry.device)))
         return out
+
+    def texts(self, entries: Sequence[JournalEntry], teams: Mapping[str, str | None]) -> Rendered:
+        """The lines of a batch as `render` makes them, as text. A message read with rows
+        whose readings are all plain numbers (the common case) is rendered from its rows
+        without building Reading or Line objects."""
+        texts: list[str] = []
+        owners: list[JournalEntry] = []
+        hashes: list[int] = []
+        add_text, add_owner, add_hash = texts.append, owners.append, hashes.append
+        scale, plain, isfinite = self._scale, self._plain, math.isfinite
+        for entry in entries:
+            team = teams.get(entry.device)
+            rows = entry.rows
+            if rows:
+                about = (entry.source, entry.kind, entry.device, team)
+                naming = plain.get(about)
+                if naming is None:
+                    if self._plain_size >= NAMING_CACHE:
+                        plain.clear()
+                        self._plain_size = 0
+                    naming = plain[about] = {}
+                made: list[tuple[str, int, str, str, int]] = []
+                for _, quantity, value, measured_at, channel, unit, extra in rows:
+                    if value is None or extra is not None or not isfinite(value):
+                        if value is not None and extra is None:
+                            continue  # not finite: no line protocol form, as entry_lines
+                        made = []  # details or tags of their own: the general path
+                        break
+                    key = (quantity, channel, unit)
+                    named = naming.get(key)
+                    if named is None:
+                        named = naming[key] = self._plain_naming(about, key)
+                        self._plain_size += 1
+                    series, field, lane = named
+                    if field:
+                        made.append((series, round(measured_at * scale), field, repr(value), lane))
+                else:
+                    if len(made) < 2 or len({(m[0], m[1]) for m in made}) == len(made):
+                        for series, stamp, field, rendered, crc in made:
+                            add_text(f"{series} {field}={rendered} {stamp}")
+                            add_owner(entry)
+                            add_hash(crc)
+                        continue
+                    # readings sharing a series and time: one line of several fields, below
+            for line in self.entry_lines(entry, team):
+                add_text(line.text)
+                add_owner(entry)
+                add_hash(series_hash(line.series))
+        return Rendered(texts, owners, hashes)
+
+    def _plain_naming(
+        self,
+        about: tuple[str, str | None, str, str | None],
+        key: tuple[str, int, str | None],
+    ) -> tuple[str, str, int]:
+        quantity, channel, unit = key
+        reading = Reading(quantity, 0.0, 0.0, channel, unit)
+        _, series, field = _naming(self.layout, reading, about)
+        return series, field, series_hash(series)
+
+
+def series_hash(series: str) -> int:
+    """Which lane a series travels in is this modulo the lanes (stable across batches)."""
+    return zlib.crc32(series.encode())
 
 
 def render(
