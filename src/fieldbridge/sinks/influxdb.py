@@ -168,25 +168,19 @@ class InfluxDBDestination(HttpDestination):
         if not lanes:
             return  # messages without readings: nothing to write
         window = asyncio.Semaphore(self.settings.max_in_flight)
-        results = await asyncio.gather(
+        results: list[BaseException | None] = await asyncio.gather(
             *(self._lane(requests, window, teams) for requests in lanes), return_exceptions=True
         )
-        partial: list[PartialDeliveryError] = []
-        for result in results:  # an outage first: the whole batch is tried again later
-            if isinstance(result, RetryableDeliveryError):
-                raise result
-        for result in results:
-            if isinstance(result, PartialDeliveryError):
-                partial.append(result)
-            elif isinstance(result, BaseException):
-                raise result  # refused as a whole (the engine bisects) or a bug
-        if partial:
-            rejected = {k: v for failure in partial for k, v in failure.rejected.items()}
-            raise PartialDeliveryError(
-                f"{self._what} refused {len(rejected)} of {len(entries)} messages",
-                rejected,
-                status=partial[0].status,
-            )
+        del lanes  # the batch's text and bodies are not kept while an error is handled
+        failure = _failure(results, f"{self._what} refused {{}} of {len(entries)} messages")
+        del results
+        if failure is not None:
+            try:
+                raise failure
+            finally:
+                # Else the exception would hold this frame and this frame the exception: a
+                # cycle only the garbage collector breaks, late (the batch's text with it).
+                del failure
 
     async def _lane(
         self, requests: list[Request], window: asyncio.Semaphore, teams: Mapping[str, str | None]
@@ -267,6 +261,23 @@ class InfluxDBDestination(HttpDestination):
                 f"{self._what} answered HTTP {status}", status=status, body=message[:4096]
             )
         raise PartialDeliveryError(f"{self._what}: partial write", rejected, status=status)
+
+
+def _failure(results: Sequence[BaseException | None], partly: str) -> BaseException | None:
+    """What the lanes of a batch ended with, to raise: an outage first (the whole batch is
+    tried again later), then a refusal as a whole (the engine bisects) or a bug, then the
+    partial refusals of all lanes together (`partly`: the message, {} the count refused)."""
+    for result in results:
+        if isinstance(result, RetryableDeliveryError):
+            return result
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, PartialDeliveryError):
+            return result
+    partial = [r for r in results if isinstance(r, PartialDeliveryError)]
+    if not partial:
+        return None
+    rejected = {k: v for failure in partial for k, v in failure.rejected.items()}
+    return PartialDeliveryError(partly.format(len(rejected)), rejected, status=partial[0].status)
 
 
 def _error_text(response: httpx.Response) -> str:
