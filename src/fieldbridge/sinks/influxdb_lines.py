@@ -209,7 +209,7 @@ class Renderer:
         self.layout = layout
         self._scale = SCALE[layout.precision]
         self._naming: dict[tuple[object, ...], tuple[str, str, str]] = {}
-        # (source, kind, device, team) -> (quantity, channel, unit) -> (series, field, hash):
+        # (source, kind, device, team) -> (quantity, channel, unit) -> (start, series, hash):
         # the naming of plain readings as the row path needs it.
         self._plain: dict[
             tuple[str, str | None, str, str | None],
@@ -271,7 +271,7 @@ class Renderer:
         texts: list[str] = []
         owners: list[JournalEntry] = []
         hashes: list[int] = []
-        add_text, add_owner, add_hash = texts.append, owners.append, hashes.append
+        add_text, add_hash = texts.append, hashes.append
         scale, plain, isfinite = self._scale, self._plain, math.isfinite
         for entry in entries:
             team = teams.get(entry.device)
@@ -284,32 +284,35 @@ class Renderer:
                         plain.clear()
                         self._plain_size = 0
                     naming = plain[about] = {}
-                made: list[tuple[str, int, str, str, int]] = []
+                start = len(texts)
+                points: set[tuple[str, int]] = set()
                 for _, quantity, value, measured_at, channel, unit, extra in rows:
-                    if value is None or extra is not None or not isfinite(value):
-                        if value is not None and extra is None:
-                            continue  # not finite: no line protocol form, as entry_lines
-                        made = []  # details or tags of their own: the general path
-                        break
+                    if value is None or extra is not None:
+                        break  # details or tags of its own: the general path
+                    if not isfinite(value):
+                        continue  # no line protocol form, as entry_lines
                     key = (quantity, channel, unit)
                     named = naming.get(key)
                     if named is None:
                         named = naming[key] = self._plain_naming(about, key)
                         self._plain_size += 1
-                    series, field, lane = named
-                    if field:
-                        made.append((series, round(measured_at * scale), field, repr(value), lane))
+                    head, series, crc = named
+                    if not head:
+                        continue  # the field's name came out empty: no line, as entry_lines
+                    stamp = round(measured_at * scale)
+                    point = (series, stamp)
+                    if point in points:
+                        break  # readings sharing series and time: one line of several fields
+                    points.add(point)
+                    add_text(f"{head}{value!r} {stamp}")
+                    add_hash(crc)
                 else:
-                    if len(made) < 2 or len({(m[0], m[1]) for m in made}) == len(made):
-                        for series, stamp, field, rendered, crc in made:
-                            add_text(f"{series} {field}={rendered} {stamp}")
-                            add_owner(entry)
-                            add_hash(crc)
-                        continue
-                    # readings sharing a series and time: one line of several fields, below
+                    owners.extend([entry] * (len(texts) - start))
+                    continue
+                del texts[start:], hashes[start:]
             for line in self.entry_lines(entry, team):
                 add_text(line.text)
-                add_owner(entry)
+                owners.append(entry)
                 add_hash(series_hash(line.series))
         return Rendered(texts, owners, hashes)
 
@@ -318,10 +321,12 @@ class Renderer:
         about: tuple[str, str | None, str, str | None],
         key: tuple[str, int, str | None],
     ) -> tuple[str, str, int]:
+        """The start of a plain reading's line up to its value ("" when the field's name
+        comes out empty), its series and the series' hash."""
         quantity, channel, unit = key
         reading = Reading(quantity, 0.0, 0.0, channel, unit)
         _, series, field = _naming(self.layout, reading, about)
-        return series, field, series_hash(series)
+        return (f"{series} {field}=" if field else ""), series, series_hash(series)
 
 
 def series_hash(series: str) -> int:
