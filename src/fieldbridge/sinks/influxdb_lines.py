@@ -285,7 +285,9 @@ class Renderer:
                         self._plain_size = 0
                     naming = plain[about] = {}
                 start = len(texts)
-                points: set[tuple[str, int]] = set()
+                seen: set[str] = set()  # the series of this message so far
+                at: float | None = None
+                stamp = 0
                 for _, quantity, value, measured_at, channel, unit, extra in rows:
                     if value is None or extra is not None:
                         break  # details or tags of its own: the general path
@@ -299,11 +301,13 @@ class Renderer:
                     head, series, crc = named
                     if not head:
                         continue  # the field's name came out empty: no line, as entry_lines
-                    stamp = round(measured_at * scale)
-                    point = (series, stamp)
-                    if point in points:
-                        break  # readings sharing series and time: one line of several fields
-                    points.add(point)
+                    if series in seen:
+                        # A series twice in one message (fields that share a line, or one
+                        # quantity at several times): the general path groups by time.
+                        break
+                    seen.add(series)
+                    if measured_at != at:  # a message's readings mostly share their time
+                        at, stamp = measured_at, round(measured_at * scale)
                     add_text(f"{head}{value!r} {stamp}")
                     add_hash(crc)
                 else:
