@@ -66,6 +66,11 @@ class Destination(ABC):
         its OAuth token goes); None: nothing."""
         return None
 
+    async def prepare(self, entries: Sequence[JournalEntry]) -> None:  # noqa: B027
+        """Called with the next batch, read while the current one is sent: work that needs
+        no answer (rendering) can be done now, beside the current batch's requests, and
+        kept for `send` if it is then given the same messages. Most do nothing."""
+
     @abstractmethod
     async def send(self, entries: Sequence[JournalEntry]) -> None:
         """Deliver a batch; return once the destination confirmed it."""

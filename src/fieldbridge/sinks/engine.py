@@ -221,13 +221,26 @@ class SinkRunner:
     def _read_ahead(self, cursor: int) -> None:
         """Read the next batch while this one is sent: the store and the destination work at
         the same time. At most one batch ahead, so memory stays bounded by two batches."""
-        read = self._store.read_journal(
+        self._ahead = (
+            cursor,
+            asyncio.create_task(self._read_and_prepare(cursor), name=f"sink-{self.name}-ahead"),
+        )
+
+    async def _read_and_prepare(self, cursor: int) -> list[JournalEntry]:
+        """The batch after `cursor`, and the destination's work ahead on it (its failure only
+        costs that work: `send` then does it)."""
+        entries = await self._store.read_journal(
             cursor,
             self.settings.batch_size,
             with_payload=self._destination.wants_payload,
             rows=self._destination.reading_rows,
         )
-        self._ahead = (cursor, asyncio.create_task(read, name=f"sink-{self.name}-read-ahead"))
+        if entries:
+            try:
+                await self._destination.prepare(entries)
+            except Exception:
+                log.debug("sink %s: preparing the next batch failed", self.name, exc_info=True)
+        return entries
 
     async def _choose(self, entries: Sequence[JournalEntry]) -> list[JournalEntry]:
         """The messages to send; those the route's flag or the destination skip are counted

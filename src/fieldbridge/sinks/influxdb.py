@@ -100,6 +100,8 @@ class InfluxDBDestination(HttpDestination):
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._store: Store | None = None
+        # The next batch rendered while the current one is sent: its ids, teams and lines.
+        self._prepared: tuple[list[int], dict[str, str | None], Rendered] | None = None
         base = str(settings.url).rstrip("/")
         if settings.v2:
             self._endpoint = f"{base}/api/v2/write"
@@ -158,13 +160,25 @@ class InfluxDBDestination(HttpDestination):
             return {}
         return await self._store.device_teams({e.device for e in entries})
 
-    async def send(self, entries: Sequence[JournalEntry]) -> None:
+    async def prepare(self, entries: Sequence[JournalEntry]) -> None:
+        """Render the next batch while influxd takes the current one (one batch kept)."""
+        self._prepared = None
         teams = await self._teams(entries)
+        self._prepared = ([e.id for e in entries], teams, self._renderer.texts(entries, teams))
+
+    async def send(self, entries: Sequence[JournalEntry]) -> None:
+        prepared = self._prepared
+        if prepared is not None and prepared[0] == [e.id for e in entries]:
+            self._prepared = None
+            _, teams, rendered = prepared
+        else:  # another set of messages (a route skipped some, a retry, a halving): render
+            teams = await self._teams(entries)
+            rendered = self._renderer.texts(entries, teams)
+        del prepared
         lanes = plan_requests(
-            self._renderer.texts(entries, teams),
-            self.settings.lines_per_request,
-            self.settings.max_request_bytes,
+            rendered, self.settings.lines_per_request, self.settings.max_request_bytes
         )
+        del rendered
         if not lanes:
             return  # messages without readings: nothing to write
         window = asyncio.Semaphore(self.settings.max_in_flight)
