@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import math
 
+import httpx
+
 from fieldbridge.model import JournalEntry, Reading
-from fieldbridge.sinks.influxdb import plan_requests
+from fieldbridge.sinks.influxdb import InfluxDBDestination, plan_requests
 from fieldbridge.sinks.influxdb_lines import Layout, Renderer, reading_of, series_hash
+from fieldbridge.sinks.influxdb_settings import InfluxDBSettings
 from fieldbridge.store import Store
 from tests.store.test_store import T0, accepted, payload, record
 
@@ -113,3 +116,26 @@ def test_requests_keep_a_series_in_one_lane_in_order_within_both_limits() -> Non
     for series in seen:  # each series' points in the order rendered
         mine = [t for t in sent if t.startswith(series + " ")]
         assert mine == [t for t in rendered.texts if t.startswith(series + " ")]
+
+
+async def test_a_batch_prepared_ahead_is_sent_only_for_the_same_messages(store: Store) -> None:
+    """`prepare` renders the batch read ahead; `send` uses it only when given exactly those
+    messages (a route's skips or a halving give others: rendered afresh)."""
+    _, rows = await stored(store)
+    bodies: list[bytes] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        bodies.append(request.content)
+        return httpx.Response(204)
+
+    settings = InfluxDBSettings(name="i", url="http://influx.invalid", database="d", gzip=False)
+    async with InfluxDBDestination(settings, httpx.MockTransport(answer)) as destination:
+        await destination.send(rows)
+        fresh = list(bodies)
+        for sent in (rows, rows[1:3], rows):
+            bodies.clear()
+            await destination.prepare(rows)
+            await destination.send(sent)
+            want = Renderer(settings.layout()).texts(sent, {}).texts
+            assert b"".join(bodies).decode().splitlines() == want
+        assert bodies == fresh  # the prepared batch: the same requests
