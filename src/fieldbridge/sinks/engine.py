@@ -292,7 +292,12 @@ class SinkRunner:
             try:
                 await self._send_with_retry(chunk)
             except PartialDeliveryError as exc:  # kept in part: only the refused are dead
-                await self._partly_delivered(chunk, exc)
+                kept = await self._partly_refused(chunk, exc)
+                if kept:
+                    # Sent again to confirm: a destination may under-count what it refused
+                    # (InfluxDB names one type conflict of several), and a point written
+                    # twice overwrites itself. Each round drops at least one message.
+                    chunks.insert(0, kept)
                 await self._settle(held)
                 continue
             except PermanentDeliveryError as exc:
@@ -328,20 +333,17 @@ class SinkRunner:
             )
             self._dead_letters = max(0, self._dead_letters - forgotten)
 
-    async def _partly_delivered(
+    async def _partly_refused(
         self, chunk: Sequence[JournalEntry], exc: PartialDeliveryError
-    ) -> None:
-        kept = [e for e in chunk if e.id not in exc.rejected]
+    ) -> list[JournalEntry]:
+        """Dead-letter the messages the destination named as refused; the others, to confirm."""
         for entry in chunk:
             if entry.id in exc.rejected:
                 reason = exc.rejected[entry.id]
                 await self._dead_letter(
                     entry, PermanentDeliveryError(reason, status=exc.status, body=reason)
                 )
-        if kept:
-            if self._metrics is not None:
-                self._metrics.sink_sent.labels(self.name).inc(len(kept))
-            await self._delivered(kept)
+        return [e for e in chunk if e.id not in exc.rejected]
 
     async def _settle(self, held: list[tuple[JournalEntry, PermanentDeliveryError]]) -> None:
         """The destination judges messages again: offer each held one once more, alone, and
