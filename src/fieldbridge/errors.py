@@ -61,8 +61,8 @@ class PermanentDeliveryError(DeliveryError):
 
 class PartialDeliveryError(PermanentDeliveryError):
     """The destination kept part of a batch and refused the rest for good (an InfluxDB partial
-    write): `rejected` maps the refused messages' journal ids to the reason; the others were
-    delivered."""
+    write): `rejected` maps the refused messages' journal ids to the reason. The others are
+    sent again once, to confirm, so a destination must take a repeat of them harmlessly."""
 
     def __init__(
         self, message: str, rejected: Mapping[int, str], *, status: int | None = None

@@ -164,9 +164,16 @@ class Rejected:
 Outcome = Accepted | Rejected
 
 
+# A reading as the store keeps it, for sinks that render every reading straight into text
+# (Destination.reading_rows): message id, quantity, value, measured_at, channel, unit, and
+# extra as the stored JSON text (None when it has none).
+ReadingRow = tuple[int, str, float | None, float, int, str | None, str | None]
+
+
 @dataclass(frozen=True, slots=True)
 class JournalEntry:
-    """A committed message as sinks and the CLI read it back."""
+    """A committed message as sinks and the CLI read it back. Its readings are `readings`,
+    or, when read with `rows=True`, `rows` (plain tuples, no objects built per reading)."""
 
     id: int
     received_at: float
@@ -176,6 +183,7 @@ class JournalEntry:
     meta: Mapping[str, Any]
     payload: bytes
     readings: tuple[Reading, ...] = ()
+    rows: tuple[ReadingRow, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

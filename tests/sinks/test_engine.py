@@ -760,7 +760,8 @@ async def test_a_partial_delivery_dead_letters_only_the_refused_and_counts_the_r
     dead = await store.list_dead_letters(sink=SINK)
     assert [d.message_id for d in dead] == [ids[0], ids[3], ids[6]]
     assert all(d.status == 422 and "field type conflict" in d.body for d in dead)
-    assert [status for _, status, _ in influx.requests] == [422]  # nothing sent twice
+    # The rest once more, to confirm what the partial write kept: a point overwrites itself.
+    assert [status for _, status, _ in influx.requests] == [422, 204]
 
     def sample(name: str) -> float | None:
         return metrics.registry.get_sample_value(name, {"sink": SINK})
@@ -770,6 +771,35 @@ async def test_a_partial_delivery_dead_letters_only_the_refused_and_counts_the_r
     assert sample("fieldbridge_sink_failed_attempts_total") == 1.0
     # The refused messages' other lines were kept by InfluxDB, as a partial write does.
     assert len(influx.series("battery")) == 9 and influx.series("temperature") == []
+
+
+async def test_a_partial_write_that_undercounts_its_refusals_loses_nothing(
+    store: Store, influx: FakeInfluxDBv2
+) -> None:
+    # One line conflicts on temperature (named), two on humidity (not named), and the answer
+    # says dropped=1: matching the named line alone looks complete. The rest is sent again
+    # to confirm, and the humidity lines are found refused then.
+    influx._types[("temperature", "value")] = "string"
+    influx._types[("humidity", "value")] = "string"
+    influx.undercount = True
+    ids = await put(
+        store,
+        [
+            reading_message(0, "temperature"),
+            reading_message(1, "battery"),
+            reading_message(2, "humidity"),
+            reading_message(3, "battery"),
+            reading_message(4, "humidity"),
+        ],
+    )
+    async with influx_running(store, influx_settings(influx)):
+        await cursor_is(store, ids[-1])
+    dead = await store.list_dead_letters(sink=SINK)
+    assert sorted(d.message_id for d in dead) == [ids[0], ids[2], ids[4]]
+    # 422 naming temperature; the rest again: 422 naming humidity with dropped=1 while two
+    # lines match, so halves; each half: 422, then its good line again, 204.
+    assert [status for _, status, _ in influx.requests] == [422, 422, 422, 204, 422, 204]
+    assert len(influx.series("battery")) == 2
 
 
 async def test_a_replay_and_a_retry_after_partial_deliveries(

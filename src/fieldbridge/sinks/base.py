@@ -34,6 +34,10 @@ class Destination(ABC):
     """
 
     wants_payload: bool = False  # whether entries must carry the raw payload
+    # Whether the sink reads readings as plain rows (JournalEntry.rows) rather than Reading
+    # objects: cheaper for a destination that renders every reading straight into text.
+    # Entries of a dead-letter retry still come with `readings`; such a destination takes both.
+    reading_rows: bool = False
     # At most this many messages per send, and the cursor moves after each send: for a
     # destination that takes one record per request, so a retry or restart resends none of
     # the records it took before (None: the whole batch the route chose, cursor after it).
@@ -61,6 +65,11 @@ class Destination(ABC):
         """What /healthz shows of the destination besides the sink's state (e.g. how getting
         its OAuth token goes); None: nothing."""
         return None
+
+    async def prepare(self, entries: Sequence[JournalEntry]) -> None:  # noqa: B027
+        """Called with the next batch, read while the current one is sent: work that needs
+        no answer (rendering) can be done now, beside the current batch's requests, and
+        kept for `send` if it is then given the same messages. Most do nothing."""
 
     @abstractmethod
     async def send(self, entries: Sequence[JournalEntry]) -> None:

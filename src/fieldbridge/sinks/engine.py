@@ -212,16 +212,35 @@ class SinkRunner:
                 return await task
             await _discard(task)
         return await self._store.read_journal(
-            self._cursor, self.settings.batch_size, with_payload=self._destination.wants_payload
+            self._cursor,
+            self.settings.batch_size,
+            with_payload=self._destination.wants_payload,
+            rows=self._destination.reading_rows,
         )
 
     def _read_ahead(self, cursor: int) -> None:
         """Read the next batch while this one is sent: the store and the destination work at
         the same time. At most one batch ahead, so memory stays bounded by two batches."""
-        read = self._store.read_journal(
-            cursor, self.settings.batch_size, with_payload=self._destination.wants_payload
+        self._ahead = (
+            cursor,
+            asyncio.create_task(self._read_and_prepare(cursor), name=f"sink-{self.name}-ahead"),
         )
-        self._ahead = (cursor, asyncio.create_task(read, name=f"sink-{self.name}-read-ahead"))
+
+    async def _read_and_prepare(self, cursor: int) -> list[JournalEntry]:
+        """The batch after `cursor`, and the destination's work ahead on it (its failure only
+        costs that work: `send` then does it)."""
+        entries = await self._store.read_journal(
+            cursor,
+            self.settings.batch_size,
+            with_payload=self._destination.wants_payload,
+            rows=self._destination.reading_rows,
+        )
+        if entries:
+            try:
+                await self._destination.prepare(entries)
+            except Exception:
+                log.debug("sink %s: preparing the next batch failed", self.name, exc_info=True)
+        return entries
 
     async def _choose(self, entries: Sequence[JournalEntry]) -> list[JournalEntry]:
         """The messages to send; those the route's flag or the destination skip are counted
@@ -273,7 +292,12 @@ class SinkRunner:
             try:
                 await self._send_with_retry(chunk)
             except PartialDeliveryError as exc:  # kept in part: only the refused are dead
-                await self._partly_delivered(chunk, exc)
+                kept = await self._partly_refused(chunk, exc)
+                if kept:
+                    # Sent again to confirm: a destination may under-count what it refused
+                    # (InfluxDB names one type conflict of several), and a point written
+                    # twice overwrites itself. Each round drops at least one message.
+                    chunks.insert(0, kept)
                 await self._settle(held)
                 continue
             except PermanentDeliveryError as exc:
@@ -309,20 +333,17 @@ class SinkRunner:
             )
             self._dead_letters = max(0, self._dead_letters - forgotten)
 
-    async def _partly_delivered(
+    async def _partly_refused(
         self, chunk: Sequence[JournalEntry], exc: PartialDeliveryError
-    ) -> None:
-        kept = [e for e in chunk if e.id not in exc.rejected]
+    ) -> list[JournalEntry]:
+        """Dead-letter the messages the destination named as refused; the others, to confirm."""
         for entry in chunk:
             if entry.id in exc.rejected:
                 reason = exc.rejected[entry.id]
                 await self._dead_letter(
                     entry, PermanentDeliveryError(reason, status=exc.status, body=reason)
                 )
-        if kept:
-            if self._metrics is not None:
-                self._metrics.sink_sent.labels(self.name).inc(len(kept))
-            await self._delivered(kept)
+        return [e for e in chunk if e.id not in exc.rejected]
 
     async def _settle(self, held: list[tuple[JournalEntry, PermanentDeliveryError]]) -> None:
         """The destination judges messages again: offer each held one once more, alone, and

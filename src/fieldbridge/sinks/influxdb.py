@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -29,7 +28,7 @@ from fieldbridge.model import JournalEntry
 from fieldbridge.plugin import SinkType, register_sink
 from fieldbridge.sinks.http_client import HttpDestination, sink_client
 from fieldbridge.sinks.http_errors import check_response, transport_failure
-from fieldbridge.sinks.influxdb_lines import Line, Renderer
+from fieldbridge.sinks.influxdb_lines import Line, Rendered, Renderer
 from fieldbridge.sinks.influxdb_partial import rejected_lines
 from fieldbridge.sinks.influxdb_settings import InfluxDBSettings
 from fieldbridge.store import Store
@@ -37,49 +36,61 @@ from fieldbridge.store import Store
 V1_PRECISION = {"s": "s", "ms": "ms", "us": "u", "ns": "n"}
 
 
+GZIP_IN_THREAD = 64 * 1024  # bodies at least this long are gzipped off the event loop
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
     body: bytes  # uncompressed
-    lines: list[Line]
+    texts: list[str]  # its lines
+    owners: list[JournalEntry]  # the message of each line (same positions)
 
 
-def plan_requests(lines: Sequence[Line], max_lines: int, max_bytes: int) -> list[list[Request]]:
+def plan_requests(rendered: Rendered, max_lines: int, max_bytes: int) -> list[list[Request]]:
     """Lanes of requests: a lane's requests go one after the other, lanes go side by side. A
     series is hashed to one lane, so its points keep their order."""
-    lanes_wanted = max(1, -(-len(lines) // max_lines))
-    lanes: list[list[Line]] = [[] for _ in range(lanes_wanted)]
-    lane_of: dict[str, int] = {}
-    for line in lines:
-        lane = lane_of.get(line.series)
-        if lane is None:
-            lane = lane_of[line.series] = zlib.crc32(line.series.encode()) % lanes_wanted
-        lanes[lane].append(line)
-    out: list[list[Request]] = []
-    for lane_lines in lanes:
-        requests: list[Request] = []
-        members: list[Line] = []
-        size = 0
-        for line in lane_lines:
-            text = line.text
+    texts, owners, hashes = rendered
+    lanes_wanted = max(1, -(-len(texts) // max_lines))
+    if lanes_wanted == 1:
+        return [_requests(texts, owners, max_lines, max_bytes)] if texts else []
+    lanes: list[tuple[list[str], list[JournalEntry]]] = [([], []) for _ in range(lanes_wanted)]
+    for text, owner, crc in zip(texts, owners, hashes, strict=True):
+        lane_texts, lane_owners = lanes[crc % lanes_wanted]
+        lane_texts.append(text)
+        lane_owners.append(owner)
+    return [_requests(t, o, max_lines, max_bytes) for t, o in lanes if t]
+
+
+def _requests(
+    texts: list[str], owners: list[JournalEntry], max_lines: int, max_bytes: int
+) -> list[Request]:
+    """A lane's lines in requests of at most `max_lines` lines and `max_bytes` bytes."""
+    out: list[Request] = []
+    for start in range(0, len(texts), max_lines):
+        some, theirs = texts[start : start + max_lines], owners[start : start + max_lines]
+        body = _body(some)
+        if len(body) <= max_bytes:
+            out.append(Request(body, some, theirs))
+            continue
+        first, size = 0, 0  # too long: cut by bytes, line by line
+        for at, text in enumerate(some):
             grow = (len(text) if text.isascii() else len(text.encode())) + 1
-            if members and (len(members) >= max_lines or size + grow > max_bytes):
-                requests.append(_request(members))
-                members, size = [], 0
-            members.append(line)
+            if at > first and size + grow > max_bytes:
+                out.append(Request(_body(some[first:at]), some[first:at], theirs[first:at]))
+                first, size = at, 0
             size += grow
-        if members:
-            requests.append(_request(members))
-        if requests:
-            out.append(requests)
+        out.append(Request(_body(some[first:]), some[first:], theirs[first:]))
     return out
 
 
-def _request(members: list[Line]) -> Request:
-    return Request(("\n".join(line.text for line in members) + "\n").encode(), members)
+def _body(texts: list[str]) -> bytes:
+    return ("\n".join(texts) + "\n").encode()
 
 
 class InfluxDBDestination(HttpDestination):
     """One POST per request body; `transport` replaces httpx's network transport."""
+
+    reading_rows = True  # plain numbers render straight from the stored rows
 
     def __init__(
         self, settings: InfluxDBSettings, transport: httpx.AsyncBaseTransport | None = None
@@ -89,6 +100,8 @@ class InfluxDBDestination(HttpDestination):
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._store: Store | None = None
+        # The next batch rendered while the current one is sent: its ids, teams and lines.
+        self._prepared: tuple[list[int], dict[str, str | None], Rendered] | None = None
         base = str(settings.url).rstrip("/")
         if settings.v2:
             self._endpoint = f"{base}/api/v2/write"
@@ -147,52 +160,68 @@ class InfluxDBDestination(HttpDestination):
             return {}
         return await self._store.device_teams({e.device for e in entries})
 
-    async def send(self, entries: Sequence[JournalEntry]) -> None:
-        lines = self._renderer.render(entries, await self._teams(entries))
-        if not lines:
-            return  # messages without readings: nothing to write
-        lanes = plan_requests(
-            lines, self.settings.lines_per_request, self.settings.max_request_bytes
-        )
-        window = asyncio.Semaphore(self.settings.max_in_flight)
-        results = await asyncio.gather(
-            *(self._lane(requests, window) for requests in lanes), return_exceptions=True
-        )
-        partial: list[PartialDeliveryError] = []
-        for result in results:  # an outage first: the whole batch is tried again later
-            if isinstance(result, RetryableDeliveryError):
-                raise result
-        for result in results:
-            if isinstance(result, PartialDeliveryError):
-                partial.append(result)
-            elif isinstance(result, BaseException):
-                raise result  # refused as a whole (the engine bisects) or a bug
-        if partial:
-            rejected = {k: v for failure in partial for k, v in failure.rejected.items()}
-            raise PartialDeliveryError(
-                f"{self._what} refused {len(rejected)} of {len(entries)} messages",
-                rejected,
-                status=partial[0].status,
-            )
+    async def prepare(self, entries: Sequence[JournalEntry]) -> None:
+        """Render the next batch while influxd takes the current one (one batch kept)."""
+        self._prepared = None
+        teams = await self._teams(entries)
+        self._prepared = ([e.id for e in entries], teams, self._renderer.texts(entries, teams))
 
-    async def _lane(self, requests: list[Request], window: asyncio.Semaphore) -> None:
+    async def send(self, entries: Sequence[JournalEntry]) -> None:
+        prepared = self._prepared
+        if prepared is not None and prepared[0] == [e.id for e in entries]:
+            self._prepared = None
+            _, teams, rendered = prepared
+        else:  # another set of messages (a route skipped some, a retry, a halving): render
+            teams = await self._teams(entries)
+            rendered = self._renderer.texts(entries, teams)
+        del prepared
+        lanes = plan_requests(
+            rendered, self.settings.lines_per_request, self.settings.max_request_bytes
+        )
+        del rendered
+        if not lanes:
+            return  # messages without readings: nothing to write
+        window = asyncio.Semaphore(self.settings.max_in_flight)
+        results: list[BaseException | None] = await asyncio.gather(
+            *(self._lane(requests, window, teams) for requests in lanes), return_exceptions=True
+        )
+        del lanes  # the batch's text and bodies are not kept while an error is handled
+        failure = _failure(results, f"{self._what} refused {{}} of {len(entries)} messages")
+        del results
+        if failure is not None:
+            try:
+                raise failure
+            finally:
+                # Else the exception would hold this frame and this frame the exception: a
+                # cycle only the garbage collector breaks, late (the batch's text with it).
+                del failure
+
+    async def _lane(
+        self, requests: list[Request], window: asyncio.Semaphore, teams: Mapping[str, str | None]
+    ) -> None:
         """A lane's requests in order; the partial refusals of all of them together."""
         rejected: dict[int, str] = {}
         status: int | None = None
         for request in requests:
             async with window:
                 try:
-                    await self._post(request)
+                    await self._post(request, teams)
                 except PartialDeliveryError as exc:
                     rejected.update(exc.rejected)
                     status = exc.status
         if rejected:
             raise PartialDeliveryError(f"{self._what}: partial write", rejected, status=status)
 
-    async def _post(self, request: Request) -> None:
+    async def _post(self, request: Request, teams: Mapping[str, str | None]) -> None:
         assert self._client is not None, "use the destination inside `async with`"
-        body = request.body
-        content = gzip.compress(body, compresslevel=1) if self.settings.gzip else body
+        content = request.body
+        if self.settings.gzip:
+            # zlib lets go of the GIL: a long body is compressed beside the next batch's
+            # rendering instead of holding up the event loop.
+            if len(content) >= GZIP_IN_THREAD:
+                content = await asyncio.to_thread(gzip.compress, content, 1)
+            else:
+                content = gzip.compress(content, compresslevel=1)
         try:
             response = await self._client.post(self._endpoint, params=self._params, content=content)
         except httpx.TransportError as exc:
@@ -202,8 +231,9 @@ class InfluxDBDestination(HttpDestination):
             # 1.x when no line parsed) or `field type conflict` (1.x, within one request)
             # refused the whole request, which the engine then halves.
             message = _error_text(response)
+            print("DBG", request.body.decode())
             if "partial write" in message:
-                self._partial(request.lines, message, response.status_code)
+                self._partial(self._lines(request, teams), message, response.status_code)
         if not 200 <= response.status_code < 300:
             self._refused(response)
 
@@ -224,6 +254,18 @@ class InfluxDBDestination(HttpDestination):
             ) from None
         raise AssertionError(f"HTTP {response.status_code} is not a refusal")
 
+    def _lines(self, request: Request, teams: Mapping[str, str | None]) -> list[Line]:
+        """The lines of a request with what a partial write is matched against: its messages
+        rendered again (the renderer is deterministic), keeping the lines it carried."""
+        texts = set(request.texts)
+        entries = {id(entry): entry for entry in request.owners}.values()
+        return [
+            line
+            for entry in entries
+            for line in self._renderer.entry_lines(entry, teams.get(entry.device))
+            if line.text in texts
+        ]
+
     def _partial(self, lines: list[Line], message: str, status: int) -> None:
         """Raise PartialDeliveryError naming the messages of the refused lines, or a plain
         refusal of the request when they cannot be told apart (the engine then bisects)."""
@@ -233,6 +275,23 @@ class InfluxDBDestination(HttpDestination):
                 f"{self._what} answered HTTP {status}", status=status, body=message[:4096]
             )
         raise PartialDeliveryError(f"{self._what}: partial write", rejected, status=status)
+
+
+def _failure(results: Sequence[BaseException | None], partly: str) -> BaseException | None:
+    """What the lanes of a batch ended with, to raise: an outage first (the whole batch is
+    tried again later), then a refusal as a whole (the engine bisects) or a bug, then the
+    partial refusals of all lanes together (`partly`: the message, {} the count refused)."""
+    for result in results:
+        if isinstance(result, RetryableDeliveryError):
+            return result
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, PartialDeliveryError):
+            return result
+    partial = [r for r in results if isinstance(r, PartialDeliveryError)]
+    if not partial:
+        return None
+    rejected = {k: v for failure in partial for k, v in failure.rejected.items()}
+    return PartialDeliveryError(partly.format(len(rejected)), rejected, status=partial[0].status)
 
 
 def _error_text(response: httpx.Response) -> str:

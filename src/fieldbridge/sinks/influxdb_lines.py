@@ -15,11 +15,13 @@ from __future__ import annotations
 import math
 import re
 import string
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from fieldbridge.model import JournalEntry, Reading
+from fieldbridge.model import JournalEntry, Reading, ReadingRow
+from fieldbridge.store import jsoncol
 
 # Where a tag's value comes from; `tags` lists which of these a sink writes.
 TAG_NAMES = ("device", "kind", "source", "channel", "team", "unit")
@@ -177,6 +179,28 @@ def _naming(
 NAMING_CACHE = 65_536  # combinations of device, quantity, channel and unit kept worked out
 
 
+def reading_of(row: ReadingRow) -> Reading:
+    """A stored reading row as a Reading."""
+    _, quantity, value, measured_at, channel, unit, extra = row
+    return Reading(quantity, value, measured_at, channel, unit, jsoncol.load(extra) or None)
+
+
+def readings_of(entry: JournalEntry) -> Sequence[Reading]:
+    """A message's readings, whether it was read with Reading objects or with rows."""
+    if entry.readings or not entry.rows:
+        return entry.readings
+    return [reading_of(row) for row in entry.rows]
+
+
+class Rendered(NamedTuple):
+    """A batch's lines in order: the text, the message and the hash of the series of each
+    (same positions)."""
+
+    texts: list[str]
+    owners: list[JournalEntry]
+    hashes: list[int]
+
+
 class Renderer:
     """Lines of messages for one layout. The same few combinations of device, quantity,
     channel and unit repeat across batches: their naming is worked out once and kept."""
@@ -185,13 +209,20 @@ class Renderer:
         self.layout = layout
         self._scale = SCALE[layout.precision]
         self._naming: dict[tuple[object, ...], tuple[str, str, str]] = {}
+        # (source, kind, device, team) -> (quantity, channel, unit) -> (start, series, hash):
+        # the naming of plain readings as the row path needs it.
+        self._plain: dict[
+            tuple[str, str | None, str, str | None],
+            dict[tuple[str, int, str | None], tuple[str, str, int]],
+        ] = {}
+        self._plain_size = 0
 
     def entry_lines(self, entry: JournalEntry, team: str | None = None) -> list[Line]:
         """The lines of one message, in the order their first reading appears."""
         scale, cache, layout = self._scale, self._naming, self.layout
         grouped: dict[tuple[str, str, int], dict[str, str]] = {}
         about = (entry.source, entry.kind, entry.device, team)
-        for reading in entry.readings:
+        for reading in readings_of(entry):
             stamp = round(reading.measured_at * scale)
             value = reading.value
             if value is not None and not reading.extra:  # the common case
@@ -232,6 +263,79 @@ class Renderer:
         for entry in entries:
             out.extend(self.entry_lines(entry, teams.get(entry.device)))
         return out
+
+    def texts(self, entries: Sequence[JournalEntry], teams: Mapping[str, str | None]) -> Rendered:
+        """The lines of a batch as `render` makes them, as text. A message read with rows
+        whose readings are all plain numbers (the common case) is rendered from its rows
+        without building Reading or Line objects."""
+        texts: list[str] = []
+        owners: list[JournalEntry] = []
+        hashes: list[int] = []
+        add_text, add_hash = texts.append, hashes.append
+        scale, plain, isfinite = self._scale, self._plain, math.isfinite
+        for entry in entries:
+            team = teams.get(entry.device)
+            rows = entry.rows
+            if rows:
+                about = (entry.source, entry.kind, entry.device, team)
+                naming = plain.get(about)
+                if naming is None:
+                    if self._plain_size >= NAMING_CACHE:
+                        plain.clear()
+                        self._plain_size = 0
+                    naming = plain[about] = {}
+                start = len(texts)
+                seen: set[str] = set()  # the series of this message so far
+                at: float | None = None
+                stamp = 0
+                for _, quantity, value, measured_at, channel, unit, extra in rows:
+                    if value is None or extra is not None:
+                        break  # details or tags of its own: the general path
+                    if not isfinite(value):
+                        continue  # no line protocol form, as entry_lines
+                    key = (quantity, channel, unit)
+                    named = naming.get(key)
+                    if named is None:
+                        named = naming[key] = self._plain_naming(about, key)
+                        self._plain_size += 1
+                    head, series, crc = named
+                    if not head:
+                        continue  # the field's name came out empty: no line, as entry_lines
+                    if series in seen:
+                        # A series twice in one message (fields that share a line, or one
+                        # quantity at several times): the general path groups by time.
+                        break
+                    seen.add(series)
+                    if measured_at != at:  # a message's readings mostly share their time
+                        at, stamp = measured_at, round(measured_at * scale)
+                    add_text(f"{head}{value!r} {stamp}")
+                    add_hash(crc)
+                else:
+                    owners.extend([entry] * (len(texts) - start))
+                    continue
+                del texts[start:], hashes[start:]
+            for line in self.entry_lines(entry, team):
+                add_text(line.text)
+                owners.append(entry)
+                add_hash(series_hash(line.series))
+        return Rendered(texts, owners, hashes)
+
+    def _plain_naming(
+        self,
+        about: tuple[str, str | None, str, str | None],
+        key: tuple[str, int, str | None],
+    ) -> tuple[str, str, int]:
+        """The start of a plain reading's line up to its value ("" when the field's name
+        comes out empty), its series and the series' hash."""
+        quantity, channel, unit = key
+        reading = Reading(quantity, 0.0, 0.0, channel, unit)
+        _, series, field = _naming(self.layout, reading, about)
+        return (f"{series} {field}=" if field else ""), series, series_hash(series)
+
+
+def series_hash(series: str) -> int:
+    """Which lane a series travels in is this modulo the lanes (stable across batches)."""
+    return zlib.crc32(series.encode())
 
 
 def render(

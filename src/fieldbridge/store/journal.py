@@ -11,6 +11,7 @@ from fieldbridge.model import (
     JournalEntry,
     Outcome,
     Reading,
+    ReadingRow,
     Refusal,
     Rejected,
     Role,
@@ -49,19 +50,51 @@ class JournalQueries:
         return await self.db.run(_commit(self.db.dialect, batch))
 
     async def read_journal(
-        self, after: int, limit: int, *, with_payload: bool = False
+        self, after: int, limit: int, *, with_payload: bool = False, rows: bool = False
     ) -> list[JournalEntry]:
-        """Up to `limit` messages with id > after, oldest first, with their readings."""
+        """Up to `limit` messages with id > after, oldest first, with their readings: as
+        Reading objects, or with `rows` as plain tuples in `JournalEntry.rows` (a sink that
+        renders each reading straight into text saves building an object per reading)."""
         payload_col = "payload" if with_payload else "NULL"
-        rows = await self.db.fetchall(
+        found = await self.db.fetchall(
             "SELECT id, received_at, source, device, kind, meta, "
             f"{payload_col} FROM journal WHERE id > ? ORDER BY id LIMIT ?",
             (after, limit),
         )
-        if not rows:
+        if not found:
             return []
-        by_message = await self._readings_between(rows[0][0], rows[-1][0])
-        return [_entry(row, by_message.get(row[0], ())) for row in rows]
+        if rows:
+            return await self._with_rows(found)
+        by_message = await self._readings_between(found[0][0], found[-1][0])
+        return [_entry(row, by_message.get(row[0], ())) for row in found]
+
+    async def _with_rows(self, found: Sequence[Row]) -> list[JournalEntry]:
+        """The messages of `found` (journal rows in id order) with their readings as rows."""
+        readings: list[ReadingRow] = await self.db.fetchall(
+            "SELECT message_id, quantity, value, measured_at, channel, unit, extra "
+            "FROM readings WHERE message_id >= ? AND message_id <= ? ORDER BY message_id, seq",
+            (found[0][0], found[-1][0]),
+        )
+        out: list[JournalEntry] = []
+        at, end = 0, len(readings)
+        for mid, received_at, source, device, kind, meta, payload in found:
+            start = at
+            while at < end and readings[at][0] == mid:  # both in id order: one walk
+                at += 1
+            out.append(
+                JournalEntry(
+                    mid,
+                    received_at,
+                    source,
+                    device,
+                    kind,
+                    jsoncol.load(meta),
+                    bytes(payload) if payload is not None else b"",
+                    (),
+                    tuple(readings[start:at]),
+                )
+            )
+        return out
 
     async def journal_by_ids(
         self, ids: Sequence[int], *, with_payload: bool = False

@@ -1,0 +1,141 @@
+"""The InfluxDB sink's row path: readings read as plain rows (`read_journal(rows=True)`) and
+rendered straight into text give exactly the lines the Reading path gives, on both store
+backends; requests keep each series in one lane, in order."""
+
+from __future__ import annotations
+
+import math
+
+import httpx
+
+from fieldbridge.model import JournalEntry, Reading
+from fieldbridge.sinks.influxdb import InfluxDBDestination, plan_requests
+from fieldbridge.sinks.influxdb_lines import Layout, Renderer, reading_of, series_hash
+from fieldbridge.sinks.influxdb_settings import InfluxDBSettings
+from fieldbridge.store import Store
+from tests.store.test_store import T0, accepted, payload, record
+
+LAYOUTS = [
+    Layout("{quantity}", "value", ("device", "kind", "channel", "team"), (), "ms"),
+    # The seed's own naming: one line per message, a field per quantity (lines merge).
+    Layout("{source}", "{quantity}", ("device", "unit"), (("site", "a b"),), "s"),
+    Layout("m", "{device}", (), (), "ns"),  # one series for all: every reading merges
+]
+
+MESSAGES = [
+    [Reading("temp", 20.5, T0), Reading("hum", 61.0, T0), Reading("VBat", 3.3, T0 + 0.0004)],
+    [Reading("temp", 1.0, T0 + 1), Reading("temp", 2.0, T0 + 2), Reading("temp", 3.0, T0 + 3)],
+    [Reading("temp", 1.0, T0 + 4), Reading("temp", 9.0, T0 + 4)],  # same point twice: last wins
+    [Reading("temp", 1.0, T0 + 5, channel=2, unit="C"), Reading("temp", 4.0, T0 + 5, unit="F")],
+    [Reading("level", 7.0, T0 + 6, extra={"tags": {"trap": "T1"}}), Reading("hum", 5.0, T0 + 6)],
+    [Reading("state", None, T0 + 7, extra={"event": "T", "open": True}), Reading("t", 1.0, T0)],
+    [Reading("odd name, =x", 1.5, T0 + 8), Reading("#hash", -2.0, T0 + 8)],
+    [Reading("big", 1e300, T0 + 9), Reading("int", 3.0, T0 + 9)],
+    [],
+]
+
+
+async def stored(store: Store) -> tuple[list[JournalEntry], list[JournalEntry]]:
+    batch = [
+        payload(record(f"dev {n % 3}", readings=readings, kind="trap" if n % 2 else None))
+        for n, readings in enumerate(MESSAGES)
+    ]
+    await accepted(store, batch)
+    return await store.read_journal(0, 100), await store.read_journal(0, 100, rows=True)
+
+
+async def test_rows_carry_the_readings_of_each_message(store: Store) -> None:
+    objects, rows = await stored(store)
+    assert [e.id for e in rows] == [e.id for e in objects]
+    for with_objects, with_rows in zip(objects, rows, strict=True):
+        assert with_rows.readings == ()
+        assert all(row[0] == with_rows.id for row in with_rows.rows)
+        assert tuple(reading_of(row) for row in with_rows.rows) == with_objects.readings
+        assert (with_rows.device, with_rows.kind, with_rows.meta) == (
+            with_objects.device,
+            with_objects.kind,
+            with_objects.meta,
+        )
+
+
+async def test_rows_render_the_lines_readings_render(store: Store) -> None:
+    objects, rows = await stored(store)
+    teams = {"dev 1": "north", "dev 2": None}
+    for layout in LAYOUTS:
+        renderer = Renderer(layout)
+        for _ in range(2):  # the second time from the kept naming
+            want = renderer.render(objects, teams)
+            got = renderer.texts(rows, teams)
+            assert got.texts == [line.text for line in want]
+            assert [e.id for e in got.owners] == [line.entry_id for line in want]
+            assert got.hashes == [series_hash(line.series) for line in want]
+            # Objects through the same path (a dead letter's retry reads them): the same.
+            assert renderer.texts(objects, teams).texts == got.texts
+
+
+def test_a_reading_that_is_not_finite_has_no_line() -> None:
+    row = (1, "temp", math.inf, T0, 0, None, None)
+    entry = JournalEntry(
+        1, T0, "http", "d", None, {}, b"", (), (row, (1, "hum", 2.0, T0, 0, None, None))
+    )
+    renderer = Renderer(LAYOUTS[0])
+    assert renderer.texts([entry], {}).texts == ["hum,channel=0,device=d value=2.0 1700000000000"]
+
+
+def test_requests_keep_a_series_in_one_lane_in_order_within_both_limits() -> None:
+    renderer = Renderer(Layout("{quantity}", "value", ("device",), (), "s"))
+    entries = [
+        JournalEntry(
+            n,
+            T0,
+            "http",
+            f"d{n % 7}",
+            None,
+            {},
+            b"",
+            (),
+            tuple((n, q, float(n), T0 + n, 0, None, None) for q in ("a", "b", "c")),
+        )
+        for n in range(1, 3001)
+    ]
+    rendered = renderer.texts(entries, {})
+    lanes = plan_requests(rendered, 1000, 20_000)
+    assert len(lanes) == 9  # 9,000 lines of at most 1,000 a request
+    seen: dict[str, int] = {}
+    sent = []
+    for number, lane in enumerate(lanes):
+        for request in lane:
+            assert len(request.texts) <= 1000 and len(request.body) <= 20_000
+            assert request.body == ("\n".join(request.texts) + "\n").encode()
+            for text, owner in zip(request.texts, request.owners, strict=True):
+                series, _, stamp = text.partition(" value=")
+                assert seen.setdefault(series, number) == number  # one lane per series
+                assert str(owner.id) == stamp.split()[0].split(".")[0]
+                sent.append(text)
+    assert sorted(sent) == sorted(rendered.texts)
+    for series in seen:  # each series' points in the order rendered
+        mine = [t for t in sent if t.startswith(series + " ")]
+        assert mine == [t for t in rendered.texts if t.startswith(series + " ")]
+
+
+async def test_a_batch_prepared_ahead_is_sent_only_for_the_same_messages(store: Store) -> None:
+    """`prepare` renders the batch read ahead; `send` uses it only when given exactly those
+    messages (a route's skips or a halving give others: rendered afresh)."""
+    _, rows = await stored(store)
+    bodies: list[bytes] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        bodies.append(request.content)
+        return httpx.Response(204)
+
+    settings = InfluxDBSettings(name="i", url="http://influx.invalid", database="d", gzip=False)
+    async with InfluxDBDestination(settings, httpx.MockTransport(answer)) as destination:
+        await destination.send(rows)
+        fresh = list(bodies)
+        for sent in (rows, rows[1:3], rows):
+            bodies.clear()
+            await destination.prepare(rows)
+            await destination.send(sent)
+            want = Renderer(settings.layout()).texts(sent, {}).texts
+            assert b"".join(bodies).decode().splitlines() == want
+        assert bodies == fresh  # the prepared batch: the same requests
