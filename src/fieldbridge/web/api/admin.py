@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request
 
 from fieldbridge.timefmt import iso
-from fieldbridge.web.api.deps import Admin, Context, record
+from fieldbridge.web.api.deps import Admin, Context
 from fieldbridge.web.api.errors import ApiError, documented, not_found
 from fieldbridge.web.api.paging import decode_cursor, encode_cursor, int_position
 from fieldbridge.web.api.schemas import (
@@ -23,6 +23,7 @@ from fieldbridge.web.api.schemas import (
     UserOut,
     iso_or_none,
 )
+from fieldbridge.web.security.audit import audit
 from fieldbridge.web.security.passwords import check_strength, hash_password_async
 from fieldbridge.web.security.tokens import mint_token
 
@@ -57,7 +58,7 @@ async def add_user(request: Request, ctx: Context, _: Admin, body: UserIn) -> Us
         raise ApiError(422, "weak_password", weak)
     if not await ctx.store.add_user(body.name, body.role, await hash_password_async(body.password)):
         raise ApiError(409, "conflict", f"user {body.name} exists")
-    await record(request, ctx, "user.create", body.name, {"role": body.role})
+    await audit(request, ctx.store, "user.create", body.name, {"role": body.role})
     user = await ctx.store.get_user(body.name)
     if user is None:
         raise not_found(f"user {body.name}")
@@ -101,7 +102,7 @@ async def create_token(
         raise ApiError(
             409, "conflict", f"a token named {body.name} exists (names are never reused)"
         )
-    await record(request, ctx, "token.create", body.name, {"scope": body.scope})
+    await audit(request, ctx.store, "token.create", body.name, {"scope": body.scope})
     return TokenCreated(name=body.name, scope=body.scope, token=plain)
 
 
@@ -120,7 +121,7 @@ async def revoke_token(
     """Requests sending it get 401 from now on."""
     if not await ctx.store.revoke_api_token(name):
         raise not_found(f"unrevoked token named {name}")
-    await record(request, ctx, "token.revoke", name)
+    await audit(request, ctx.store, "token.revoke", name)
     return Revoked(name=name, revoked=True)
 
 

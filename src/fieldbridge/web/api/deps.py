@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
 
 from fieldbridge.web.api.errors import ApiError
 from fieldbridge.web.context import WebContext
-from fieldbridge.web.security.audit import audit
 from fieldbridge.web.security.principal import Principal, principal_of
 
 CONTEXT_KEY = "fieldbridge_context"
@@ -49,14 +47,3 @@ Context = Annotated[WebContext, Depends(context)]
 Caller = Annotated[Principal, Depends(caller)]
 Writer = Annotated[Principal, Depends(writer)]
 Admin = Annotated[Principal, Depends(admin)]
-
-
-async def record(
-    request: Request,
-    ctx: WebContext,
-    action: str,
-    target: str,
-    details: Mapping[str, Any] | None = None,
-) -> None:
-    """Note a change in the audit log under the caller's name."""
-    await audit(request, ctx.store, action, target, details)

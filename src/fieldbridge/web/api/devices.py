@@ -14,10 +14,11 @@ from fieldbridge.store.devicechange import (
     change_device,
     parse_subscriber,
 )
-from fieldbridge.web.api.deps import Caller, Context, Writer, record
+from fieldbridge.web.api.deps import Caller, Context, Writer
 from fieldbridge.web.api.errors import ApiError, documented, not_found
 from fieldbridge.web.api.paging import decode_cursor, encode_cursor, str_position
 from fieldbridge.web.api.schemas import PRINTABLE, DeviceDetail, DeviceOut, DevicePatch, Page
+from fieldbridge.web.security.audit import audit
 
 router = APIRouter(tags=["devices"])
 DeviceId = Annotated[
@@ -121,7 +122,11 @@ async def patch_device(
         raise ApiError(422, "invalid_change", str(exc)) from None
     if device is None:
         raise not_found(f"device {device_id!r}", "devices appear once they sent a message")
-    await record(
-        request, ctx, "device.update", device_id, patch.model_dump(mode="json", exclude_unset=True)
+    await audit(
+        request,
+        ctx.store,
+        "device.update",
+        device_id,
+        patch.model_dump(mode="json", exclude_unset=True),
     )
     return await _detail(ctx.store, device)

@@ -8,10 +8,11 @@ from fastapi import APIRouter, Path, Query, Request
 
 from fieldbridge.codecs.efento import changes_configuration, encode_config
 from fieldbridge.model import DownlinkState
-from fieldbridge.web.api.deps import Caller, Context, Writer, record
+from fieldbridge.web.api.deps import Caller, Context, Writer
 from fieldbridge.web.api.errors import ApiError, documented, not_found
 from fieldbridge.web.api.paging import decode_cursor, encode_cursor, int_position
 from fieldbridge.web.api.schemas import DownlinkIn, DownlinkOut, Page
+from fieldbridge.web.security.audit import audit
 
 router = APIRouter(tags=["efento"])
 REQUESTS = {"device-info": "device_info_request", "configuration": "configuration_request"}
@@ -75,7 +76,7 @@ async def queue_downlink(
         fields=fields,
         expect_hash_change=changes_configuration(payload),
     )
-    await record(request, ctx, "downlink.queue", device, {"id": downlink_id, "fields": fields})
+    await audit(request, ctx.store, "downlink.queue", device, {"id": downlink_id, "fields": fields})
     queued = await ctx.store.get_downlink(downlink_id)
     if queued is None:  # cancelled or pruned in between: it was queued all the same
         raise not_found(f"downlink {downlink_id}")
@@ -101,5 +102,5 @@ async def cancel_downlink(
         raise ApiError(
             409, "conflict", f"downlink {downlink_id} is {found.state.value}; nothing to cancel"
         )
-    await record(request, ctx, "downlink.cancel", cancelled.device, {"id": downlink_id})
+    await audit(request, ctx.store, "downlink.cancel", cancelled.device, {"id": downlink_id})
     return DownlinkOut.of(cancelled)

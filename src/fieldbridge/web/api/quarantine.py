@@ -8,10 +8,11 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request
 
 from fieldbridge.reingest import CannotReingest, reingest
-from fieldbridge.web.api.deps import Caller, Context, Writer, record
+from fieldbridge.web.api.deps import Caller, Context, Writer
 from fieldbridge.web.api.errors import ApiError, documented, not_found
 from fieldbridge.web.api.paging import decode_cursor, encode_cursor, int_position
 from fieldbridge.web.api.schemas import PRINTABLE, Dropped, Page, QuarantineOut, ReingestOut
+from fieldbridge.web.security.audit import audit
 
 router = APIRouter(tags=["quarantine"])
 QuarantineId = Annotated[int, Path(ge=1, le=2**62, description="The quarantined payload's id.")]
@@ -82,9 +83,9 @@ async def reingest_quarantined(
         raise ApiError(
             503, "store_unavailable", f"ingest did not commit within {within:g} s; try again"
         ) from None
-    await record(
+    await audit(
         request,
-        ctx,
+        ctx.store,
         "quarantine.reingest",
         str(quarantine_id),
         {"source": done.source, "message_ids": list(done.message_ids)},
@@ -110,5 +111,5 @@ async def drop_quarantined(
     """Delete the payload for good."""
     if not await ctx.store.drop_quarantined(quarantine_id):
         raise not_found(f"quarantined payload {quarantine_id}")
-    await record(request, ctx, "quarantine.drop", str(quarantine_id))
+    await audit(request, ctx.store, "quarantine.drop", str(quarantine_id))
     return Dropped(id=quarantine_id, dropped=True)

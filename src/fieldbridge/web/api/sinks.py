@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fieldbridge.model import DeadLetterState
 from fieldbridge.sinks.status import sink_rows
 from fieldbridge.timefmt import parse_iso
-from fieldbridge.web.api.deps import Caller, Context, Writer, record
+from fieldbridge.web.api.deps import Caller, Context, Writer
 from fieldbridge.web.api.errors import ApiError, documented, not_found
 from fieldbridge.web.api.paging import decode_cursor, encode_cursor, int_position
 from fieldbridge.web.api.schemas import (
@@ -24,6 +24,7 @@ from fieldbridge.web.api.schemas import (
     SinkPaused,
 )
 from fieldbridge.web.context import WebContext
+from fieldbridge.web.security.audit import audit
 
 router = APIRouter(tags=["sinks"])
 SinkName = Annotated[str, Path(max_length=256, pattern=PRINTABLE, description="The sink's name.")]
@@ -46,7 +47,7 @@ async def list_sinks(ctx: Context, _: Caller) -> list[SinkOut]:
 async def _pause(request: Request, ctx: WebContext, name: str, paused: bool) -> SinkPaused:
     _configured(ctx, name)
     await ctx.store.set_paused(name, paused)
-    await record(request, ctx, "sink.pause" if paused else "sink.resume", name)
+    await audit(request, ctx.store, "sink.pause" if paused else "sink.resume", name)
     return SinkPaused(name=name, paused=paused)
 
 
@@ -97,8 +98,12 @@ async def replay_sink(
                 f"since {body.since!r} is not ISO 8601 (e.g. 2026-11-23T08:00:00Z)",
             ) from None
     replay = await ctx.store.replay(name, from_id=body.from_id, since=since)
-    await record(
-        request, ctx, "sink.replay", name, {"from_id": replay.from_id, "messages": replay.messages}
+    await audit(
+        request,
+        ctx.store,
+        "sink.replay",
+        name,
+        {"from_id": replay.from_id, "messages": replay.messages},
     )
     return ReplayOut(
         name=name, from_id=replay.from_id, head_id=replay.head_id, messages=replay.messages
@@ -145,7 +150,7 @@ async def retry_dead_letter(request: Request, ctx: Context, _: Writer, dead_id: 
     """Ask the running sink to send this message once more."""
     if not await ctx.store.mark_dead_letters(state=DeadLetterState.RETRY, ids=[dead_id]):
         raise not_found(f"dead letter {dead_id}")
-    await record(request, ctx, "deadletter.retry", str(dead_id))
+    await audit(request, ctx.store, "deadletter.retry", str(dead_id))
     return Changed(id=dead_id, state=DeadLetterState.RETRY.value)
 
 
@@ -159,5 +164,5 @@ async def drop_dead_letter(request: Request, ctx: Context, _: Writer, dead_id: D
     """Forget a dead letter (the message stays in the journal until retention)."""
     if not await ctx.store.drop_dead_letters(ids=[dead_id]):
         raise not_found(f"dead letter {dead_id}")
-    await record(request, ctx, "deadletter.drop", str(dead_id))
+    await audit(request, ctx.store, "deadletter.drop", str(dead_id))
     return Dropped(id=dead_id, dropped=True)

@@ -10,10 +10,10 @@ from starlette.routing import BaseRoute, Route
 
 from fieldbridge.model import DeadLetterState
 from fieldbridge.store import Store
-from fieldbridge.web.console.changes import record
 from fieldbridge.web.console.guard import refuse_unless_writer
 from fieldbridge.web.console.templating import render
 from fieldbridge.web.context import WebContext
+from fieldbridge.web.security.audit import audit
 
 SHOWN = 200
 
@@ -41,7 +41,7 @@ class DeadLetters:
         count = await self.ctx.store.mark_dead_letters(state=DeadLetterState.RETRY, ids=[dead_id])
         if not count:
             return await self._table(request, error=f"no dead letter {dead_id}", status_code=404)
-        await record(request, self.ctx, "deadletter.retry", str(dead_id))
+        await audit(request, self.ctx.store, "deadletter.retry", str(dead_id))
         return await self._table(
             request, note=f"dead letter {dead_id} will be sent again by the running sink"
         )
@@ -54,7 +54,7 @@ class DeadLetters:
         count = await self.ctx.store.drop_dead_letters(ids=[dead_id])
         if not count:
             return await self._table(request, error=f"no dead letter {dead_id}", status_code=404)
-        await record(request, self.ctx, "deadletter.drop", str(dead_id))
+        await audit(request, self.ctx.store, "deadletter.drop", str(dead_id))
         return await self._table(request, note=f"dead letter {dead_id} dropped")
 
     async def _table(

@@ -10,10 +10,10 @@ from starlette.routing import BaseRoute, Route
 
 from fieldbridge.model import Device
 from fieldbridge.store.devicechange import ChangeRefused, DeviceChange, change_device
-from fieldbridge.web.console.changes import record
 from fieldbridge.web.console.guard import refuse_unless_writer
 from fieldbridge.web.console.templating import render
 from fieldbridge.web.context import WebContext
+from fieldbridge.web.security.audit import audit
 
 # The destinations a device may be sent to only when switched on (sinks' `flag` routes).
 UPLOAD_FLAGS = {
@@ -66,6 +66,6 @@ class DeviceFlags:
             return render(request, "notice.html", {"error": str(exc)}, 422)
         if device is None:
             return render(request, "notice.html", {"error": f"no device {device_id}"}, 404)
-        await record(request, self.ctx, "device.update", device_id, {"flags": {name: on}})
+        await audit(request, self.ctx.store, "device.update", device_id, {"flags": {name: on}})
         switch = next(s for s in flag_switches(device) if s.name == name)
         return render(request, "flag.html", {"device": device, "flag": switch})

@@ -12,10 +12,10 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from fieldbridge.codecs.efento import changes_configuration, encode_config
-from fieldbridge.web.console.changes import record
 from fieldbridge.web.console.guard import refuse_unless_writer
 from fieldbridge.web.console.templating import render
 from fieldbridge.web.context import WebContext
+from fieldbridge.web.security.audit import audit
 from fieldbridge.web.security.principal import principal_of
 
 EFENTO_KIND = "efento"
@@ -85,9 +85,9 @@ class EfentoForm:
             fields=fields,
             expect_hash_change=changes_configuration(payload),
         )
-        await record(
+        await audit(
             request,
-            self.ctx,
+            self.ctx.store,
             "downlink.queue",
             device,
             {"id": downlink_id, "fields": fields, "payload_hex": payload.hex()},
@@ -111,7 +111,7 @@ class EfentoForm:
             if found is None:
                 return render(request, "notice.html", {"error": error}, 404)
             return await self._answer(request, found.device, error=error, status_code=409)
-        await record(request, self.ctx, "downlink.cancel", str(downlink_id))
+        await audit(request, self.ctx.store, "downlink.cancel", str(downlink_id))
         note = f"downlink {downlink_id} cancelled"
         return await self._answer(request, cancelled.device, note=note)
 

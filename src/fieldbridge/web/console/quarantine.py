@@ -9,10 +9,10 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from fieldbridge.reingest import CannotReingest, reingest
-from fieldbridge.web.console.changes import record
 from fieldbridge.web.console.guard import refuse_unless_writer
 from fieldbridge.web.console.templating import render
 from fieldbridge.web.context import WebContext
+from fieldbridge.web.security.audit import audit
 
 SHOWN = 100
 
@@ -49,7 +49,7 @@ class Quarantine:
         details: dict[str, Any] = {"source": done.source, "message_ids": list(done.message_ids)}
         if done.quarantined:
             details["quarantined"] = list(done.quarantined)
-        await record(request, ctx, "quarantine.reingest", str(qid), details)
+        await audit(request, ctx.store, "quarantine.reingest", str(qid), details)
         ids = ", ".join(f"#{i}" for i in done.message_ids) or "none (all duplicates)"
         note = f"payload {qid} re-ingested: stored as messages {ids}"
         if done.quarantined:
@@ -63,7 +63,7 @@ class Quarantine:
         qid: int = request.path_params["qid"]
         if not await self.ctx.store.drop_quarantined(qid):
             return render(request, "notice.html", {"error": f"no quarantined payload {qid}"}, 404)
-        await record(request, self.ctx, "quarantine.drop", str(qid))
+        await audit(request, self.ctx.store, "quarantine.drop", str(qid))
         return render(request, "notice.html", {"note": f"payload {qid} dropped"})
 
     async def _entry(self, request: Request, qid: int, *, error: str) -> Response:

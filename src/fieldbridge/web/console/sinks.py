@@ -10,11 +10,11 @@ from starlette.routing import BaseRoute, Route
 
 from fieldbridge.sinks.status import sink_rows
 from fieldbridge.timefmt import parse_iso
-from fieldbridge.web.console.changes import record
 from fieldbridge.web.console.deadletters import dead_letter_values
 from fieldbridge.web.console.guard import refuse_unless_writer
 from fieldbridge.web.console.templating import render
 from fieldbridge.web.context import WebContext
+from fieldbridge.web.security.audit import audit
 
 REFRESH_S = 3
 
@@ -63,7 +63,7 @@ class Sinks:
         if not self._known(name):
             return render(request, "notice.html", {"error": f"no sink named {name}"}, 404)
         await self.ctx.store.set_paused(name, paused)
-        await record(request, self.ctx, "sink.pause" if paused else "sink.resume", name)
+        await audit(request, self.ctx.store, "sink.pause" if paused else "sink.resume", name)
         return await self.panel(request)
 
     async def replay(self, request: Request) -> Response:
@@ -82,7 +82,7 @@ class Sinks:
             return render(request, "notice.html", {"error": error}, 422)
         replay = await self.ctx.store.replay(name, since=since)
         details = {"since": text, "from_id": replay.from_id, "messages": replay.messages}
-        await record(request, self.ctx, "sink.replay", name, details)
+        await audit(request, self.ctx.store, "sink.replay", name, details)
         return await self._progress(request, name, replay.from_id - 1, replay.head_id)
 
     async def progress(self, request: Request) -> Response:
