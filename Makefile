@@ -31,7 +31,7 @@ typecheck: install
 # Two workers for the two cores; tests sharing a costly module fixture (the wheel) stay together.
 PYTEST_WORKERS ?= 2
 test: system-deps install lint typecheck
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=25
 
 bench: install
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

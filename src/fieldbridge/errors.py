@@ -60,15 +60,22 @@ class PermanentDeliveryError(DeliveryError):
 
 
 class PartialDeliveryError(PermanentDeliveryError):
-    """The destination kept part of a batch and refused the rest for good (an InfluxDB partial
-    write): `rejected` maps the refused messages' journal ids to the reason. The others are
-    sent again once, to confirm, so a destination must take a repeat of them harmlessly."""
+    """Part of a batch was refused for good: `rejected` maps the refused messages' journal ids
+    to the reason. `confirm`: the destination's answer may not name every refusal (an InfluxDB
+    partial write), so the others are sent again once, to confirm, which it must take
+    harmlessly; without it the others count as delivered (the sink held the refused back)."""
 
     def __init__(
-        self, message: str, rejected: Mapping[int, str], *, status: int | None = None
+        self,
+        message: str,
+        rejected: Mapping[int, str],
+        *,
+        status: int | None = None,
+        confirm: bool = False,
     ) -> None:
         super().__init__(message, status=status, body="; ".join(sorted(set(rejected.values()))))
         self.rejected = dict(rejected)
+        self.confirm = confirm
 
 
 class AuthError(FieldbridgeError):

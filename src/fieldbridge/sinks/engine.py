@@ -293,11 +293,15 @@ class SinkRunner:
                 await self._send_with_retry(chunk)
             except PartialDeliveryError as exc:  # kept in part: only the refused are dead
                 kept = await self._partly_refused(chunk, exc)
-                if kept:
+                if kept and exc.confirm:
                     # Sent again to confirm: a destination may under-count what it refused
                     # (InfluxDB names one type conflict of several), and a point written
                     # twice overwrites itself. Each round drops at least one message.
                     chunks.insert(0, kept)
+                elif kept:
+                    await self._delivered(kept)
+                    if self._metrics is not None:
+                        self._metrics.sink_sent.labels(self.name).inc(len(kept))
                 await self._settle(held)
                 continue
             except PermanentDeliveryError as exc:

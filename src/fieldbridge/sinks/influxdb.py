@@ -210,7 +210,9 @@ class InfluxDBDestination(HttpDestination):
                     rejected.update(exc.rejected)
                     status = exc.status
         if rejected:
-            raise PartialDeliveryError(f"{self._what}: partial write", rejected, status=status)
+            raise PartialDeliveryError(
+                f"{self._what}: partial write", rejected, status=status, confirm=True
+            )
 
     async def _post(self, request: Request, teams: Mapping[str, str | None]) -> None:
         assert self._client is not None, "use the destination inside `async with`"
@@ -274,7 +276,9 @@ class InfluxDBDestination(HttpDestination):
             raise PermanentDeliveryError(
                 f"{self._what} answered HTTP {status}", status=status, body=message[:4096]
             )
-        raise PartialDeliveryError(f"{self._what}: partial write", rejected, status=status)
+        raise PartialDeliveryError(
+            f"{self._what}: partial write", rejected, status=status, confirm=True
+        )
 
 
 def _failure(results: Sequence[BaseException | None], partly: str) -> BaseException | None:
@@ -291,7 +295,9 @@ def _failure(results: Sequence[BaseException | None], partly: str) -> BaseExcept
     if not partial:
         return None
     rejected = {k: v for failure in partial for k, v in failure.rejected.items()}
-    return PartialDeliveryError(partly.format(len(rejected)), rejected, status=partial[0].status)
+    return PartialDeliveryError(
+        partly.format(len(rejected)), rejected, status=partial[0].status, confirm=True
+    )
 
 
 def _error_text(response: httpx.Response) -> str:
