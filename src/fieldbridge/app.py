@@ -33,10 +33,8 @@ from fieldbridge.store.lock import ServiceLock
 from fieldbridge.store.migrate import head_revision, pending_revisions, upgrade, within
 from fieldbridge.store.urls import mask_url
 from fieldbridge.timefmt import iso
-from fieldbridge.web.api import api_app
 from fieldbridge.web.auth import BearerTokens
 from fieldbridge.web.connections import ConnectionGuard, ConnectionLimits
-from fieldbridge.web.console import console_routes
 from fieldbridge.web.context import WebContext
 from fieldbridge.web.security.firstrun import announce, ensure_first_admin
 from fieldbridge.web.security.login import LoginRoutes
@@ -284,6 +282,11 @@ class Service:
             resolver=Resolver(self.store, http.tokens),
             is_public=public_paths({r.path for r in routes}, http.metrics_public),
         )
+        # Here, not at the top: every CLI command imports this module, and FastAPI and the
+        # console's templates cost each of them half a second.
+        from fieldbridge.web.api import api_app
+        from fieldbridge.web.console import console_routes
+
         self.web_context = WebContext(
             settings=self.settings,
             store=self.store,
