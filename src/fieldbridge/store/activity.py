@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fieldbridge.model import Device, DeviceStatus
 from fieldbridge.store.db import Database
-from fieldbridge.store.registry import DEVICE_COLUMNS, _device
 
 MAX_POINTS = 20_000  # readings of one quantity a chart gets at most
 
@@ -54,25 +52,6 @@ class ActivityQueries:
         """How many devices are current, down or in maintenance."""
         rows = await self.db.fetchall("SELECT status, COUNT(*) FROM devices GROUP BY status")
         return {str(status): int(n) for status, n in rows}
-
-    async def find_devices(
-        self, text: str, *, status: DeviceStatus | None = None, limit: int = 200
-    ) -> list[Device]:
-        """Devices whose id, name, kind or source contains `text` (any case; its % and _ are
-        plain characters), in that status if given, by id: the console's search box."""
-        escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        pattern = f"%{escaped}%"
-        columns = ("id", "COALESCE(name, '')", "COALESCE(kind, '')", "source")
-        where = "(" + " OR ".join(f"LOWER({c}) LIKE ? ESCAPE '\\'" for c in columns) + ")"
-        params: list[object] = [pattern] * len(columns)
-        if status is not None:
-            where += " AND status = ?"
-            params.append(status.value)
-        rows = await self.db.fetchall(
-            f"SELECT {DEVICE_COLUMNS} FROM devices WHERE {where} ORDER BY id LIMIT ?",
-            [*params, limit],
-        )
-        return [_device(row) for row in rows]
 
     async def device_quantities(self, device: str, since: float, until: float) -> list[str]:
         """The quantities a device measured in a time range, by name."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from fieldbridge.model import (
@@ -43,6 +43,15 @@ def _like(text: str) -> str:
     return f"%{escaped}%"
 
 
+# What a search text may match: the column, NULL read as "" (a device without a name).
+_SEARCHED = {
+    "id": "id",
+    "name": "COALESCE(name, '')",
+    "kind": "COALESCE(kind, '')",
+    "source": "source",
+}
+
+
 class RegistryQueries:
     db: Database
 
@@ -61,11 +70,12 @@ class RegistryQueries:
         source: str | None = None,
         status: DeviceStatus | None = None,
         q: str | None = None,
+        q_columns: Sequence[str] = ("id", "name"),
         after: str | None = None,
         limit: int = 100,
     ) -> list[Device]:
-        """Devices by id, filtered; `q` matches id or name anywhere (any case); `after` is the
-        last id of the previous page."""
+        """Devices by id, filtered; `q` matches any of `q_columns` (id, name, kind, source)
+        anywhere, in any case; `after` is the last id of the previous page."""
         clauses: list[str] = []
         params: list[object] = []
         for column, value in (("kind", kind), ("source", source), ("status", status)):
@@ -73,10 +83,9 @@ class RegistryQueries:
                 clauses.append(f"{column} = ?")
                 params.append(value)
         if q:
-            clauses.append(
-                "(LOWER(id) LIKE ? ESCAPE '\\' OR LOWER(COALESCE(name, '')) LIKE ? ESCAPE '\\')"
-            )
-            params += [_like(q), _like(q)]
+            matches = [f"LOWER({_SEARCHED[c]}) LIKE ? ESCAPE '\\'" for c in q_columns]
+            clauses.append("(" + " OR ".join(matches) + ")")
+            params += [_like(q)] * len(matches)
         if after is not None:
             clauses.append("id > ?")
             params.append(after)
@@ -85,6 +94,15 @@ class RegistryQueries:
             f"SELECT {DEVICE_COLUMNS} FROM devices {where} ORDER BY id LIMIT ?", [*params, limit]
         )
         return [_device(row) for row in rows]
+
+    async def find_devices(
+        self, text: str, *, status: DeviceStatus | None = None, limit: int = 200
+    ) -> list[Device]:
+        """Devices whose id, name, kind or source contains `text` (any case; its % and _ are
+        plain characters), in that status if given, by id: the console's search box."""
+        return await self.search_devices(
+            q=text, q_columns=("id", "name", "kind", "source"), status=status, limit=limit
+        )
 
     async def get_device(self, device_id: str) -> Device | None:
         rows = await self.db.fetchall(
