@@ -11,7 +11,8 @@ import typer
 from fieldbridge.cli.context import with_store
 from fieldbridge.cli.output import console, fail, print_json, print_table
 from fieldbridge.cli.user_cmds import actor
-from fieldbridge.codecs.efento import changes_configuration, encode_config
+from fieldbridge.codecs.efento import encode_config
+from fieldbridge.efento_queue import queue_config
 from fieldbridge.model import Device, Downlink
 from fieldbridge.store import Store
 from fieldbridge.timefmt import iso
@@ -95,13 +96,7 @@ def efento_config(
         fail(f"--set {exc}", code=2)
 
     async def queue(store: Store) -> tuple[int, Device | None]:
-        downlink_id = await store.queue_downlink(
-            device,
-            payload,
-            origin="cli",
-            fields=fields,
-            expect_hash_change=changes_configuration(payload),
-        )
+        downlink_id = await queue_config(store, device, payload, fields, "cli")
         return downlink_id, await store.get_device(device)
 
     downlink_id, known = with_store(ctx, queue)

@@ -6,7 +6,8 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 
-from fieldbridge.codecs.efento import changes_configuration, encode_config
+from fieldbridge.codecs.efento import encode_config
+from fieldbridge.efento_queue import queue_config
 from fieldbridge.model import DownlinkState
 from fieldbridge.web.api.deps import Caller, Context, Writer
 from fieldbridge.web.api.errors import ApiError, documented, not_found
@@ -69,13 +70,7 @@ async def queue_downlink(
     except (ValueError, TypeError, OverflowError) as exc:
         raise ApiError(422, "invalid_downlink", f"settings: {exc}") from None
     device = body.device.upper()
-    downlink_id = await ctx.store.queue_downlink(
-        device,
-        payload,
-        origin="api",
-        fields=fields,
-        expect_hash_change=changes_configuration(payload),
-    )
+    downlink_id = await queue_config(ctx.store, device, payload, fields, "api")
     await audit(request, ctx.store, "downlink.queue", device, {"id": downlink_id, "fields": fields})
     queued = await ctx.store.get_downlink(downlink_id)
     if queued is None:  # cancelled or pruned in between: it was queued all the same

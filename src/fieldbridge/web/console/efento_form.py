@@ -11,7 +11,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from fieldbridge.codecs.efento import changes_configuration, encode_config
+from fieldbridge.codecs.efento import encode_config
+from fieldbridge.efento_queue import queue_config
 from fieldbridge.web.console.guard import refuse_unless_writer
 from fieldbridge.web.console.templating import render
 from fieldbridge.web.context import WebContext
@@ -78,13 +79,7 @@ class EfentoForm:
             payload = encode_config(fields)
         except ValueError as exc:
             return await self._answer(request, device, error=str(exc), status_code=422)
-        downlink_id = await store.queue_downlink(
-            device,
-            payload,
-            origin="console",
-            fields=fields,
-            expect_hash_change=changes_configuration(payload),
-        )
+        downlink_id = await queue_config(store, device, payload, fields, "console")
         await audit(
             request,
             self.ctx.store,
