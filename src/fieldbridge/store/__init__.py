@@ -16,7 +16,7 @@ from fieldbridge.store.liveness import LivenessQueries
 from fieldbridge.store.messages import MessageQueries
 from fieldbridge.store.messagetypes import MessageTypeQueries
 from fieldbridge.store.registry import RegistryQueries
-from fieldbridge.store.sinkstate import SinkStateQueries
+from fieldbridge.store.sinkstate import Replay, SinkStateQueries
 from fieldbridge.store.sourcecursors import SourceCursorQueries
 from fieldbridge.store.tokens import TokenQueries
 from fieldbridge.store.urls import StoreUrl, parse_store_url
@@ -46,6 +46,22 @@ class Store(
     def __init__(self, db: Database) -> None:
         self.db = db
         self._queued_listeners = []
+
+    async def replay(
+        self, name: str, *, from_id: int | None = None, since: float | None = None
+    ) -> Replay:
+        """Ask the running sink to send again from a message id, or from the first message
+        received at or after `since` (exactly one of the two); nothing to send again when no
+        message is that recent."""
+        if (from_id is None) == (since is None):
+            raise ValueError("give exactly one of from_id and since")
+        head = await self.head_id()
+        if from_id is None:
+            assert since is not None
+            first = await self.first_id_since(since)
+            from_id = first if first is not None else head + 1
+        await self.request_replay(name, from_id - 1)
+        return Replay(name, from_id, head, max(0, head - (from_id - 1)))
 
     async def ping(self, within: Timeout | None = None) -> None:
         """Raise StoreError unless the store answers (in time)."""

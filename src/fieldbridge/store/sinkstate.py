@@ -71,24 +71,6 @@ class SinkStateQueries:
                 (name, max(cursor, 0), time.time()),
             )
 
-    async def replay(
-        self, name: str, *, from_id: int | None = None, since: float | None = None
-    ) -> Replay:
-        """Ask the running sink to send again from a message id, or from the first message
-        received at or after `since` (exactly one of the two); nothing to send again when no
-        message is that recent."""
-        if (from_id is None) == (since is None):
-            raise ValueError("give exactly one of from_id and since")
-        rows = await self.db.fetchall("SELECT COALESCE(MAX(id), 0) FROM journal")
-        head = int(rows[0][0])
-        if from_id is None:
-            first = await self.db.fetchall(
-                "SELECT MIN(id) FROM journal WHERE received_at >= ?", (since,)
-            )
-            from_id = int(first[0][0]) if first[0][0] is not None else head + 1
-        await self.request_replay(name, from_id - 1)
-        return Replay(name, from_id, head, max(0, head - (from_id - 1)))
-
     async def take_replay(self, name: str) -> int | None:
         """Apply a pending replay request: move the cursor there and clear the request."""
         async with self.db.transaction() as tx:
