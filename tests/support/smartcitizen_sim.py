@@ -20,18 +20,13 @@ import orjson
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from fieldbridge.simulate.smartcitizen import INFO  # what an SCK 2.1 says of itself
+
 PUBLISH_TIMEOUT = 10.0
 # What an SCK 2.1 with a PM sensor sends (ids of the firmware's sensor table): battery, light,
 # temperature, humidity, noise dBA, pressure, PM 1 / 2.5 / 10.
 SCK21 = {10: (20, 100), 14: (0, 900), 55: (5, 35), 56: (20, 90), 53: (30, 80), 58: (98, 103)}
 SCK21_PM = {89: (0, 30), 87: (0, 50), 88: (0, 80)}
-INFO = {
-    "hw_ver": "2.1",
-    "sam_ver": "0.9.8-ce87e64",
-    "sam_bd": "2021-03-01T10:00:00Z",
-    "esp_ver": "0.9.8-ce87e64",
-    "esp_bd": "2021-03-01T10:00:00Z",
-}
 
 
 def kit_time(ts: float) -> str:
