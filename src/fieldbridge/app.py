@@ -306,7 +306,7 @@ class Service:
             routes,
             self.health,
             self.metrics,
-            SpyEndpoint(spy).handle,  # behind the gate: a login, an API token or http.tokens
+            SpyEndpoint(spy).handle,
             pages=pages,
             middleware=[gate],
         )
