@@ -254,6 +254,45 @@ async def test_device_registry_follows_messages(store: Store) -> None:
     assert device is not None and device.kind == "thermo-v2" and device.message_count == 4
 
 
+async def test_a_large_batch_is_stored_row_for_row_in_order(store: Store) -> None:
+    """150 messages of 93 devices: on SQLite multi-row INSERTs of every chunk size
+    (ROW_CHUNKS), each row with its own values, in batch order."""
+    batch = [
+        payload(
+            record(f"dev-{n % 93}", key=f"k{n}", value=n / 4, at=T0 + n, kind=f"kind-{n % 3}"),
+            at=T0 + n,
+            body=f'{{"n": {n}}}'.encode(),
+            meta=f'{{"n": {n}}}',
+        )
+        for n in range(150)
+    ]
+    outcomes = await accepted(store, batch)
+    ids = [o.ids[0] for o in outcomes]
+    assert ids == list(range(ids[0], ids[0] + 150))
+    entries = await store.read_journal(ids[0] - 1, 200, with_payload=True)
+    assert [e.id for e in entries] == ids
+    for n, entry in enumerate(entries):
+        assert (entry.device, entry.kind, entry.received_at) == (
+            f"dev-{n % 93}",
+            f"kind-{n % 3}",
+            T0 + n,
+        )
+        assert (entry.meta, entry.payload) == ({"n": n}, f'{{"n": {n}}}'.encode())
+        assert [(r.value, r.measured_at) for r in entry.readings] == [(n / 4, T0 + n)]
+    again = await accepted(store, batch[:70])  # every key is known: the same ids come back
+    assert [o.ids[0] for o in again] == ids[:70] and all(o.duplicates == 1 for o in again)
+    assert await count(store, "devices") == 93
+    for d in (0, 56, 92):
+        device = await store.get_device(f"dev-{d}")
+        assert device is not None
+        seen = [n for n in range(150) if n % 93 == d]
+        assert (device.message_count, device.first_seen, device.last_seen) == (
+            len(seen),
+            T0 + seen[0],
+            T0 + seen[-1],
+        )
+
+
 async def test_device_kind_within_one_batch(store: Store) -> None:
     await accepted(store, [payload(record("n")), payload(record("n", kind="probe"))])
     device = await store.get_device("n")

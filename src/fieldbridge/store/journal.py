@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cache
+from itertools import chain
 
 from fieldbridge.model import (
     Accepted,
@@ -25,6 +27,11 @@ from fieldbridge.store.network import ROLE_MERGE, Relays, apply_relays, higher_r
 # so a sink reading "after its cursor" can never skip a row that commits late.
 JOURNAL_LOCK = 0x6669656C64  # "field"
 IN_CHUNK = 500
+# SQLite takes a batch's rows in multi-row INSERTs of these sizes (largest first; at most 999
+# parameters, SQLite's oldest limit). Python's sqlite3 gives up the GIL around every statement
+# step: row by row (executemany), the writer thread waited for the GIL once a row behind the
+# busy event loop (several milliseconds each time), now once per statement.
+ROW_CHUNKS = (64, 16, 4, 1)
 
 
 @dataclass(slots=True)
@@ -360,9 +367,10 @@ def _commit(dialect: str, batch: Sequence[Pending]) -> Plan[list[Outcome]]:
         outcomes.append(Accepted(tuple(message_ids), duplicates))
 
     if journal_rows:
-        yield ExecuteMany(
-            "INSERT INTO journal (id, received_at, source, device, kind, meta, payload, idem_key) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        yield from _insert(
+            dialect,
+            "INSERT INTO journal (id, received_at, source, device, kind, meta, payload, idem_key)",
+            "",
             journal_rows,
         )
     if reading_rows:
@@ -374,7 +382,7 @@ def _commit(dialect: str, batch: Sequence[Pending]) -> Plan[list[Outcome]]:
             reading_rows,
         )
     if seen:
-        yield from _upsert_devices(seen)
+        yield from _upsert_devices(dialect, seen)
     if networked:
         yield from apply_relays(relays)
     for index, p in enumerate(batch):
@@ -390,6 +398,27 @@ def _commit(dialect: str, batch: Sequence[Pending]) -> Plan[list[Outcome]]:
             assert isinstance(accepted, Accepted)
             outcomes[index] = replace(accepted, quarantined=tuple(parts))
     return [o for o in outcomes if o is not None]
+
+
+def _insert(dialect: str, head: str, tail: str, rows: Sequence[tuple[object, ...]]) -> Plan[None]:
+    """`head` VALUES (one row) `tail`, for every row in order: on SQLite in multi-row
+    statements (ROW_CHUNKS), elsewhere as one executemany."""
+    width = len(rows[0])
+    if dialect != "sqlite":
+        yield ExecuteMany(_values_sql(head, tail, width, 1), rows)
+        return
+    done = 0
+    for size in ROW_CHUNKS:
+        while len(rows) - done >= size:
+            chunk = rows[done : done + size]
+            yield Execute(_values_sql(head, tail, width, size), list(chain.from_iterable(chunk)))
+            done += size
+
+
+@cache
+def _values_sql(head: str, tail: str, width: int, count: int) -> str:
+    one = "(" + ", ".join("?" * width) + ")"
+    return f"{head} VALUES {', '.join([one] * count)}{tail}"
 
 
 def _quarantine(
@@ -457,7 +486,7 @@ def _slots(
     return slots, new_count
 
 
-def _upsert_devices(seen: dict[str, _Seen]) -> Plan[None]:
+def _upsert_devices(dialect: str, seen: dict[str, _Seen]) -> Plan[None]:
     known_only = [(e.last, e.last, e.count, dev) for dev, e in seen.items() if not e.creates]
     if known_only:
         yield ExecuteMany(
@@ -471,7 +500,7 @@ def _upsert_devices(seen: dict[str, _Seen]) -> Plan[None]:
         if e.creates
     ]
     if rows:
-        yield from _insert_devices(rows)
+        yield from _insert_devices(dialect, rows)
     yield from bring_back_up({dev: e.last for dev, e in seen.items()})
     with_attrs = {dev: e.attributes for dev, e in seen.items() if e.attributes}
     if not with_attrs:
@@ -488,10 +517,12 @@ def _upsert_devices(seen: dict[str, _Seen]) -> Plan[None]:
         yield ExecuteMany("UPDATE devices SET attributes = ? WHERE id = ?", updates)
 
 
-def _insert_devices(rows: list[tuple[object, ...]]) -> Plan[None]:
-    yield ExecuteMany(
-        "INSERT INTO devices (id, kind, source, first_seen, last_seen, message_count, role, team) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+def _insert_devices(dialect: str, rows: list[tuple[object, ...]]) -> Plan[None]:
+    """One row per device (ids unique), so a multi-row statement updates each at most once."""
+    yield from _insert(
+        dialect,
+        "INSERT INTO devices (id, kind, source, first_seen, last_seen, message_count, role, team)",
+        " ON CONFLICT (id) DO UPDATE SET "
         f"role = {ROLE_MERGE}, team = COALESCE(excluded.team, devices.team), "
         "kind = COALESCE(excluded.kind, devices.kind), "
         # A device registered ahead (`devices add`) takes its first message's source and time.
