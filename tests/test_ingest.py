@@ -17,7 +17,7 @@ import pytest
 from fieldbridge.codecs import smartcitizen
 from fieldbridge.codecs.http_json import decode
 from fieldbridge.errors import DecodeError, StoreError
-from fieldbridge.ingest import BATCH_BYTES, Busy, Ingest, ShuttingDown
+from fieldbridge.ingest import BATCH_BYTES, BURST_BATCHES, Busy, Ingest, ShuttingDown
 from fieldbridge.model import Accepted, Decoded, Outcome, Refusal, Rejected
 from fieldbridge.observe import Metrics
 from fieldbridge.store import Store, open_store, parse_store_url
@@ -98,13 +98,38 @@ async def test_group_commit_batches_concurrent_payloads(sqlite_url: str) -> None
 
     commits = sample(metrics, "fieldbridge_commit_batch_size_count")
     assert sample(metrics, "fieldbridge_commit_batch_size_sum") == 2000
-    assert 8 <= commits <= 40, f"{commits} transactions for 2000 payloads"  # 50+ per commit
-    # No transaction took more than batch_size payloads.
-    assert sample(metrics, "fieldbridge_commit_batch_size_bucket", le="250.0") == commits
+    assert 2 <= commits <= 40, f"{commits} transactions for 2000 payloads"  # 50+ per commit
+    # All 2000 waited at once (a backlog): batches of half what waits, BURST_BATCHES x 250 at most.
+    assert BURST_BATCHES * 250 == 1000
+    assert sample(metrics, "fieldbridge_commit_batch_size_bucket", le="1000.0") == commits
     assert (
         sample(metrics, "fieldbridge_ingest_payloads_total", source="http", outcome="accepted")
         == 2000
     )
+
+
+async def test_a_backlog_takes_larger_batches_in_order(sqlite_url: str) -> None:
+    """Without a backlog a batch is batch_size at most; with one, half of what waits (up to
+    BURST_BATCHES x batch_size), and the order of the journal is the order handed in."""
+    metrics = Metrics()
+    async with (
+        open_store(sqlite_url) as store,
+        running(store, batch_size=100, flush_ms=5, metrics=metrics) as ingest,
+    ):
+        await ingest.submit("http", body("warm-up"), decode)  # opens the store's connections
+        futures = [ingest.offer("http", body(f"d{n % 7}", key=n), decode) for n in range(150)]
+        await asyncio.wait_for(asyncio.gather(*futures), WAIT)
+        # 150 waiting: not a backlog (half is 75), so batches of 100 and 50.
+        assert sample(metrics, "fieldbridge_commit_batch_size_bucket", le="100.0") == 3
+        futures = [ingest.offer("http", body(f"d{n % 7}", key=n), decode) for n in range(150, 2150)]
+        outcomes = await asyncio.wait_for(asyncio.gather(*futures), WAIT)
+    commits = sample(metrics, "fieldbridge_commit_batch_size_count")
+    largest = sample(metrics, "fieldbridge_commit_batch_size_bucket", le="500.0")
+    assert largest == commits, "no batch over BURST_BATCHES x batch_size"
+    assert sample(metrics, "fieldbridge_commit_batch_size_bucket", le="250.0") < commits
+    assert commits < 3 + 20, f"{commits} transactions: the backlog was taken 100 at a time"
+    ids = [o.ids[0] for o in outcomes if isinstance(o, Accepted)]
+    assert ids == sorted(ids) and len(ids) == 2000
 
 
 async def test_flushes_after_flush_ms_with_a_single_payload(sqlite_url: str) -> None:

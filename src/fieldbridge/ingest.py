@@ -29,6 +29,10 @@ DEFAULT_IN_FLIGHT_WAIT_S = 5.0  # ingest.in_flight_wait_s
 # A batch stops taking payloads once it holds this many bytes: what a payload decodes to
 # (readings, rows) is many times its size, and two batches are decoded at once at most.
 BATCH_BYTES = 524_288
+# Under a backlog (a burst, or sources faster than the store) a batch takes half of what waits,
+# up to this many times batch_size: one commit (its fsync, its GIL hand-overs to the writer
+# thread, its device updates) then serves more payloads, and two batches stay in the pipe.
+BURST_BATCHES = 4
 # Payloads larger than this wait in a lane of their own, served in turn with the small ones,
 # so a run of large bodies (seconds of commits) does not hold up a one-reading message.
 LARGE_PAYLOAD = 65_536
@@ -278,15 +282,17 @@ class Ingest:
         return len(self._queue) + len(self._large)
 
     def _take_batch(self) -> list[Incoming]:
-        """The oldest payloads of one lane, up to batch_size of them and about BATCH_BYTES
-        (at least one); when both lanes wait, they take turns."""
+        """The oldest payloads of one lane, up to batch_size of them (more under a backlog,
+        see BURST_BATCHES) and about BATCH_BYTES (at least one); when both lanes wait, they
+        take turns."""
         small, large = self._queue, self._large
         first, other = (large, small) if self._large_next else (small, large)
         lane = first if first else other
         self._large_next = lane is self._queue
+        limit = max(self._batch_size, min(len(lane) // 2, self._batch_size * BURST_BATCHES))
         batch = [lane.popleft()]
         size = len(batch[0].payload)
-        while lane and len(batch) < self._batch_size and size < BATCH_BYTES:
+        while lane and len(batch) < limit and size < BATCH_BYTES:
             item = lane.popleft()
             batch.append(item)
             size += len(item.payload)
