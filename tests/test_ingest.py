@@ -108,6 +108,33 @@ async def test_group_commit_batches_concurrent_payloads(sqlite_url: str) -> None
     )
 
 
+async def test_answer_listeners_run_after_every_resolved_batch(sqlite_url: str) -> None:
+    """on_answered: called once a batch's futures are resolved, committed or failed."""
+    seen: list[list[bool]] = []
+    futures: list[asyncio.Future[Outcome]] = []
+
+    def look() -> None:  # every future handed in so far is resolved by now, or still waits
+        seen.append([f.done() for f in futures])
+
+    async with (
+        open_store(sqlite_url, busy_timeout_ms=200) as store,
+        running(store) as ingest,
+    ):
+        remove = ingest.on_answered(look)
+        futures.append(ingest.offer("http", body("a"), decode))
+        await asyncio.wait_for(futures[0], WAIT)
+        assert seen == [[True]]
+        with sqlite_locked(sqlite_url):
+            futures.append(ingest.offer("http", body("b"), decode))
+            with pytest.raises(StoreError):
+                await asyncio.wait_for(futures[1], WAIT)
+        assert seen[-1] == [True, True]
+        remove()
+        answered = len(seen)
+        await ingest.submit("http", body("c"), decode)
+        assert len(seen) == answered
+
+
 async def test_a_backlog_takes_larger_batches_in_order(sqlite_url: str) -> None:
     """Without a backlog a batch is batch_size at most; with one, half of what waits (up to
     BURST_BATCHES x batch_size), and the order of the journal is the order handed in."""

@@ -94,6 +94,7 @@ class Ingest:
         self._full = asyncio.Event()
         self._metrics = metrics
         self._listeners: list[Callable[[], None]] = []
+        self._answered: list[Callable[[], None]] = []
         self._taps: list[Tap] = []
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -106,6 +107,13 @@ class Ingest:
     def on_commit(self, listener: Callable[[], None]) -> None:
         """Call `listener` after every commit that added messages (sinks wake on it)."""
         self._listeners.append(listener)
+
+    def on_answered(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call `listener` each time a batch's futures were resolved (committed or failed);
+        returns the remover. A source that keeps its futures in order looks at them then,
+        rather than attaching a callback to every one."""
+        self._answered.append(listener)
+        return lambda: self._answered.remove(listener) if listener in self._answered else None
 
     def add_tap(self, tap: Tap) -> Callable[[], None]:
         """Call `tap` for every payload after its commit (the live spy); returns the remover.
@@ -304,6 +312,11 @@ class Ingest:
         finally:
             self._in_flight -= len(batch)
             self._free_bytes(sum(len(item.payload) for item in batch))
+            for listener in self._answered:
+                try:
+                    listener()
+                except Exception:  # a source's bug must not stop ingest
+                    log.exception("ingest answer listener failed")
 
     def _free_bytes(self, nbytes: int) -> None:
         self._bytes -= nbytes

@@ -29,7 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from fieldbridge.sources.mqtt.client import FastClient, LoopDriver, puback
+from fieldbridge.sources.mqtt.client import FastClient, LoopDriver, puback, pubacks
 
 V311 = MQTTProtocolVersion.MQTTv311
 V5 = MQTTProtocolVersion.MQTTv5
@@ -513,3 +513,8 @@ async def test_keepalive_pings_and_drops_a_silent_broker() -> None:
             assert reason.is_failure
         finally:
             ours.close()
+
+
+@given(st.lists(st.integers(1, 65535), max_size=600))
+def test_pubacks_are_the_pubacks_in_order(mids: list[int]) -> None:
+    assert pubacks(mids) == b"".join(puback(mid) for mid in mids)

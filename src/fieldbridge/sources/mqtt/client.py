@@ -58,6 +58,12 @@ def puback(mid: int) -> bytes:
     return PUBACK.pack(PUBACK_COMMAND, 2, mid)
 
 
+def pubacks(mids: list[int]) -> bytes:
+    """The PUBACKs of packet ids `mids`, in order, as one buffer (one pack for all)."""
+    head = (PUBACK_COMMAND << 24) | (2 << 16)
+    return struct.pack(f"!{len(mids)}I", *[head | mid for mid in mids])
+
+
 def tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
     """The TLS context of an mqtts:// url, or a ConfigError naming the file at fault."""
     if not settings.endpoint.tls:

@@ -8,8 +8,9 @@ import logging
 import random
 import socket
 import ssl
-from functools import partial
-from typing import TYPE_CHECKING, Any
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -24,7 +25,7 @@ from fieldbridge.sources.mqtt.client import (
     FastClient,
     LoopDriver,
     open_socket,
-    puback,
+    pubacks,
     tls_context,
 )
 from fieldbridge.sources.mqtt.settings import MqttSettings
@@ -64,6 +65,17 @@ class ConnectFailed(Exception):
         self.level = level
 
 
+class _Handed(NamedTuple):
+    """A message handed to ingest, waiting for its answer."""
+
+    future: asyncio.Future[Outcome]
+    generation: int
+    mid: int
+    qos: int
+    topic: str
+    asks: bytes | None  # a trap-network request, answered once committed
+
+
 class MqttSource:
     """One [[sources.mqtt]]: a persistent MQTT session whose messages become readings.
 
@@ -99,8 +111,10 @@ class MqttSource:
         self._lost: asyncio.Future[str] | None = None
         self._subacks: dict[int, asyncio.Future[list[ReasonCode]]] = {}
         self._published: dict[int, asyncio.Future[None]] = {}
-        self._acks: list[bytes] = []
-        self._outstanding = 0  # handed to ingest, not yet answered
+        # Handed to ingest, not yet answered, in the order received: answered (PUBACKed) in
+        # that order each time ingest resolved a batch, as MQTT asks.
+        self._handed: deque[_Handed] = deque()
+        self._stop_sweeping: Callable[[], None] | None = None
         self._drained = asyncio.Event()
         self._stopping = False
         self._store_failing = False
@@ -128,7 +142,7 @@ class MqttSource:
     @property
     def in_flight(self) -> int:
         """Messages handed to ingest and not yet answered."""
-        return self._outstanding
+        return len(self._handed)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -144,6 +158,7 @@ class MqttSource:
             )
         self._client = self._new_client()
         self._driver = LoopDriver(self._client, self._loop)
+        self._stop_sweeping = self._ingest.on_answered(self._sweep)
         self._task = asyncio.create_task(self._maintain(), name=f"mqtt-{self.name}")
         if self.monitor is not None:
             await self.monitor.__aenter__()
@@ -161,10 +176,11 @@ class MqttSource:
         self._stopping = True
         if self._driver is not None:
             self._driver.pause()  # what is not read stays with the broker
-        while self._outstanding:
+        while self._handed:
             self._drained.clear()
             await self._drained.wait()
-        await asyncio.sleep(0)  # let the last PUBACKs be queued
+        if self._stop_sweeping is not None:
+            self._stop_sweeping()
         if self._connected:
             self._require_driver().resume()  # for the PUBACK of the offline status
             await self._say_goodbye()
@@ -236,7 +252,6 @@ class MqttSource:
         loop = self._require_loop()
         sock = await self._open_socket()
         self._generation += 1
-        self._acks.clear()
         self._store_failing = False
         self._connack = loop.create_future()
         self._lost = loop.create_future()
@@ -414,58 +429,57 @@ class MqttSource:
         except Exception:
             log.exception("%s: a message on %r was not handed to ingest", self._where, topic)
             return
-        self._outstanding += 1
         asks = None
         if self.monitor is not None:
             self.monitor.received(topic)
             if b"Reply" in payload:
                 asks = payload  # answered once committed
-        future.add_done_callback(partial(self._answered, self._generation, mid, qos, topic, asks))
+        self._handed.append(_Handed(future, self._generation, mid, qos, topic, asks))
         if not self._ingest.has_room:
             self._wait_for_room()
 
-    def _answered(
-        self,
-        generation: int,
-        mid: int,
-        qos: int,
-        topic: str,
-        asks: bytes | None,
-        future: asyncio.Future[Outcome],
-    ) -> None:
-        self._outstanding -= 1
-        if not self._outstanding:
-            self._drained.set()
-        if future.cancelled():
-            return
-        failure = future.exception()
-        if failure is not None:
-            self._store_failed(failure, generation)
-            return
-        if self._store_backoff:
+    def _sweep(self) -> None:
+        """Ingest resolved a batch: answer the messages at the head that are answered, in the
+        order received; the PUBACKs of all of them go in one write."""
+        handed = self._handed
+        generation = self._generation
+        acks: list[int] = []
+        committed = False
+        while handed and handed[0].future.done():
+            message = handed.popleft()
+            future = message.future
+            if future.cancelled():
+                continue
+            failure = future.exception()
+            if failure is not None:
+                self._store_failed(failure, message.generation)
+                continue
+            committed = True
+            outcome = future.result()
+            if type(outcome) is not Accepted or outcome.quarantined or message.asks is not None:
+                self._answered(message, outcome)
+            if message.generation != generation:
+                continue  # the connection it came on is gone: the broker sends it again
+            if message.qos == 1:
+                acks.append(message.mid)
+            elif message.qos == 2:
+                self._require_client().ack(message.mid, 2)
+        if committed:
             self._store_backoff = 0.0
-        outcome = future.result()
+        if acks:
+            self._require_client().queue_pubacks(pubacks(acks))
+        if not handed:
+            self._drained.set()
+
+    def _answered(self, message: _Handed, outcome: Outcome) -> None:
+        """What an answer says beyond its PUBACK: quarantined parts, a trap-network request."""
         if type(outcome) is Rejected:
-            self._note_rejected(outcome, topic)
+            self._note_rejected(outcome, message.topic)
         elif isinstance(outcome, Accepted) and outcome.quarantined:  # acknowledged all the same
             for part in outcome.quarantined:
-                self._note_rejected(part, topic)
-        if asks is not None and isinstance(outcome, Accepted) and self.monitor is not None:
-            self.monitor.committed(topic, asks)
-        if qos == 0 or generation != self._generation:
-            return
-        if qos == 1:
-            if not self._acks:
-                self._require_loop().call_soon(self._flush_acks)
-            self._acks.append(puback(mid))
-        else:
-            self._require_client().ack(mid, qos)
-
-    def _flush_acks(self) -> None:
-        if self._acks:
-            packets = b"".join(self._acks)
-            self._acks.clear()
-            self._require_client().queue_pubacks(packets)
+                self._note_rejected(part, message.topic)
+        if message.asks is not None and isinstance(outcome, Accepted) and self.monitor is not None:
+            self.monitor.committed(message.topic, message.asks)
 
     def _wait_for_room(self) -> None:
         driver = self._require_driver()
@@ -501,10 +515,9 @@ class MqttSource:
         )
 
     async def _reconnect_when_answered(self, generation: int, failure: str) -> None:
-        while self._outstanding:
+        while self._handed:
             self._drained.clear()
             await self._drained.wait()
-        await asyncio.sleep(0)  # let the PUBACKs of what did commit be queued
         lost = self._lost
         if generation == self._generation and lost is not None and not lost.done():
             lost.set_result(f"reconnecting after a store failure ({failure})")
@@ -573,7 +586,6 @@ class MqttSource:
     def _on_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
     ) -> None:
-        self._acks.clear()
         self._generation += 1  # answers still to come belong to the lost connection
         if self._lost is not None and not self._lost.done():
             if flags.is_disconnect_packet_from_server:
