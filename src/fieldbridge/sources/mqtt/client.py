@@ -146,14 +146,19 @@ class FastClient(paho.Client):
         return buf[pos:end]
 
     def _packet_read(self) -> MQTTErrorCode:
-        if (
+        if self.take_publish():
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return super()._packet_read()
+
+    def take_publish(self) -> bool:
+        """Hand a whole QoS 0/1 PUBLISH waiting in the buffer to on_publish_packet, if one
+        waits and paho is not in the middle of a packet (MQTT 5 goes paho's way)."""
+        return (
             self.on_publish_packet is not None
             and self._in_packet["command"] == 0
             and self._protocol != MQTTProtocolVersion.MQTTv5
             and self._take_publish()
-        ):
-            return MQTTErrorCode.MQTT_ERR_SUCCESS
-        return super()._packet_read()
+        )
 
     def _take_publish(self) -> bool:
         """Hand a whole QoS 0/1 PUBLISH waiting in the buffer to on_publish_packet."""
@@ -271,8 +276,11 @@ class LoopDriver:
 
     def _readable(self) -> None:
         client = self.client
-        # One loop_read parses one packet; go on while whole packets wait in the buffer.
+        # Whole PUBLISH packets in the buffer go straight to their handler; one loop_read
+        # parses any other packet (or reads the socket); go on while whole packets wait.
         while self._sock is not None and not self._paused:
+            if client.take_publish():
+                continue
             if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS or not client.buffered:
                 return
 

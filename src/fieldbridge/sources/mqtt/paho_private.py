@@ -100,6 +100,7 @@ OWN_NAMES = (  # FastClient adds these; if paho had them, we would overwrite pah
     "_rpos",
     "_prepared",
     "_take_publish",
+    "take_publish",
     "on_publish_packet",
     "use_socket",
     "buffered",
