@@ -411,7 +411,8 @@ def _decode(item: Incoming) -> Pending:
             item.payload,
             reason="payload holds no message",
         )
-    messages = cast(list[Decoded], decoded if type(decoded) is list else list(decoded))
+    # The type as a string: list[Decoded] would be built on every call.
+    messages = cast("list[Decoded]", decoded if type(decoded) is list else list(decoded))
     return Pending(item.source, item.received_at, meta_json, item.payload, decoded=messages)
 
 

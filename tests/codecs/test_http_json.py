@@ -68,6 +68,7 @@ def test_array_gives_one_message_per_item_each_with_its_own_raw_bytes() -> None:
         (1_704_164_645, 1_704_164_645.0),
         (1_704_164_645.75, 1_704_164_645.75),
         (0, 0.0),
+        (253_402_300_799.5, 253_402_300_799.5),  # the last instant before year 10000
         (None, RECEIVED),
     ],
 )
@@ -174,6 +175,7 @@ def test_large_but_finite_numbers_are_kept() -> None:
         ({"device": "d", "ts": [2024], "readings": {"t": 1}}, "ts: must be ISO 8601"),
         ({"device": "d", "ts": -1, "readings": {"t": 1}}, "ts: -1 is out of range"),
         ({"device": "d", "ts": 1e300, "readings": {"t": 1}}, "ts: 1e+300 is out of range"),
+        ({"device": "d", "ts": 253402300800, "readings": {"t": 1}}, "ts: 253402300800 is out"),
         ({"device": "d", "ts": "0001-01-01T00:00:00Z", "readings": {"t": 1}}, "ts: "),
         ({"device": "d", "id": 1.5, "readings": {"t": 1}}, "id: must be a string or an integer"),
         ({"device": "d", "id": True, "readings": {"t": 1}}, "id: must be a string or an integer"),

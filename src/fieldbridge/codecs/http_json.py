@@ -18,6 +18,7 @@ FIELDS = ("device", "kind", "ts", "readings", "id")
 READING_FIELDS = ("value", "unit", "channel")
 ALLOWED = frozenset(FIELDS)
 MAX_TEXT = 256
+MAX_EPOCH = 253402300800  # year 10000
 # PostgreSQL text cannot hold NUL: one stored string with it would fail its whole ingest batch.
 NO_NUL = "must not contain NUL characters"
 
@@ -56,7 +57,10 @@ def _message(item: object, where: str, received_at: float, raw: bytes | None) ->
     if kind is not None:
         kind = _text(kind, _at(where, "kind"), required=False)
     ts = item.get("ts")
-    ts = received_at if ts is None else _timestamp(ts, _at(where, "ts"), received_at)
+    if (type(ts) is int or type(ts) is float) and 0 <= ts < MAX_EPOCH:  # NaN and inf fail
+        ts = float(ts)
+    else:
+        ts = received_at if ts is None else _timestamp(ts, _at(where, "ts"), received_at)
     readings = _readings(item.get("readings"), where, ts)
     key = item.get("id")
     if key is not None and type(key) is not str:
@@ -146,7 +150,7 @@ def _timestamp(value: object, where: str, received_at: float) -> float:
         seconds = moment.timestamp()
     else:
         raise DecodeError(f"{where}: must be ISO 8601 text or epoch seconds")
-    if not (math.isfinite(seconds) and 0 <= seconds < 253402300800):  # year 10000
+    if not (math.isfinite(seconds) and 0 <= seconds < MAX_EPOCH):
         raise DecodeError(f"{where}: {value!r} is out of range")
     return seconds
 
