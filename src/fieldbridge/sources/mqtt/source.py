@@ -10,7 +10,7 @@ import socket
 import ssl
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -65,15 +65,10 @@ class ConnectFailed(Exception):
         self.level = level
 
 
-class _Handed(NamedTuple):
-    """A message handed to ingest, waiting for its answer."""
-
-    future: asyncio.Future[Outcome]
-    generation: int
-    mid: int
-    qos: int
-    topic: str
-    asks: bytes | None  # a trap-network request, answered once committed
+# A message handed to ingest, waiting for its answer: its future, the connection's generation,
+# packet id, qos, topic, and a trap-network request to answer once committed (or None). A plain
+# tuple: one is made per message.
+_Handed = tuple[asyncio.Future[Outcome], int, int, int, str, bytes | None]
 
 
 class MqttSource:
@@ -434,7 +429,7 @@ class MqttSource:
             self.monitor.received(topic)
             if b"Reply" in payload:
                 asks = payload  # answered once committed
-        self._handed.append(_Handed(future, self._generation, mid, qos, topic, asks))
+        self._handed.append((future, self._generation, mid, qos, topic, asks))
         if not self._ingest.has_room:
             self._wait_for_room()
 
@@ -445,25 +440,24 @@ class MqttSource:
         generation = self._generation
         acks: list[int] = []
         committed = False
-        while handed and handed[0].future.done():
-            message = handed.popleft()
-            future = message.future
+        while handed and handed[0][0].done():
+            future, came_on, mid, qos, topic, asks = handed.popleft()
             if future.cancelled():
                 continue
             failure = future.exception()
             if failure is not None:
-                self._store_failed(failure, message.generation)
+                self._store_failed(failure, came_on)
                 continue
             committed = True
             outcome = future.result()
-            if type(outcome) is not Accepted or outcome.quarantined or message.asks is not None:
-                self._answered(message, outcome)
-            if message.generation != generation:
+            if type(outcome) is not Accepted or outcome.quarantined or asks is not None:
+                self._answered(topic, asks, outcome)
+            if came_on != generation:
                 continue  # the connection it came on is gone: the broker sends it again
-            if message.qos == 1:
-                acks.append(message.mid)
-            elif message.qos == 2:
-                self._require_client().ack(message.mid, 2)
+            if qos == 1:
+                acks.append(mid)
+            elif qos == 2:
+                self._require_client().ack(mid, 2)
         if committed:
             self._store_backoff = 0.0
         if acks:
@@ -471,15 +465,15 @@ class MqttSource:
         if not handed:
             self._drained.set()
 
-    def _answered(self, message: _Handed, outcome: Outcome) -> None:
+    def _answered(self, topic: str, asks: bytes | None, outcome: Outcome) -> None:
         """What an answer says beyond its PUBACK: quarantined parts, a trap-network request."""
         if type(outcome) is Rejected:
-            self._note_rejected(outcome, message.topic)
+            self._note_rejected(outcome, topic)
         elif isinstance(outcome, Accepted) and outcome.quarantined:  # acknowledged all the same
             for part in outcome.quarantined:
-                self._note_rejected(part, message.topic)
-        if message.asks is not None and isinstance(outcome, Accepted) and self.monitor is not None:
-            self.monitor.committed(message.topic, message.asks)
+                self._note_rejected(part, topic)
+        if asks is not None and isinstance(outcome, Accepted) and self.monitor is not None:
+            self.monitor.committed(topic, asks)
 
     def _wait_for_room(self) -> None:
         driver = self._require_driver()
