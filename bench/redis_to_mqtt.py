@@ -2,9 +2,12 @@
 
 Measures, in one run, against a redis-server and a Mosquitto of its own (free ports):
   * fieldbridge: `fieldbridge run` (subprocess, SQLite) with a Redis stream source and an MQTT
-    sink with the mqtt-handler preset (the seed's JSON list, batches of 500 entries, every
-    PUBACK before the cursor and mqtt_sender:last_id move); timed from the moment the
-    backlog is complete and fieldbridge is started until last_id names the last entry;
+    sink configured as `--preset mqtt-handler` does (a journal message per XREAD batch of
+    500, the seed's JSON list of at most 500 entries, every PUBACK before the cursor and
+    mqtt_sender:last_id move). Started on a stream of one entry and waited for until it has
+    published it (so its start-up is not timed, as the bare loop's is not); the backlog is
+    filled beside the stream and renamed onto it in one step; timed from the RENAME until
+    last_id names the last entry;
   * the ceiling: a bare redis-py + paho loop doing the same publish (XRANGE 500 after the
     last id, the same JSON list, QoS 1, wait for PUBACK, SET last_id), as the seed would with
     a batch limit, timed the same way.
@@ -20,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -30,25 +34,26 @@ sys.path.insert(0, str(ROOT))
 from tests.support.mqtt_broker import Mosquitto
 from tests.support.processes import FieldbridgeProcess
 from tests.support.redis_server import RedisServer
-from tests.support.rss import peak_mb
+from tests.support.rss import cpu_seconds, peak_mb
 
 from common import final_line, print_table
 
 STREAM = "measurement:values"
 IDENTITY = {"device_uuid": "bench", "device_type": "x86", "app_id": "1", "app_name": "bench"}
 BATCH = 500
+BACKLOG = "bench:backlog"  # filled beside the stream, then renamed onto it in one step
 
 
-def fill(server: RedisServer, entries: int) -> str:
+def fill(server: RedisServer, entries: int, stream: str = STREAM) -> str:
     r = server.client()
     pipe = r.pipeline(transaction=False)
     for n in range(entries):
         fields = {"temperature_celsius": f"{20 + n % 100 / 10:.1f}", "humidity": "41", "n": str(n)}
-        pipe.xadd(STREAM, fields)
+        pipe.xadd(stream, fields)
         if n % 10_000 == 9_999:
             pipe.execute()
     pipe.execute()
-    return str(r.xrevrange(STREAM, count=1)[0][0])
+    return str(r.xrevrange(stream, count=1)[0][0])
 
 
 def bare_loop(server: RedisServer, broker: Mosquitto, last: str) -> float:
@@ -86,33 +91,58 @@ def bare_loop(server: RedisServer, broker: Mosquitto, last: str) -> float:
 
 
 def fieldbridge(
-    workdir: Path, server: RedisServer, broker: Mosquitto, last: str
+    workdir: Path, server: RedisServer, broker: Mosquitto, entries: int
 ) -> tuple[float, float]:
-    source = {"name": "edge", "url": server.url, "device": "bench", "batch_size": BATCH}
+    # As `fieldbridge run --preset mqtt-handler` configures them.
+    source = {
+        "name": "edge",
+        "url": server.url,
+        "device": "bench",
+        "batch_size": BATCH,
+        "journal": "batch",
+    }
     sink = {
         "name": "uplink",
         "preset": "mqtt-handler",
         "topic": "bench/fieldbridge/values",
-        "batch_size": BATCH,
+        "batch_size": 20,
         "broker": {"url": broker.url},
         "identity": IDENTITY,
         "redis": {"url": server.url, "prefix": "fb_sender"},
     }
     r = server.client()
+    r.delete(STREAM)
+    sentinel = r.xadd(STREAM, {"n": "-1"})
     with FieldbridgeProcess(
         workdir,
         sources={"redis_stream": [source]},
         sinks={"mqtt": [sink]},
         log={"level": "warning"},
     ) as process:
-        started = time.perf_counter()
         process.start()
-        while r.get("fb_sender:last_id") != "(" + last:
-            time.sleep(0.05)
-        elapsed = time.perf_counter() - started
+        # Started, connected and past its first publish: the bare loop is timed from its
+        # first XRANGE too, with its connections open.
+        wait_for(r, "(" + str(sentinel))
+        last = fill(server, entries, BACKLOG)
         assert process.pid is not None
+        cpu_before = cpu_seconds(process.pid)
+        started = time.perf_counter()
+        r.rename(BACKLOG, STREAM)  # the whole backlog at once; wakes the blocked XREAD
+        wait_for(r, "(" + last)
+        elapsed = time.perf_counter() - started
+        used = cpu_seconds(process.pid) - cpu_before
         peak = peak_mb(process.pid)
+    per_entry = used / entries * 1e6
+    print(f"fieldbridge used {used:.1f} CPU s in {elapsed:.1f} s: {per_entry:.1f} us/entry")
     return elapsed, peak
+
+
+def wait_for(r: Any, last_id: str, timeout: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout
+    while r.get("fb_sender:last_id") != last_id:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"fieldbridge did not publish up to {last_id} in {timeout:.0f} s")
+        time.sleep(0.005)
 
 
 def main() -> None:
@@ -126,7 +156,7 @@ def main() -> None:
             last = fill(server, args.entries)
             fill_s = time.perf_counter() - fill_started
             bare_s = bare_loop(server, broker, last)
-            fb_s, peak = fieldbridge(work / "fb", server, broker, last)
+            fb_s, peak = fieldbridge(work / "fb", server, broker, args.entries)
     rate, ceiling = args.entries / fb_s, args.entries / bare_s
     print_table(
         f"{args.entries:,}-entry Redis stream backlog to Mosquitto at QoS 1 ({BATCH} per message)",
@@ -143,8 +173,8 @@ def main() -> None:
         ],
     )
     print(
-        f"\nbacklog written in {fill_s:.0f} s; fieldbridge's time includes its start "
-        "(migration, connections) and the commit of every entry to SQLite before it is sent"
+        f"\nbacklog written in {fill_s:.0f} s; fieldbridge's time includes the commit of every "
+        "batch to SQLite before it is sent, not its start-up"
     )
     final_line("redis_to_mqtt", rate, "entries/s", ceiling, rate / ceiling)
 

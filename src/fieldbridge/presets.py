@@ -60,6 +60,8 @@ def mqtt_handler(env: Mapping[str, str]) -> dict[str, Any]:
         "identity": identity,
         "redis": {"url": redis_url},
         "qos": 1,
+        # Each journal message is an XREAD batch (up to 500 entries): 20 of them per send.
+        "batch_size": 20,
     }
     if "topic_values" in topics:
         sink["topic"] = topics["topic_values"]
@@ -75,6 +77,8 @@ def mqtt_handler(env: Mapping[str, str]) -> dict[str, Any]:
                     "device": uuid,
                     # Take over where the MQTT-Handler stopped: nothing it sent is sent again.
                     "start_after_key": "mqtt_sender:last_id",
+                    # A forwarder: a journal message per XREAD batch, no reading rows.
+                    "journal": "batch",
                 }
             ]
         },

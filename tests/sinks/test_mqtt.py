@@ -41,9 +41,18 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 def handler_service(
-    workdir: Path, broker: Mosquitto, redis_server: RedisServer, **sink: Any
+    workdir: Path,
+    broker: Mosquitto,
+    redis_server: RedisServer,
+    journal: str = "entry",
+    **sink: Any,
 ) -> FieldbridgeProcess:
-    source = {"name": "edge", "url": redis_server.url, "device": IDENTITY["device_uuid"]}
+    source = {
+        "name": "edge",
+        "url": redis_server.url,
+        "device": IDENTITY["device_uuid"],
+        "journal": journal,
+    }
     options: dict[str, Any] = {
         "name": "uplink",
         "preset": "mqtt-handler",
@@ -138,11 +147,13 @@ def test_enabled_0_stops_sending_and_interval_is_honoured(
     assert [item["n"] for item in items(watcher)] == [str(n) for n in range(9)]
 
 
+@pytest.mark.parametrize("journal", ["entry", "batch"])
 def test_json_and_smartcitizen_presets_at_qos_0_and_1(
-    tmp_path: Path, broker: Mosquitto, redis_server: RedisServer
+    tmp_path: Path, broker: Mosquitto, redis_server: RedisServer, journal: str
 ) -> None:
+    """Either journal shape: a batch message's readings are made from its payload."""
     r = redis_server.client()
-    source = {"name": "edge", "url": redis_server.url, "device": "kit-7"}
+    source = {"name": "edge", "url": redis_server.url, "device": "kit-7", "journal": journal}
     sinks = {
         "mqtt": [
             {"name": "plain", "broker": {"url": broker.url}, "qos": 0, "topic": "out/{device}"},
@@ -222,8 +233,9 @@ def test_the_interval_waits_between_cycles_not_between_batches(
     assert [item["n"] for item in items(watcher)] == [str(n) for n in range(2000)]
 
 
+@pytest.mark.parametrize("journal", ["entry", "batch"])
 def test_entries_up_to_last_id_are_not_published_again(
-    tmp_path: Path, broker: Mosquitto, redis_server: RedisServer
+    tmp_path: Path, broker: Mosquitto, redis_server: RedisServer, journal: str
 ) -> None:
     """A restart between a PUBACK (last_id written right after it) and the cursor write reads
     a batch again: what last_id shows published is left out; a replay later sends it all."""
@@ -232,7 +244,7 @@ def test_entries_up_to_last_id_are_not_published_again(
     r.set("mqtt_sender:last_id", "(" + ids[6])
     with (
         watching(broker.port, VALUES) as watcher,
-        handler_service(tmp_path / "svc", broker, redis_server) as process,
+        handler_service(tmp_path / "svc", broker, redis_server, journal) as process,
     ):
         process.start()
         wait_until(lambda: r.get("mqtt_sender:last_id") == "(" + ids[-1], "the rest published")
@@ -243,16 +255,21 @@ def test_entries_up_to_last_id_are_not_published_again(
     assert [item["_id"] for item in items(watcher)] == ids[7:] + ids
 
 
+@pytest.mark.parametrize(("journal", "batch_size"), [("entry", 500), ("batch", 20)])
 def test_a_backlog_of_100000_goes_out_in_bounded_batches_with_flat_memory(
-    tmp_path: Path, broker: Mosquitto, redis_server: RedisServer
+    tmp_path: Path, broker: Mosquitto, redis_server: RedisServer, journal: str, batch_size: int
 ) -> None:
+    """Either journal shape (batch: 20 messages of up to 500 entries per send, as the
+    mqtt-handler preset has it)."""
     from tests.support.rss import rss_mb
 
     total = 100_000
     r = redis_server.client()
     with (
         watching(broker.port, VALUES) as watcher,
-        handler_service(tmp_path / "svc", broker, redis_server, batch_size=500) as process,
+        handler_service(
+            tmp_path / "svc", broker, redis_server, journal, batch_size=batch_size
+        ) as process,
     ):
         process.start()
         assert process.pid is not None

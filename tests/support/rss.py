@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -18,6 +19,12 @@ def status_mb(pid: int, key: str) -> float:
 
 def rss_mb(pid: int) -> float:
     return status_mb(pid, "VmRSS")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its threads so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_mb(pid: int) -> float:

@@ -42,6 +42,9 @@ class Destination(ABC):
     # destination that takes one record per request, so a retry or restart resends none of
     # the records it took before (None: the whole batch the route chose, cursor after it).
     max_batch: int | None = None
+    # Whether the destination sends a batch message (a Redis stream source's XREAD batch,
+    # journal = "batch") from its payload itself; else the engine gives it its readings.
+    sends_batches: bool = False
 
     def bind(self, store: Store) -> None:  # noqa: B027 - optional hook, empty by design
         """Called once by the sink runner: a destination that writes back to the store (e.g.

@@ -22,6 +22,7 @@ from fieldbridge.model import DeadLetterState, JournalEntry, SinkRunState
 from fieldbridge.observe import Metrics
 from fieldbridge.plugin import SinkSettings
 from fieldbridge.sinks.base import NOT_ROUTED, Destination, route_skip
+from fieldbridge.sinks.batches import with_readings
 from fieldbridge.sinks.http_errors import DESTINATION_REFUSALS
 from fieldbridge.store import Store
 
@@ -211,12 +212,22 @@ class SinkRunner:
             if start == self._cursor:
                 return await task
             await _discard(task)
-        return await self._store.read_journal(
-            self._cursor,
+        return await self._read_after(self._cursor)
+
+    async def _read_after(self, cursor: int) -> list[JournalEntry]:
+        entries = await self._store.read_journal(
+            cursor,
             self.settings.batch_size,
             with_payload=self._destination.wants_payload,
             rows=self._destination.reading_rows,
         )
+        return await self._readable(entries)
+
+    async def _readable(self, entries: Sequence[JournalEntry]) -> list[JournalEntry]:
+        """Batch messages get their readings unless the destination sends batches whole."""
+        if self._destination.sends_batches:
+            return list(entries)
+        return await with_readings(entries, self._store)
 
     def _read_ahead(self, cursor: int) -> None:
         """Read the next batch while this one is sent: the store and the destination work at
@@ -229,12 +240,7 @@ class SinkRunner:
     async def _read_and_prepare(self, cursor: int) -> list[JournalEntry]:
         """The batch after `cursor`, and the destination's work ahead on it (its failure only
         costs that work: `send` then does it)."""
-        entries = await self._store.read_journal(
-            cursor,
-            self.settings.batch_size,
-            with_payload=self._destination.wants_payload,
-            rows=self._destination.reading_rows,
-        )
+        entries = await self._read_after(cursor)
         if entries:
             try:
                 await self._destination.prepare(entries)
@@ -452,12 +458,10 @@ class SinkRunner:
         )
         if not letters:
             return
-        entries = {
-            e.id: e
-            for e in await self._store.journal_by_ids(
-                [d.message_id for d in letters], with_payload=self._destination.wants_payload
-            )
-        }
+        found = await self._store.journal_by_ids(
+            [d.message_id for d in letters], with_payload=self._destination.wants_payload
+        )
+        entries = {e.id: e for e in await self._readable(found)}
         for letter in letters:
             entry = entries.get(letter.message_id)
             if entry is None:

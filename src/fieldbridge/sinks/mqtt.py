@@ -31,7 +31,7 @@ from fieldbridge.sinks.mqtt_render import (
     render_topic,
     smartcitizen_ahead,
     smartcitizen_payload,
-    stream_entry,
+    stream_entries,
     topic_fields,
 )
 from fieldbridge.sinks.mqtt_settings import SMARTCITIZEN_TOKEN, MqttSinkSettings
@@ -49,7 +49,7 @@ class MqttSink(Destination):
     def __init__(self, settings: MqttSinkSettings) -> None:
         self.settings = settings
         self.what = f"sink {settings.name}"
-        self.wants_payload = settings.preset == "mqtt-handler"
+        self.wants_payload = self.sends_batches = settings.preset == "mqtt-handler"
         self._template = settings.topic_template
         unknown = topic_fields(self._template) - TOPIC_FIELDS
         if unknown:
@@ -204,14 +204,15 @@ class MqttSink(Destination):
         return conn
 
     async def send(self, entries: Sequence[JournalEntry]) -> None:
-        if self._published_upto is not None:
-            entries = self._not_yet_published(entries)
+        if self.settings.preset == "mqtt-handler":
+            await self._send_values(entries)
+            return
         refused: dict[int, str] = {}
         if self.settings.preset == "smartcitizen":
             entries, refused = self._not_ahead(entries)
         messages = await self._render(entries)
         if messages:
-            await self._publish(messages, entries)
+            await self._publish(messages)
         if refused:
             raise PartialDeliveryError(
                 f"{self.what}: {len(refused)} message(s) not sent: {next(iter(refused.values()))}",
@@ -234,9 +235,7 @@ class MqttSink(Destination):
                 refused[entry.id] = why
         return fresh, refused
 
-    async def _publish(
-        self, messages: Sequence[tuple[str, bytes]], entries: Sequence[JournalEntry]
-    ) -> None:
+    async def _publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
         conn = await self._connection()
         qos, retain = self.settings.qos, self.settings.retain
         try:
@@ -247,21 +246,44 @@ class MqttSink(Destination):
             self._conn = None
             raise
         self.published += len(messages)
-        if self.settings.preset == "mqtt-handler":
-            await self._note_last_id(stream_entry(entries[-1])[0])
 
-    def _not_yet_published(self, entries: Sequence[JournalEntry]) -> list[JournalEntry]:
+    async def _send_values(self, entries: Sequence[JournalEntry]) -> None:
+        """mqtt-handler: the entries as the MQTT-Handler's values lists, at most
+        `entries_per_message` in each; then last_id names the last entry sent."""
+        groups: dict[str, list[tuple[str, dict[str, str]]]] = {}
+        last = None
+        for entry in entries:
+            items = stream_entries(entry)
+            if self._published_upto is not None and "stream" in entry.meta:
+                items = self._not_yet_published(items)
+            if items:
+                groups.setdefault(self._topic(entry, None), []).extend(items)
+                last = items[-1][0]
+        if last is None:
+            return
+        per, identity = self.settings.entries_per_message, self._identity
+        messages = [
+            (topic, handler_payload(handler_item(i, f, identity) for i, f in items[n : n + per]))
+            for topic, items in groups.items()
+            for n in range(0, len(items), per)
+        ]
+        await self._publish(messages)
+        await self._note_last_id(last)
+
+    def _not_yet_published(
+        self, items: list[tuple[str, dict[str, str]]]
+    ) -> list[tuple[str, dict[str, str]]]:
         """Leave out the stream entries up to the last_id read at start: last_id is written
         right after the PUBACK and the cursor after the batch, so a restart in between reads
         them again. Only until the sink is past it: a later replay sends everything again."""
         upto = self._published_upto
         fresh = []
-        for entry in entries:
-            order = _entry_order(stream_entry(entry)[0]) if "stream" in entry.meta else None
+        for item in items:
+            order = _entry_order(item[0])
             if order is not None and upto is not None and order <= upto:
                 self.already_published += 1
                 continue
-            fresh.append(entry)
+            fresh.append(item)
         if fresh:
             self._published_upto = None
         return fresh
@@ -270,13 +292,6 @@ class MqttSink(Destination):
         preset = self.settings.preset
         if preset == "json":
             return [(self._topic(e, None), json_payload(e)) for e in entries]
-        if preset == "mqtt-handler":
-            groups: dict[str, list[Any]] = {}
-            for entry in entries:
-                entry_id, fields = stream_entry(entry)
-                item = handler_item(entry_id, fields, self._identity)
-                groups.setdefault(self._topic(entry, None), []).append(item)
-            return [(topic, handler_payload(items)) for topic, items in groups.items()]
         return await self._smartcitizen(entries)
 
     async def _smartcitizen(self, entries: Sequence[JournalEntry]) -> list[tuple[str, bytes]]:

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from fieldbridge.codecs.redis_stream import BATCH_META, batch_entries
 from fieldbridge.model import JournalEntry
 from fieldbridge.timefmt import iso
 
@@ -42,6 +43,14 @@ def stream_entry(entry: JournalEntry) -> tuple[str, dict[str, str]]:
             if isinstance(fields, dict):
                 return body["id"], {str(k): str(v) for k, v in fields.items()}
     return str(entry.id), {r.quantity: _text(r.value) for r in entry.readings}
+
+
+def stream_entries(entry: JournalEntry) -> list[tuple[str, dict[str, str]]]:
+    """Every stream entry of a message: those of a batch message (journal = "batch"), else
+    its one entry (`stream_entry`)."""
+    if BATCH_META in entry.meta:
+        return batch_entries(entry.payload)
+    return [stream_entry(entry)]
 
 
 def handler_item(entry_id: str, fields: Mapping[str, str], identity: Mapping[str, str]) -> Any:

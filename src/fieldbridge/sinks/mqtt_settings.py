@@ -133,6 +133,9 @@ class MqttSinkSettings(SinkSettings):
     retain: bool = False
     identity: Identity = Field(default_factory=Identity)
     redis: RedisKeys | None = None  # mqtt-handler: last_id written, enabled/interval read
+    # mqtt-handler: at most this many entries in one values message (the MQTT-Handler sent
+    # its whole backlog in one)
+    entries_per_message: int = Field(default=500, ge=1, le=10_000)
     # smartcitizen: a device's token is its attribute `token_attribute`, else `tokens[device]`;
     # a quantity's sensor id is `sensor_ids[quantity]` (quantities without one are not sent).
     token_attribute: str = "smartcitizen_token"

@@ -79,6 +79,8 @@ class SourceCursors(Protocol):
 
     async def save_source_cursor(self, source: str, position: str) -> None: ...
 
+    async def newest_key(self, source: str) -> str | None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class StoreAccess:

@@ -27,6 +27,16 @@ class SourceCursorQueries:
                 (source, position, time.time()),
             )
 
+    async def newest_key(self, source: str) -> str | None:
+        """The idempotency key of the newest journal message of `source` (a batch-journalling
+        stream source: the last entry id stored), or None."""
+        rows = await self.db.fetchall(
+            "SELECT idem_key FROM journal WHERE source = ? AND idem_key IS NOT NULL "
+            "ORDER BY id DESC LIMIT 1",
+            (source,),
+        )
+        return str(rows[0][0]) if rows else None
+
     async def forget_source_cursor(self, source: str) -> None:
         async with self.db.transaction() as tx:
             await tx.execute("DELETE FROM source_cursors WHERE source = ?", (source,))

@@ -12,8 +12,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from fieldbridge.codecs.redis_stream import batch_entries, batch_readings
 from fieldbridge.ingest import Ingest
 from fieldbridge.sources.redis_stream import RedisStreamSettings, RedisStreamSource
+from fieldbridge.sources.redis_stream.source import AHEAD_BATCHES
 from fieldbridge.store import Store, open_store
 from fieldbridge.store.migrate import upgrade
 from fieldbridge.store.urls import parse_store_url
@@ -160,8 +162,9 @@ async def test_redis_killed_and_restarted_while_a_producer_adds(
 async def test_a_batch_is_one_payload_committed_in_stream_order(
     store: Store, redis_server: RedisServer
 ) -> None:
-    """Each XREAD batch is handed to ingest as one payload (one transaction: in or out as a
-    whole, so a store failure cannot reorder the journal); its entries stay one message each."""
+    """XREAD batches are handed to ingest as one payload (one transaction: in or out as a
+    whole, so a store failure cannot reorder the journal): the first alone, then what was read
+    while the last one committed (at most AHEAD_BATCHES more); entries stay a message each."""
     r = redis_server.client()
     pipe = r.pipeline(transaction=False)
     for n in range(1000):
@@ -175,7 +178,58 @@ async def test_a_batch_is_one_payload_committed_in_stream_order(
         ingest.add_tap(lambda incoming, *_: payloads.append(incoming.payload.count(b"\n") + 1))
         async with RedisStreamSource(settings, ingest, store) as source:
             await eventually(lambda: source.stats.cursor == ids[-1], "all 1000 read")
-    assert max(payloads) <= 64 and sum(payloads) == 1000 and len(payloads) <= 16 + 1
+    assert payloads[0] == 64 and sum(payloads) == 1000 and len(payloads) <= 16 + 1
+    assert max(payloads) <= (AHEAD_BATCHES + 1) * 64
     rows = await journal(store)
     assert [k for _, k, _ in rows] == ids
     assert [orjson.loads(p)["fields"]["n"] for _, _, p in rows] == [str(n) for n in range(1000)]
+
+
+# --- journal = "batch" --------------------------------------------------------------------
+
+
+async def batched(store: Store) -> list[tuple[str, dict[str, str]]]:
+    """Every entry the journal holds, in order, from its batch messages."""
+    out: list[tuple[str, dict[str, str]]] = []
+    for _, key, payload in await journal(store):
+        entries = batch_entries(payload)
+        assert key == entries[-1][0]  # a batch's key is its last entry id
+        out.extend(entries)
+    return out
+
+
+async def test_a_batch_journal_keeps_a_message_per_batch_and_no_reading_rows(
+    store: Store, redis_server: RedisServer
+) -> None:
+    r = redis_server.client()
+    written = [(r.xadd(STREAM, {"t": f"{n}.5", "label": "x"}), n) for n in range(25)]
+    async with running(store, redis_server, batch_size=10, journal="batch") as source:
+        await eventually(lambda: source.stats.cursor == written[-1][0], "all 25 read")
+    rows = await journal(store)
+    assert len(rows) == 3 and all(device == "uuid-1" for device, _, _ in rows)
+    assert await batched(store) == [(i, {"t": f"{n}.5", "label": "x"}) for i, n in written]
+    assert (await store.db.fetchall("SELECT count(*) FROM readings"))[0][0] == 0
+    # what a sink that sends readings is given
+    [entry] = await store.read_journal(0, 1, with_payload=True)
+    assert entry.meta == {"stream": STREAM, "batch": True}
+    assert [(x.quantity, x.value) for x in batch_readings(entry.payload)][:2] == [
+        ("t", 0.5),
+        ("t", 1.5),
+    ]
+
+
+async def test_a_batch_journal_restarts_after_the_newest_stored_batch(
+    store: Store, redis_server: RedisServer
+) -> None:
+    """The cursor is saved at most once a second: after a crash the newest stored batch may be
+    further on. Starting after it, no entry is stored twice and none is skipped."""
+    r = redis_server.client()
+    ids = [r.xadd(STREAM, {"n": str(n)}) for n in range(40)]
+    async with running(store, redis_server, batch_size=8, journal="batch") as source:
+        await eventually(lambda: source.stats.cursor == ids[-1], "all 40 read")
+    await store.save_source_cursor("edge", ids[3])  # as if the process died before its save
+    ids += [r.xadd(STREAM, {"n": str(n)}) for n in range(40, 50)]
+    async with running(store, redis_server, batch_size=8, journal="batch") as source:
+        await eventually(lambda: source.stats.cursor == ids[-1], "the 10 new ones read")
+        assert source.stats.read == 10
+    assert [i for i, _ in await batched(store)] == ids

@@ -13,8 +13,15 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 
 from fieldbridge.clients.redisconn import RedisError, open_redis, shown
-from fieldbridge.codecs.redis_stream import StreamEntryCodec, batch_payload, entry_payload
-from fieldbridge.errors import StoreError
+from fieldbridge.codecs.redis_stream import (
+    BATCH_META,
+    Entry,
+    batch_document,
+    batch_payload,
+    entry_order,
+    entry_payload,
+)
+from fieldbridge.errors import DecodeError, StoreError
 from fieldbridge.ingest import Ingest
 from fieldbridge.model import Outcome
 from fieldbridge.sources.access import SourceCursors
@@ -22,7 +29,7 @@ from fieldbridge.sources.redis_stream.settings import RedisStreamSettings
 
 log = logging.getLogger("fieldbridge.sources.redis_stream")
 
-Entries = Sequence[tuple[str, dict[str, str]]]  # (entry id, fields) as XREAD gives them
+Entries = Sequence[Entry]
 
 FIRST = "0-0"  # XREAD after this id: the stream's first entry
 FIRST_BACKOFF = 0.2  # seconds; doubles per failure up to max_backoff (full jitter)
@@ -33,6 +40,7 @@ DRAIN_TIMEOUT = 30.0
 # own); the cursor is saved at once when the source has caught up and when it stops. After a
 # crash up to this much is read again: duplicates by their entry ids, stored once.
 SAVE_EVERY = 1.0
+AHEAD_BATCHES = 8  # XREAD batches read while one commits, handed in together after it
 
 
 @dataclass(slots=True)
@@ -75,8 +83,9 @@ class RedisStreamSource:
         self.settings = settings
         self._ingest = ingest
         self._cursors = cursors
-        self._codec = StreamEntryCodec(settings.device, settings.kind)
-        self._meta = {"stream": settings.stream}
+        self._codec = settings.payload_codec()
+        self._batches = settings.journal == "batch"
+        self._max_ahead = AHEAD_BATCHES * settings.batch_size
         self.stats = StreamStats()
         self._task: asyncio.Task[None] | None = None
         self._committed: str | None = None  # last entry id known committed
@@ -103,6 +112,10 @@ class RedisStreamSource:
                     await self._pull(client)
                 except (RedisError, OSError, StoreError) as exc:
                     failures += 1
+                    if self._batches and isinstance(exc, StoreError):
+                        # A commit that timed out may still have landed: start again from
+                        # the newest stored batch, so no batch is stored twice in part.
+                        self._committed = None
                     self.stats.connected = False
                     self.stats.last_error = str(exc) or type(exc).__name__
                     delay = random.uniform(
@@ -150,31 +163,28 @@ class RedisStreamSource:
         self.stats.connected = True
         self.stats.last_error = None
         loop = asyncio.get_running_loop()
-        ahead: asyncio.Task[Entries] | None = None
-        try:
-            while True:
-                if ahead is not None:
-                    entries, ahead = await ahead, None
-                else:
-                    entries = await self._read(client, self._committed, block=True)
-                if not entries:
-                    await self._save()  # caught up: the exact place
-                    continue
-                batch = await self._hand_in(entries)
-                # Read the next batch while this one commits; it is handed in after the
-                # commit, so the journal keeps the stream's order.
-                ahead = asyncio.create_task(self._read(client, batch.last_id, block=False))
-                await self._settle()
-                caught_up = len(entries) < self.settings.batch_size
-                if caught_up or loop.time() - self._saved_at >= SAVE_EVERY:
-                    await self._save()
-        finally:
-            if ahead is not None:
-                ahead.cancel()
-                with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
-                    await ahead
+        waiting: list[Entry] = []  # read while the last batch committed, not handed in yet
+        while True:
+            entries = waiting or await self._read(client, self._committed, block=True)
+            waiting = []
+            if not entries:
+                await self._save()  # caught up: the exact place
+                continue
+            batch = await self._hand_in(entries)
+            # Read on while this one commits (up to `max_ahead` entries); what was read goes
+            # in the next payload, handed in after the commit, so the journal keeps the
+            # stream's order and a slow store gets larger commits, not more of them.
+            while not batch.result.done() and len(waiting) < self._max_ahead:
+                more = await self._read(client, waiting[-1][0] if waiting else batch.last_id)
+                if not more:
+                    break
+                waiting.extend(more)
+            await self._settle()
+            caught_up = not waiting and len(entries) < self.settings.batch_size
+            if caught_up or loop.time() - self._saved_at >= SAVE_EVERY:
+                await self._save()
 
-    async def _read(self, client: aioredis.Redis, after: str, *, block: bool) -> Entries:
+    async def _read(self, client: aioredis.Redis, after: str, *, block: bool = False) -> Entries:
         reply = await client.xread(
             {self.settings.stream: after},
             count=self.settings.batch_size,
@@ -187,6 +197,13 @@ class RedisStreamSource:
         saved = await self._cursors.source_cursor(self.name)
         if saved is not None:
             self.stats.cursor = saved
+        if self._batches:
+            # The cursor is saved at most once a second: the newest stored batch may be
+            # further on. Starting after it, a batch is never read again in part.
+            newest = await self._cursors.newest_key(self.name)
+            if newest is not None and (saved is None or _later(newest, saved)):
+                return newest
+        if saved is not None:
             return saved
         key = self.settings.start_after_key
         if key is None:
@@ -203,11 +220,16 @@ class RedisStreamSource:
         """Offer the entries as one payload once ingest has room."""
         if not self._ingest.has_room:
             await self._ingest.wait_for_room()  # back-pressure: the store is behind
-        lines = [entry_payload(entry_id, fields or {}) for entry_id, fields in entries]
+        meta: dict[str, object] = {"stream": self.settings.stream}
+        if self._batches:
+            meta[BATCH_META] = True
+            payload = batch_document(entries)
+        else:
+            payload = batch_payload([entry_payload(i, fields or {}) for i, fields in entries])
         now = time.time()
-        result = self._ingest.offer(self.name, batch_payload(lines), self._codec, self._meta, now)
-        self._batch = _Batch(entries[-1][0], len(lines), result)
-        self.stats.read += len(lines)
+        result = self._ingest.offer(self.name, payload, self._codec, meta, now)
+        self._batch = _Batch(entries[-1][0], len(entries), result)
+        self.stats.read += len(entries)
         self.stats.last_read_at = now
         return self._batch
 
@@ -230,3 +252,11 @@ class RedisStreamSource:
         if self._committed is not None and self._committed != self.stats.cursor:
             await self._cursors.save_source_cursor(self.name, self._committed)
             self.stats.cursor = self._committed
+
+
+def _later(a: str, b: str) -> bool:
+    """Whether entry id `a` comes after `b` (a position that is not an entry id never does)."""
+    try:
+        return entry_order(a) > entry_order(b)
+    except DecodeError:
+        return False
