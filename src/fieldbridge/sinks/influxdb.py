@@ -233,7 +233,6 @@ class InfluxDBDestination(HttpDestination):
             # 1.x when no line parsed) or `field type conflict` (1.x, within one request)
             # refused the whole request, which the engine then halves.
             message = _error_text(response)
-            print("DBG", request.body.decode())
             if "partial write" in message:
                 self._partial(self._lines(request, teams), message, response.status_code)
         if not 200 <= response.status_code < 300:

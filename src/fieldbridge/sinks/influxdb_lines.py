@@ -177,6 +177,7 @@ def _naming(
 
 
 NAMING_CACHE = 65_536  # combinations of device, quantity, channel and unit kept worked out
+VALUE_CACHE = 65_536  # texts of values kept (a sensor's readings take few distinct values)
 
 
 def reading_of(row: ReadingRow) -> Reading:
@@ -216,6 +217,7 @@ class Renderer:
             dict[tuple[str, int, str | None], tuple[str, str, int]],
         ] = {}
         self._plain_size = 0
+        self._values: dict[float, str] = {}  # repr of the values seen lately (they repeat)
 
     def entry_lines(self, entry: JournalEntry, team: str | None = None) -> list[Line]:
         """The lines of one message, in the order their first reading appears."""
@@ -273,6 +275,10 @@ class Renderer:
         hashes: list[int] = []
         add_text, add_hash = texts.append, hashes.append
         scale, plain, isfinite = self._scale, self._plain, math.isfinite
+        values = self._values
+        if len(values) >= VALUE_CACHE:
+            values.clear()
+        value_text, keep_text = values.get, values.__setitem__
         for entry in entries:
             team = teams.get(entry.device)
             rows = entry.rows
@@ -287,12 +293,17 @@ class Renderer:
                 start = len(texts)
                 seen: set[str] = set()  # the series of this message so far
                 at: float | None = None
-                stamp = 0
+                tail = ""
                 for _, quantity, value, measured_at, channel, unit, extra in rows:
                     if value is None or extra is not None:
                         break  # details or tags of its own: the general path
-                    if not isfinite(value):
-                        continue  # no line protocol form, as entry_lines
+                    text = value_text(value)
+                    if text is None:
+                        if not isfinite(value):
+                            continue  # no line protocol form, as entry_lines
+                        text = repr(value)
+                        if value and type(value) is float:  # 0.0 == -0.0: not kept
+                            keep_text(value, text)
                     key = (quantity, channel, unit)
                     named = naming.get(key)
                     if named is None:
@@ -307,8 +318,9 @@ class Renderer:
                         break
                     seen.add(series)
                     if measured_at != at:  # a message's readings mostly share their time
-                        at, stamp = measured_at, round(measured_at * scale)
-                    add_text(f"{head}{value!r} {stamp}")
+                        at = measured_at
+                        tail = f" {round(measured_at * scale)}"
+                    add_text(f"{head}{text}{tail}")
                     add_hash(crc)
                 else:
                     owners.extend([entry] * (len(texts) - start))
