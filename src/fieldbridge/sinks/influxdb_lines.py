@@ -210,11 +210,12 @@ class Renderer:
         self.layout = layout
         self._scale = SCALE[layout.precision]
         self._naming: dict[tuple[object, ...], tuple[str, str, str]] = {}
-        # (source, kind, device, team) -> (quantity, channel, unit) -> (start, series, hash):
-        # the naming of plain readings as the row path needs it.
+        # (source, kind, device, team) -> (quantity, channel, unit), or the quantity alone for
+        # channel 0 without a unit, -> (start, series, hash): the naming of plain readings as
+        # the row path needs it.
         self._plain: dict[
             tuple[str, str | None, str, str | None],
-            dict[tuple[str, int, str | None], tuple[str, str, int]],
+            dict[str | tuple[str, int, str | None], tuple[str, str, int]],
         ] = {}
         self._plain_size = 0
         self._values: dict[float, str] = {}  # repr of the values seen lately (they repeat)
@@ -291,7 +292,6 @@ class Renderer:
                         self._plain_size = 0
                     naming = plain[about] = {}
                 start = len(texts)
-                seen: set[str] = set()  # the series of this message so far
                 at: float | None = None
                 tail = ""
                 for _, quantity, value, measured_at, channel, unit, extra in rows:
@@ -304,27 +304,28 @@ class Renderer:
                         text = repr(value)
                         if value and type(value) is float:  # 0.0 == -0.0: not kept
                             keep_text(value, text)
-                    key = (quantity, channel, unit)
+                    # Channel 0 without a unit (most readings) is kept under the quantity.
+                    key = quantity if channel == 0 and unit is None else (quantity, channel, unit)
                     named = naming.get(key)
                     if named is None:
-                        named = naming[key] = self._plain_naming(about, key)
+                        named = naming[key] = self._plain_naming(about, (quantity, channel, unit))
                         self._plain_size += 1
-                    head, series, crc = named
+                    head, _, crc = named
                     if not head:
                         continue  # the field's name came out empty: no line, as entry_lines
-                    if series in seen:
-                        # A series twice in one message (fields that share a line, or one
-                        # quantity at several times): the general path groups by time.
-                        break
-                    seen.add(series)
                     if measured_at != at:  # a message's readings mostly share their time
                         at = measured_at
                         tail = f" {round(measured_at * scale)}"
                     add_text(f"{head}{text}{tail}")
                     add_hash(crc)
                 else:
-                    owners.extend([entry] * (len(texts) - start))
-                    continue
+                    count = len(texts) - start
+                    # A series twice in one message (fields that share a line, or a quantity
+                    # at several times) takes the general path, which groups by time. Equal
+                    # series have equal hashes; two series whose hashes collide go there too.
+                    if count < 2 or len(set(hashes[start:])) == count:
+                        owners.extend([entry] * count)
+                        continue
                 del texts[start:], hashes[start:]
             for line in self.entry_lines(entry, team):
                 add_text(line.text)
