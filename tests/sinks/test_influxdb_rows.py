@@ -4,9 +4,11 @@ backends; requests keep each series in one lane, in order."""
 
 from __future__ import annotations
 
+import gzip
 import math
 
 import httpx
+import pytest
 
 from fieldbridge.model import JournalEntry, Reading
 from fieldbridge.sinks.influxdb import InfluxDBDestination, plan_requests
@@ -172,17 +174,21 @@ def test_requests_keep_a_series_in_one_lane_in_order_within_both_limits() -> Non
         assert mine == [t for t in rendered.texts if t.startswith(series + " ")]
 
 
-async def test_a_batch_prepared_ahead_is_sent_only_for_the_same_messages(store: Store) -> None:
-    """`prepare` renders the batch read ahead; `send` uses it only when given exactly those
-    messages (a route's skips or a halving give others: rendered afresh)."""
+@pytest.mark.parametrize("zipped", [False, True])
+async def test_a_batch_prepared_ahead_is_sent_only_for_the_same_messages(
+    store: Store, zipped: bool
+) -> None:
+    """`prepare` renders, cuts and gzips the batch read ahead; `send` uses it only when given
+    exactly those messages (a route's skips or a halving give others: rendered afresh)."""
     _, rows = await stored(store)
     bodies: list[bytes] = []
 
     def answer(request: httpx.Request) -> httpx.Response:
-        bodies.append(request.content)
+        assert (request.headers.get("content-encoding") == "gzip") == zipped
+        bodies.append(gzip.decompress(request.content) if zipped else request.content)
         return httpx.Response(204)
 
-    settings = InfluxDBSettings(name="i", url="http://influx.invalid", database="d", gzip=False)
+    settings = InfluxDBSettings(name="i", url="http://influx.invalid", database="d", gzip=zipped)
     async with InfluxDBDestination(settings, httpx.MockTransport(answer)) as destination:
         await destination.send(rows)
         fresh = list(bodies)
