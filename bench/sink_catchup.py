@@ -9,7 +9,10 @@ Measures, in one run, against an influxd 1.x of its own (free port, data in a te
     catch-up);
   * the ceiling: a bare batched writer posting the same lines (rendered beforehand by the
     sink's own renderer) in requests of the same size, gzipped, with the same number in flight,
-    to the same influxd (another database), timed until the last 204.
+    to the same influxd (another database), timed until the last 204;
+  * the CPU seconds per point of fieldbridge and influxd during the catch-up, and of influxd
+    under the ceiling (from /proc): on 2 cores the two processes share, the ratio can reach
+    0.5 only if fieldbridge spends no more CPU per point than influxd.
 
 Run: .venv/bin/python bench/sink_catchup.py   (about 2-3 minutes on 2 cores)
 """
@@ -20,6 +23,7 @@ import argparse
 import asyncio
 import gzip
 import json
+import os
 import sys
 import tempfile
 import time
@@ -124,6 +128,12 @@ def stored_cursor(process: FieldbridgeProcess) -> int:
     return int(rows[0][0]) if rows else 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds a process has used so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def count_points(influx: Influxd, database: str) -> int:
     return sum(
         int(influx.query(database, f'SELECT count("value") FROM "{q}"')[0][1]) for q in QUANTITIES
@@ -156,16 +166,22 @@ def main() -> None:
             fill_s = time.perf_counter() - fill_started
             influx.start()
             started = time.perf_counter()
+            influxd_pid = influx._proc.pid if influx._proc is not None else 0
+            fb_cpu, influxd_cpu = cpu_seconds(process.pid), cpu_seconds(influxd_pid)
             while (cursor := stored_cursor(process)) < last:
                 if not process.running:
                     raise RuntimeError(process.log_tail())
                 time.sleep(0.05)
             catchup_s = time.perf_counter() - started
+            fb_cpu = cpu_seconds(process.pid) - fb_cpu
+            influxd_cpu = cpu_seconds(influxd_pid) - influxd_cpu
             peak = rss.stop()
         written = count_points(influx, DB)
         settings = InfluxDBSettings(**sink)
         bodies = asyncio.run(prebuilt(url, settings))
+        ceiling_cpu = cpu_seconds(influxd_pid)
         bare_s = asyncio.run(bare_writer(influx, bodies, settings.max_in_flight))
+        ceiling_cpu = cpu_seconds(influxd_pid) - ceiling_cpu
         ceiling_points = count_points(influx, CEILING_DB)
         influx.stop()
     rate, ceiling = readings / catchup_s, readings / bare_s
@@ -189,6 +205,11 @@ def main() -> None:
         f"\nstore filled in {fill_s:.0f} s while influxd was down; {len(bodies)} requests of "
         f"<= {settings.lines_per_request} lines, {settings.max_in_flight} in flight, gzip; "
         f"cursor {cursor} of {last}"
+    )
+    per_point = 1e6 / readings
+    print(
+        f"CPU per point: catch-up fieldbridge {fb_cpu * per_point:.2f} µs, influxd "
+        f"{influxd_cpu * per_point:.2f} µs; ceiling influxd {ceiling_cpu * per_point:.2f} µs"
     )
     final_line("sink_catchup", rate, "points/s", ceiling, rate / ceiling)
 

@@ -4,9 +4,11 @@ backends; requests keep each series in one lane, in order."""
 
 from __future__ import annotations
 
+import gzip
 import math
 
 import httpx
+import pytest
 
 from fieldbridge.model import JournalEntry, Reading
 from fieldbridge.sinks.influxdb import InfluxDBDestination, plan_requests
@@ -82,6 +84,60 @@ def test_a_reading_that_is_not_finite_has_no_line() -> None:
     assert renderer.texts([entry], {}).texts == ["hum,channel=0,device=d value=2.0 1700000000000"]
 
 
+def test_values_kept_as_text_render_as_their_repr() -> None:
+    """The renderer keeps the text of values it has seen; each line is still the value's own
+    repr: 0.0 and -0.0 (equal as keys) apart, tiny and huge numbers, repeats across
+    messages and batches, non-finite values without a line."""
+    values = [
+        0.0,
+        -0.0,
+        0.0,
+        1e-320,
+        5e-324,
+        1e300,
+        1.7976931348623157e308,
+        -1e16,
+        1e16,
+        0.1,
+        0.1 + 0.2,
+        1 / 3,
+        123456789.125,
+        -2.5,
+        math.inf,
+        -math.inf,
+        math.nan,
+    ]
+    entries = [
+        JournalEntry(
+            n,
+            T0,
+            "http",
+            "dé v,1",
+            None,
+            {},
+            b"",
+            (),
+            ((n, "t=1 x", value, T0 + n, 0, None, None), (n, "hum", -value, T0 + n, 1, "%", None)),
+        )
+        for n, value in enumerate(values * 2, start=1)
+    ]
+    for layout in LAYOUTS:
+        renderer = Renderer(layout)
+        for _ in range(2):  # the second time from the kept texts
+            got = renderer.texts(entries, {})
+            want = renderer.render(entries, {})
+            assert got.texts == [line.text for line in want]
+            assert got.hashes == [series_hash(line.series) for line in want]
+    plain = Renderer(LAYOUTS[0]).texts(entries, {}).texts
+    assert plain[:4] == [
+        "t=1\\ x,channel=0,device=dé\\ v\\,1 value=0.0 1700000001000",
+        "hum,channel=1,device=dé\\ v\\,1 value=-0.0 1700000001000",
+        "t=1\\ x,channel=0,device=dé\\ v\\,1 value=-0.0 1700000002000",
+        "hum,channel=1,device=dé\\ v\\,1 value=0.0 1700000002000",
+    ]
+    assert not any("inf" in text or "nan" in text for text in plain)
+
+
 def test_requests_keep_a_series_in_one_lane_in_order_within_both_limits() -> None:
     renderer = Renderer(Layout("{quantity}", "value", ("device",), (), "s"))
     entries = [
@@ -118,17 +174,21 @@ def test_requests_keep_a_series_in_one_lane_in_order_within_both_limits() -> Non
         assert mine == [t for t in rendered.texts if t.startswith(series + " ")]
 
 
-async def test_a_batch_prepared_ahead_is_sent_only_for_the_same_messages(store: Store) -> None:
-    """`prepare` renders the batch read ahead; `send` uses it only when given exactly those
-    messages (a route's skips or a halving give others: rendered afresh)."""
+@pytest.mark.parametrize("zipped", [False, True])
+async def test_a_batch_prepared_ahead_is_sent_only_for_the_same_messages(
+    store: Store, zipped: bool
+) -> None:
+    """`prepare` renders, cuts and gzips the batch read ahead; `send` uses it only when given
+    exactly those messages (a route's skips or a halving give others: rendered afresh)."""
     _, rows = await stored(store)
     bodies: list[bytes] = []
 
     def answer(request: httpx.Request) -> httpx.Response:
-        bodies.append(request.content)
+        assert (request.headers.get("content-encoding") == "gzip") == zipped
+        bodies.append(gzip.decompress(request.content) if zipped else request.content)
         return httpx.Response(204)
 
-    settings = InfluxDBSettings(name="i", url="http://influx.invalid", database="d", gzip=False)
+    settings = InfluxDBSettings(name="i", url="http://influx.invalid", database="d", gzip=zipped)
     async with InfluxDBDestination(settings, httpx.MockTransport(answer)) as destination:
         await destination.send(rows)
         fresh = list(bodies)

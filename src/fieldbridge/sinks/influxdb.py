@@ -36,7 +36,7 @@ from fieldbridge.store import Store
 V1_PRECISION = {"s": "s", "ms": "ms", "us": "u", "ns": "n"}
 
 
-GZIP_IN_THREAD = 64 * 1024  # bodies at least this long are gzipped off the event loop
+GZIP_IN_THREAD = 64 * 1024  # a batch's bodies at least this long are gzipped off the event loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +44,10 @@ class Request:
     body: bytes  # uncompressed
     texts: list[str]  # its lines
     owners: list[JournalEntry]  # the message of each line (same positions)
+
+
+# A batch's lanes of requests, and what each request posts (same positions).
+Planned = tuple[list[list[Request]], list[list[bytes]]]
 
 
 def plan_requests(rendered: Rendered, max_lines: int, max_bytes: int) -> list[list[Request]]:
@@ -83,6 +87,10 @@ def _requests(
     return out
 
 
+def _gzipped(lanes: list[list[Request]]) -> list[list[bytes]]:
+    return [[gzip.compress(request.body, compresslevel=1) for request in lane] for lane in lanes]
+
+
 def _body(texts: list[str]) -> bytes:
     return ("\n".join(texts) + "\n").encode()
 
@@ -100,8 +108,8 @@ class InfluxDBDestination(HttpDestination):
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._store: Store | None = None
-        # The next batch rendered while the current one is sent: its ids, teams and lines.
-        self._prepared: tuple[list[int], dict[str, str | None], Rendered] | None = None
+        # The next batch prepared while the current one is sent: its ids, teams and requests.
+        self._prepared: tuple[list[int], dict[str, str | None], Planned] | None = None
         base = str(settings.url).rstrip("/")
         if settings.v2:
             self._endpoint = f"{base}/api/v2/write"
@@ -118,6 +126,8 @@ class InfluxDBDestination(HttpDestination):
             }
             if settings.retention_policy:
                 self._params["rp"] = settings.retention_policy
+        # Built once: httpx would merge and parse the parameters again on every request.
+        self._url = httpx.URL(self._endpoint).copy_merge_params(self._params)
         self._what = f"influxdb {settings.name}"
         where = f"sinks.influxdb {settings.name}"
         if settings.v2:
@@ -161,31 +171,49 @@ class InfluxDBDestination(HttpDestination):
         return await self._store.device_teams({e.device for e in entries})
 
     async def prepare(self, entries: Sequence[JournalEntry]) -> None:
-        """Render the next batch while influxd takes the current one (one batch kept)."""
+        """Render, cut into requests and gzip the next batch while influxd takes the current
+        one (one batch kept): the next batch's first request goes out as soon as the current
+        batch is confirmed."""
         self._prepared = None
         teams = await self._teams(entries)
-        self._prepared = ([e.id for e in entries], teams, self._renderer.texts(entries, teams))
+        self._prepared = ([e.id for e in entries], teams, await self._requests(entries, teams))
+
+    async def _requests(
+        self, entries: Sequence[JournalEntry], teams: Mapping[str, str | None]
+    ) -> Planned:
+        """The batch's lanes of requests and what each request posts (its body, gzipped when
+        the settings say so: in a thread, all at once, as zlib lets go of the GIL)."""
+        rendered = self._renderer.texts(entries, teams)
+        lanes = plan_requests(
+            rendered, self.settings.lines_per_request, self.settings.max_request_bytes
+        )
+        del rendered
+        if not self.settings.gzip:
+            return lanes, [[request.body for request in lane] for lane in lanes]
+        if sum(len(request.body) for lane in lanes for request in lane) >= GZIP_IN_THREAD:
+            return lanes, await asyncio.to_thread(_gzipped, lanes)
+        return lanes, _gzipped(lanes)
 
     async def send(self, entries: Sequence[JournalEntry]) -> None:
         prepared = self._prepared
         if prepared is not None and prepared[0] == [e.id for e in entries]:
             self._prepared = None
-            _, teams, rendered = prepared
+            _, teams, (lanes, contents) = prepared
         else:  # another set of messages (a route skipped some, a retry, a halving): render
             teams = await self._teams(entries)
-            rendered = self._renderer.texts(entries, teams)
+            lanes, contents = await self._requests(entries, teams)
         del prepared
-        lanes = plan_requests(
-            rendered, self.settings.lines_per_request, self.settings.max_request_bytes
-        )
-        del rendered
         if not lanes:
             return  # messages without readings: nothing to write
         window = asyncio.Semaphore(self.settings.max_in_flight)
         results: list[BaseException | None] = await asyncio.gather(
-            *(self._lane(requests, window, teams) for requests in lanes), return_exceptions=True
+            *(
+                self._lane(requests, posts, window, teams)
+                for requests, posts in zip(lanes, contents, strict=True)
+            ),
+            return_exceptions=True,
         )
-        del lanes  # the batch's text and bodies are not kept while an error is handled
+        del lanes, contents  # the batch's text and bodies are not kept while an error is handled
         failure = _failure(results, f"{self._what} refused {{}} of {len(entries)} messages")
         del results
         if failure is not None:
@@ -197,15 +225,19 @@ class InfluxDBDestination(HttpDestination):
                 del failure
 
     async def _lane(
-        self, requests: list[Request], window: asyncio.Semaphore, teams: Mapping[str, str | None]
+        self,
+        requests: list[Request],
+        posts: list[bytes],
+        window: asyncio.Semaphore,
+        teams: Mapping[str, str | None],
     ) -> None:
         """A lane's requests in order; the partial refusals of all of them together."""
         rejected: dict[int, str] = {}
         status: int | None = None
-        for request in requests:
+        for request, content in zip(requests, posts, strict=True):
             async with window:
                 try:
-                    await self._post(request, teams)
+                    await self._post(request, content, teams)
                 except PartialDeliveryError as exc:
                     rejected.update(exc.rejected)
                     status = exc.status
@@ -214,18 +246,13 @@ class InfluxDBDestination(HttpDestination):
                 f"{self._what}: partial write", rejected, status=status, confirm=True
             )
 
-    async def _post(self, request: Request, teams: Mapping[str, str | None]) -> None:
+    async def _post(
+        self, request: Request, content: bytes, teams: Mapping[str, str | None]
+    ) -> None:
+        """POST `content` (the request's body, gzipped or not as the settings say)."""
         assert self._client is not None, "use the destination inside `async with`"
-        content = request.body
-        if self.settings.gzip:
-            # zlib lets go of the GIL: a long body is compressed beside the next batch's
-            # rendering instead of holding up the event loop.
-            if len(content) >= GZIP_IN_THREAD:
-                content = await asyncio.to_thread(gzip.compress, content, 1)
-            else:
-                content = gzip.compress(content, compresslevel=1)
         try:
-            response = await self._client.post(self._endpoint, params=self._params, content=content)
+            response = await self._client.post(self._url, content=content)
         except httpx.TransportError as exc:
             raise transport_failure(exc, self._what) from exc
         if response.status_code in (400, 422):
@@ -233,7 +260,6 @@ class InfluxDBDestination(HttpDestination):
             # 1.x when no line parsed) or `field type conflict` (1.x, within one request)
             # refused the whole request, which the engine then halves.
             message = _error_text(response)
-            print("DBG", request.body.decode())
             if "partial write" in message:
                 self._partial(self._lines(request, teams), message, response.status_code)
         if not 200 <= response.status_code < 300:

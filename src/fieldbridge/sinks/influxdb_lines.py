@@ -177,6 +177,7 @@ def _naming(
 
 
 NAMING_CACHE = 65_536  # combinations of device, quantity, channel and unit kept worked out
+VALUE_CACHE = 65_536  # texts of values kept (a sensor's readings take few distinct values)
 
 
 def reading_of(row: ReadingRow) -> Reading:
@@ -209,13 +210,15 @@ class Renderer:
         self.layout = layout
         self._scale = SCALE[layout.precision]
         self._naming: dict[tuple[object, ...], tuple[str, str, str]] = {}
-        # (source, kind, device, team) -> (quantity, channel, unit) -> (start, series, hash):
-        # the naming of plain readings as the row path needs it.
+        # (source, kind, device, team) -> (quantity, channel, unit), or the quantity alone for
+        # channel 0 without a unit, -> (start, series, hash): the naming of plain readings as
+        # the row path needs it.
         self._plain: dict[
             tuple[str, str | None, str, str | None],
-            dict[tuple[str, int, str | None], tuple[str, str, int]],
+            dict[str | tuple[str, int, str | None], tuple[str, str, int]],
         ] = {}
         self._plain_size = 0
+        self._values: dict[float, str] = {}  # repr of the values seen lately (they repeat)
 
     def entry_lines(self, entry: JournalEntry, team: str | None = None) -> list[Line]:
         """The lines of one message, in the order their first reading appears."""
@@ -273,6 +276,10 @@ class Renderer:
         hashes: list[int] = []
         add_text, add_hash = texts.append, hashes.append
         scale, plain, isfinite = self._scale, self._plain, math.isfinite
+        values = self._values
+        if len(values) >= VALUE_CACHE:
+            values.clear()
+        value_text, keep_text = values.get, values.__setitem__
         for entry in entries:
             team = teams.get(entry.device)
             rows = entry.rows
@@ -285,34 +292,40 @@ class Renderer:
                         self._plain_size = 0
                     naming = plain[about] = {}
                 start = len(texts)
-                seen: set[str] = set()  # the series of this message so far
                 at: float | None = None
-                stamp = 0
+                tail = ""
                 for _, quantity, value, measured_at, channel, unit, extra in rows:
                     if value is None or extra is not None:
                         break  # details or tags of its own: the general path
-                    if not isfinite(value):
-                        continue  # no line protocol form, as entry_lines
-                    key = (quantity, channel, unit)
+                    text = value_text(value)
+                    if text is None:
+                        if not isfinite(value):
+                            continue  # no line protocol form, as entry_lines
+                        text = repr(value)
+                        if value and type(value) is float:  # 0.0 == -0.0: not kept
+                            keep_text(value, text)
+                    # Channel 0 without a unit (most readings) is kept under the quantity.
+                    key = quantity if channel == 0 and unit is None else (quantity, channel, unit)
                     named = naming.get(key)
                     if named is None:
-                        named = naming[key] = self._plain_naming(about, key)
+                        named = naming[key] = self._plain_naming(about, (quantity, channel, unit))
                         self._plain_size += 1
-                    head, series, crc = named
+                    head, _, crc = named
                     if not head:
                         continue  # the field's name came out empty: no line, as entry_lines
-                    if series in seen:
-                        # A series twice in one message (fields that share a line, or one
-                        # quantity at several times): the general path groups by time.
-                        break
-                    seen.add(series)
                     if measured_at != at:  # a message's readings mostly share their time
-                        at, stamp = measured_at, round(measured_at * scale)
-                    add_text(f"{head}{value!r} {stamp}")
+                        at = measured_at
+                        tail = f" {round(measured_at * scale)}"
+                    add_text(f"{head}{text}{tail}")
                     add_hash(crc)
                 else:
-                    owners.extend([entry] * (len(texts) - start))
-                    continue
+                    count = len(texts) - start
+                    # A series twice in one message (fields that share a line, or a quantity
+                    # at several times) takes the general path, which groups by time. Equal
+                    # series have equal hashes; two series whose hashes collide go there too.
+                    if count < 2 or len(set(hashes[start:])) == count:
+                        owners.extend([entry] * count)
+                        continue
                 del texts[start:], hashes[start:]
             for line in self.entry_lines(entry, team):
                 add_text(line.text)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cache
-from itertools import chain
+from itertools import chain, groupby
+from operator import itemgetter
 
 from fieldbridge.model import (
     Accepted,
@@ -32,6 +33,7 @@ IN_CHUNK = 500
 # step: row by row (executemany), the writer thread waited for the GIL once a row behind the
 # busy event loop (several milliseconds each time), now once per statement.
 ROW_CHUNKS = (64, 16, 4, 1)
+_MESSAGE_ID = itemgetter(0)  # of a reading row
 
 
 @dataclass(slots=True)
@@ -82,26 +84,23 @@ class JournalQueries:
             "FROM readings WHERE message_id >= ? AND message_id <= ? ORDER BY message_id, seq",
             (found[0][0], found[-1][0]),
         )
-        out: list[JournalEntry] = []
-        at, end = 0, len(readings)
-        for mid, received_at, source, device, kind, meta, payload in found:
-            start = at
-            while at < end and readings[at][0] == mid:  # both in id order: one walk
-                at += 1
-            out.append(
-                JournalEntry(
-                    mid,
-                    received_at,
-                    source,
-                    device,
-                    kind,
-                    jsoncol.load(meta),
-                    bytes(payload) if payload is not None else b"",
-                    (),
-                    tuple(readings[start:at]),
-                )
+        # Grouped in C (groupby), not by a walk in Python: this runs once per reading.
+        rows_of = {mid: tuple(rows) for mid, rows in groupby(readings, _MESSAGE_ID)}
+        del readings
+        return [
+            JournalEntry(
+                mid,
+                received_at,
+                source,
+                device,
+                kind,
+                {} if meta == "{}" else jsoncol.load(meta),  # "{}": most messages
+                bytes(payload) if payload is not None else b"",
+                (),
+                rows_of.get(mid, ()),
             )
-        return out
+            for mid, received_at, source, device, kind, meta, payload in found
+        ]
 
     async def journal_by_ids(
         self, ids: Sequence[int], *, with_payload: bool = False
