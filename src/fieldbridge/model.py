@@ -6,15 +6,25 @@ import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar, dataclass_transform
 
 from fieldbridge.errors import DecodeError
 from fieldbridge.printable import describe, escape, first_unprintable
 
 SHOWN_ID = 80  # characters of a refused device id quoted in a reason
+T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass_transform(frozen_default=True)
+def hot_record(cls: type[T]) -> type[T]:
+    """A record made once per message or reading: frozen for the type checker (mypy refuses an
+    assignment to a field), a plain slots dataclass at run time, equal and hashable by value
+    as a frozen one. A frozen dataclass's __init__ sets each field through
+    object.__setattr__: about 1 µs more per object, on the path every message takes."""
+    return dataclass(slots=True, unsafe_hash=True)(cls)
+
+
+@hot_record
 class Reading:
     """One measured value of one quantity at one instant."""
 
@@ -72,7 +82,7 @@ class NetworkReport:
     creates: bool = True
 
 
-@dataclass(frozen=True, slots=True)
+@hot_record
 class Decoded:
     """What a codec made of (part of) a payload: one message from one device."""
 
