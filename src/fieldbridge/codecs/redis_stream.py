@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -30,12 +31,32 @@ def batch_payload(lines: Sequence[bytes]) -> bytes:
     return b"\n".join(lines)
 
 
-def entry_millis(entry_id: str) -> int:
-    """The Unix milliseconds of an entry id "<ms>-<seq>"; DecodeError for anything else."""
+def entry_order(entry_id: str) -> tuple[int, int] | None:
+    """(milliseconds, sequence) of an entry id "<ms>-<seq>", to compare two; None if it is
+    not one."""
     millis, dash, seq = entry_id.partition("-")
     if not (millis.isdigit() and dash and seq.isdigit()):
+        return None
+    return int(millis), int(seq)
+
+
+def entry_millis(entry_id: str) -> int:
+    """The Unix milliseconds of an entry id "<ms>-<seq>"; DecodeError for anything else."""
+    order = entry_order(entry_id)
+    if order is None:
         raise DecodeError(f"stream entry id {entry_id!r} is not <milliseconds>-<sequence>")
-    return int(millis)
+    return order[0]
+
+
+def entry_readings(entry_id: str, fields: Mapping[str, object]) -> tuple[Reading, ...]:
+    """An entry's numeric fields as readings (quantity = field name) at its id's time."""
+    at = entry_millis(entry_id) / 1000.0
+    readings = []
+    for name, text in fields.items():
+        value = number(text) if isinstance(text, str) else None
+        if value is not None:
+            readings.append(Reading(str(name), value, at))
+    return tuple(readings)
 
 
 def number(text: str) -> float | None:
@@ -83,14 +104,12 @@ class StreamEntryCodec:
         entry_id, fields = entry.get("id"), entry.get("fields")
         if not isinstance(entry_id, str) or not isinstance(fields, dict):
             raise DecodeError("not a journalled stream entry: needs 'id' and 'fields'")
-        at = entry_millis(entry_id) / 1000.0
-        readings = []
-        for name, text in fields.items():
-            value = number(text) if isinstance(text, str) else None
-            if value is not None:
-                readings.append(Reading(str(name), value, at))
         return Decoded(
-            self.device, tuple(readings), kind=self.kind, idempotency_key=entry_id, raw=line
+            self.device,
+            entry_readings(entry_id, fields),
+            kind=self.kind,
+            idempotency_key=entry_id,
+            raw=line,
         )
 
 
@@ -121,15 +140,13 @@ def batch_entries(payload: bytes) -> list[Entry]:
             and isinstance(item[1], dict)
         ):
             raise DecodeError("not a journalled stream batch: items are [entry id, fields]")
-    if entry_order(document[0][0]) > entry_order(document[-1][0]):
+    first, last = entry_order(document[0][0]), entry_order(document[-1][0])
+    if first is None or last is None:
+        bad = document[0][0] if first is None else document[-1][0]
+        raise DecodeError(f"stream entry id {bad!r} is not <milliseconds>-<sequence>")
+    if first > last:
         raise DecodeError("not a journalled stream batch: entry ids out of order")
     return [(entry_id, fields) for entry_id, fields in document]
-
-
-def entry_order(entry_id: str) -> tuple[int, int]:
-    """(milliseconds, sequence) of an entry id, to compare two; DecodeError if it is not one."""
-    millis = entry_millis(entry_id)
-    return millis, int(entry_id.partition("-")[2])
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,11 +186,4 @@ class StreamBatchCodec:
 def batch_readings(payload: bytes) -> tuple[Reading, ...]:
     """The readings of a batch message: every numeric field of every entry, measured at its
     entry id's time (as StreamEntryCodec makes them for one entry)."""
-    readings = []
-    for entry_id, fields in batch_entries(payload):
-        at = entry_millis(entry_id) / 1000.0
-        for name, text in fields.items():
-            value = number(text) if isinstance(text, str) else None
-            if value is not None:
-                readings.append(Reading(str(name), value, at))
-    return tuple(readings)
+    return tuple(chain.from_iterable(entry_readings(i, f) for i, f in batch_entries(payload)))

@@ -14,10 +14,11 @@ from fieldbridge.store import Store
 async def with_readings(entries: Sequence[JournalEntry], store: Store) -> list[JournalEntry]:
     """`entries` with each batch message given its readings (its payload read if the sink
     did not ask for payloads); other messages as they are."""
-    if not any(BATCH_META in e.meta for e in entries):
+    batches = [e for e in entries if BATCH_META in e.meta]
+    if not batches:
         return list(entries)
-    missing = [e.id for e in entries if BATCH_META in e.meta and not e.payload]
-    payloads = {e.id: e.payload for e in entries if e.payload}
+    payloads = {e.id: e.payload for e in batches if e.payload}
+    missing = [e.id for e in batches if not e.payload]
     if missing:
         payloads.update(
             (e.id, e.payload) for e in await store.journal_by_ids(missing, with_payload=True)

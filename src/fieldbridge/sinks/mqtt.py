@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 
 from fieldbridge.clients.redisconn import RedisError, open_redis
 from fieldbridge.clients.redisconn import shown as shown_redis
+from fieldbridge.codecs.redis_stream import entry_order
 from fieldbridge.errors import (
     ConfigError,
     PartialDeliveryError,
@@ -102,7 +103,7 @@ class MqttSink(Destination):
             raw = await self._redis.get(self._key("last_id"))
         except (RedisError, OSError):
             return None  # not known: nothing is skipped
-        return _entry_order(raw.decode(errors="replace").removeprefix("(")) if raw else None
+        return entry_order(raw.decode(errors="replace").removeprefix("(")) if raw else None
 
     async def __aexit__(
         self,
@@ -279,7 +280,7 @@ class MqttSink(Destination):
         upto = self._published_upto
         fresh = []
         for item in items:
-            order = _entry_order(item[0])
+            order = entry_order(item[0])
             if order is not None and upto is not None and order <= upto:
                 self.already_published += 1
                 continue
@@ -355,11 +356,3 @@ DEFAULT_RUN = (
 )
 
 register_sink("mqtt", SinkType(MqttSinkSettings, build, DEFAULT_RUN))
-
-
-def _entry_order(entry_id: str) -> tuple[int, int] | None:
-    """(milliseconds, sequence) of a stream entry id, to compare two; None if it is not one."""
-    millis, dash, seq = entry_id.partition("-")
-    if not (dash and millis.isdigit() and seq.isdigit()):
-        return None
-    return int(millis), int(seq)

@@ -21,7 +21,7 @@ from fieldbridge.codecs.redis_stream import (
     entry_order,
     entry_payload,
 )
-from fieldbridge.errors import DecodeError, StoreError
+from fieldbridge.errors import StoreError
 from fieldbridge.ingest import Ingest
 from fieldbridge.model import Outcome
 from fieldbridge.sources.access import SourceCursors
@@ -85,6 +85,9 @@ class RedisStreamSource:
         self._cursors = cursors
         self._codec = settings.payload_codec()
         self._batches = settings.journal == "batch"
+        self._meta: dict[str, object] = {"stream": settings.stream}
+        if self._batches:
+            self._meta[BATCH_META] = True
         self._max_ahead = AHEAD_BATCHES * settings.batch_size
         self.stats = StreamStats()
         self._task: asyncio.Task[None] | None = None
@@ -220,14 +223,12 @@ class RedisStreamSource:
         """Offer the entries as one payload once ingest has room."""
         if not self._ingest.has_room:
             await self._ingest.wait_for_room()  # back-pressure: the store is behind
-        meta: dict[str, object] = {"stream": self.settings.stream}
         if self._batches:
-            meta[BATCH_META] = True
             payload = batch_document(entries)
         else:
             payload = batch_payload([entry_payload(i, fields or {}) for i, fields in entries])
         now = time.time()
-        result = self._ingest.offer(self.name, payload, self._codec, meta, now)
+        result = self._ingest.offer(self.name, payload, self._codec, self._meta, now)
         self._batch = _Batch(entries[-1][0], len(entries), result)
         self.stats.read += len(entries)
         self.stats.last_read_at = now
@@ -256,7 +257,5 @@ class RedisStreamSource:
 
 def _later(a: str, b: str) -> bool:
     """Whether entry id `a` comes after `b` (a position that is not an entry id never does)."""
-    try:
-        return entry_order(a) > entry_order(b)
-    except DecodeError:
-        return False
+    first, second = entry_order(a), entry_order(b)
+    return first is not None and second is not None and first > second
