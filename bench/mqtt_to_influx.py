@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 from tests.support.influxd import Influxd
+from tests.support.rss import cpu_seconds
 
 import nodered
 from common import final_line, free_port, print_table
@@ -152,7 +153,7 @@ def _drain(sock: socket.socket) -> None:
 
 
 def fieldbridge_burst(
-    work: Path, broker: int, influx: Influxd, first: int, count: int
+    work: Path, broker: int, influx: Influxd, first: int, count: int, broker_pid: int
 ) -> dict[str, float]:
     sink = (
         f'[[sinks.influxdb]]\nname = "influx"\nurl = "{influx.url}"\ndatabase = "{FB_DB}"\n'
@@ -161,10 +162,16 @@ def fieldbridge_burst(
     fb = Fieldbridge(work / f"fieldbridge-{first}", broker, "fb-influx", extra=sink)
     assert fb.proc is not None
     rss = RssSampler(fb.proc.pid)
+    pids = {"fieldbridge": fb.proc.pid, "mosquitto": broker_pid, "influxd": influx.pid}
     try:
+        cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        cpu["bench"] = time.process_time()  # the publisher and the InfluxDB polling
         pub = start_publisher(broker, first, count)
         arrived, when = wait_points(influx, FB_DB, first, count)
         published = publisher_result(pub)
+        cpu = {name: cpu_seconds(pid) - cpu[name] for name, pid in pids.items()} | {
+            "bench": time.process_time() - cpu["bench"]
+        }
     finally:
         peak = rss.stop()
         fb.stop()
@@ -174,7 +181,7 @@ def fieldbridge_burst(
         "lost": published["acked"] - arrived,
         "rate": arrived / (when - published["started"]),
         "rss": peak,
-    }
+    } | {f"cpu_{name}": seconds * 1e6 / count for name, seconds in cpu.items()}
 
 
 def nodered_burst(
@@ -248,7 +255,9 @@ def main() -> None:
             # Three bursts (a fresh fieldbridge each, points of their own): the median is the
             # headline, as one 2-3 s burst on a 2-core machine moves by 10-20 % run to run.
             runs = [
-                fieldbridge_burst(work, broker_port, influx, n * 1_000_000, args.messages)
+                fieldbridge_burst(
+                    work, broker_port, influx, n * 1_000_000, args.messages, broker.pid
+                )
                 for n in range(FB_RUNS)
             ]
             ours = sorted(runs, key=lambda r: r["rate"])[len(runs) // 2]
@@ -295,6 +304,14 @@ def main() -> None:
         "burst, end to end (msg/s = points in InfluxDB / time from first publish to last point)",
         ["", "published", "points", "lost", "msg/s", "peak RSS"],
         rows,
+    )
+    print(
+        "CPU per message in the median burst: "
+        + ", ".join(
+            f"{name} {ours[f'cpu_{name}']:.1f} µs"
+            for name in ("fieldbridge", "mosquitto", "influxd", "bench")
+        )
+        + " (the bench: its publisher and polling)"
     )
     lossless = [r for r in ladder if r["lost"] == 0]
     reference = max((r["rate"] for r in lossless), default=None)

@@ -166,7 +166,7 @@ def main() -> None:
             fill_s = time.perf_counter() - fill_started
             influx.start()
             started = time.perf_counter()
-            influxd_pid = influx._proc.pid if influx._proc is not None else 0
+            influxd_pid = influx.pid
             fb_cpu, influxd_cpu = cpu_seconds(process.pid), cpu_seconds(influxd_pid)
             while (cursor := stored_cursor(process)) < last:
                 if not process.running:

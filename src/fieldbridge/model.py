@@ -180,7 +180,7 @@ Outcome = Accepted | Rejected
 ReadingRow = tuple[int, str, float | None, float, int, str | None, str | None]
 
 
-@dataclass(frozen=True, slots=True)
+@hot_record
 class JournalEntry:
     """A committed message as sinks and the CLI read it back. Its readings are `readings`,
     or, when read with `rows=True`, `rows` (plain tuples, no objects built per reading)."""

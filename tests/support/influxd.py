@@ -89,6 +89,12 @@ class Influxd:
                 self._proc.wait(10)
 
     @property
+    def pid(self) -> int:
+        """The running influxd's process id (benchmarks read its CPU time)."""
+        assert self._proc is not None, "influxd is not running"
+        return self._proc.pid
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
