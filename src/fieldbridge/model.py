@@ -175,7 +175,7 @@ Outcome = Accepted | Rejected
 
 
 # A reading as the store keeps it, for sinks that render every reading straight into text
-# (Destination.reading_rows): message id, quantity, value, measured_at, channel, unit, and
+# (store.reading_rows): message id, quantity, value, measured_at, channel, unit, and
 # extra as the stored JSON text (None when it has none).
 ReadingRow = tuple[int, str, float | None, float, int, str | None, str | None]
 
@@ -194,6 +194,9 @@ class JournalEntry:
     payload: bytes
     readings: tuple[Reading, ...] = ()
     rows: tuple[ReadingRow, ...] = ()
+    # Read without readings (a sink that reads them itself): the journal's packed text of its
+    # plain readings (fieldbridge.packed), None when they are not all plain or it has none.
+    packed: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

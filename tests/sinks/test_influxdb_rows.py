@@ -1,11 +1,13 @@
-"""The InfluxDB sink's row path: readings read as plain rows (`read_journal(rows=True)`) and
-rendered straight into text give exactly the lines the Reading path gives, on both store
+"""The InfluxDB sink's fast paths: readings read as plain rows (`read_journal(rows=True)`) or
+packed in the journal row (`read_journal(readings=False)`, rows for the messages not packed),
+rendered straight into text, give exactly the lines the Reading path gives, on both store
 backends; requests keep each series in one lane, in order."""
 
 from __future__ import annotations
 
 import gzip
 import math
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -34,7 +36,13 @@ MESSAGES = [
     [Reading("odd name, =x", 1.5, T0 + 8), Reading("#hash", -2.0, T0 + 8)],
     [Reading("big", 1e300, T0 + 9), Reading("int", 3.0, T0 + 9)],
     [],
+    [Reading("one", 0.1 + 0.2, T0 + 10)],
+    [Reading("tiny", 5e-324, T0 + 11), Reading("o", 0.0, T0 + 11)],
+    [Reading("zero", -0.0, T0 + 14)],  # SQLite keeps it as 0.0: not packed
+    [Reading("a\x1fb", 1.0, T0 + 12), Reading("c", 2.0, T0 + 12)],  # a separator: not packed
+    [Reading("inf", math.inf, T0 + 13), Reading("c", 2.0, T0 + 13)],  # not finite: not packed
 ]
+PACKED = 5  # of MESSAGES: all plain numbers at one instant
 
 
 async def stored(store: Store) -> tuple[list[JournalEntry], list[JournalEntry]]:
@@ -60,8 +68,19 @@ async def test_rows_carry_the_readings_of_each_message(store: Store) -> None:
         )
 
 
-async def test_rows_render_the_lines_readings_render(store: Store) -> None:
+async def as_the_sink_reads(store: Store) -> list[JournalEntry]:
+    """The messages as the InfluxDB sink reads them: packed, or with rows when not."""
+    bare = await store.read_journal(0, 100, readings=False)
+    assert sum(e.packed is not None for e in bare) == PACKED
+    rows = await store.reading_rows([e.id for e in bare if e.packed is None])
+    return [replace(e, rows=rows[e.id]) if e.id in rows else e for e in bare]
+
+
+@pytest.mark.parametrize("path", ["rows", "packed"])
+async def test_rows_and_packed_render_the_lines_readings_render(store: Store, path: str) -> None:
     objects, rows = await stored(store)
+    if path == "packed":
+        rows = await as_the_sink_reads(store)
     teams = {"dev 1": "north", "dev 2": None}
     for layout in LAYOUTS:
         renderer = Renderer(layout)
@@ -190,6 +209,7 @@ async def test_a_batch_prepared_ahead_is_sent_only_for_the_same_messages(
 
     settings = InfluxDBSettings(name="i", url="http://influx.invalid", database="d", gzip=zipped)
     async with InfluxDBDestination(settings, httpx.MockTransport(answer)) as destination:
+        destination.bind(store)
         await destination.send(rows)
         fresh = list(bodies)
         for sent in (rows, rows[1:3], rows):

@@ -34,10 +34,11 @@ class Destination(ABC):
     """
 
     wants_payload: bool = False  # whether entries must carry the raw payload
-    # Whether the sink reads readings as plain rows (JournalEntry.rows) rather than Reading
-    # objects: cheaper for a destination that renders every reading straight into text.
-    # Entries of a dead-letter retry still come with `readings`; such a destination takes both.
-    reading_rows: bool = False
+    # Whether the destination reads the readings of the messages it is given from the store
+    # itself (bound with `bind`; e.g. joined per message, store.packed_readings): the engine
+    # then reads messages without them. Entries of a dead-letter retry, and batch messages,
+    # still come with `readings`; such a destination takes both.
+    fetches_readings: bool = False
     # At most this many messages per send, and the cursor moves after each send: for a
     # destination that takes one record per request, so a retry or restart resends none of
     # the records it took before (None: the whole batch the route chose, cursor after it).

@@ -219,7 +219,7 @@ class SinkRunner:
             cursor,
             self.settings.batch_size,
             with_payload=self._destination.wants_payload,
-            rows=self._destination.reading_rows,
+            readings=not self._destination.fetches_readings,
         )
         return await self._readable(entries)
 

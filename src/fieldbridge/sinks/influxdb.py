@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NoReturn
 
 import httpx
@@ -36,6 +36,9 @@ from fieldbridge.store import Store
 V1_PRECISION = {"s": "s", "ms": "ms", "us": "u", "ns": "n"}
 
 
+# Lanes by device only when the batch has at least this many devices per lane: fewer would
+# leave lanes empty or lopsided (a one-device backlog would go one request at a time).
+DEVICES_PER_LANE = 2
 GZIP_IN_THREAD = 64 * 1024  # a batch's bodies at least this long are gzipped off the event loop
 
 
@@ -52,16 +55,26 @@ Planned = tuple[list[list[Request]], list[list[bytes]]]
 
 def plan_requests(rendered: Rendered, max_lines: int, max_bytes: int) -> list[list[Request]]:
     """Lanes of requests: a lane's requests go one after the other, lanes go side by side. A
-    series is hashed to one lane, so its points keep their order."""
-    texts, owners, hashes = rendered
+    series is hashed to one lane, so its points keep their order: by its device when the
+    batch has enough devices to fill the lanes (a message's lines move as one slice), else
+    line by line."""
+    texts, owners, hashes, spans = rendered
     lanes_wanted = max(1, -(-len(texts) // max_lines))
     if lanes_wanted == 1:
         return [_requests(texts, owners, max_lines, max_bytes)] if texts else []
     lanes: list[tuple[list[str], list[JournalEntry]]] = [([], []) for _ in range(lanes_wanted)]
-    for text, owner, crc in zip(texts, owners, hashes, strict=True):
-        lane_texts, lane_owners = lanes[crc % lanes_wanted]
-        lane_texts.append(text)
-        lane_owners.append(owner)
+    if spans is not None and len({crc for _, crc in spans}) >= DEVICES_PER_LANE * lanes_wanted:
+        start = 0
+        for end, crc in spans:
+            lane_texts, lane_owners = lanes[crc % lanes_wanted]
+            lane_texts += texts[start:end]
+            lane_owners += owners[start:end]
+            start = end
+    else:
+        for text, owner, crc in zip(texts, owners, hashes, strict=True):
+            lane_texts, lane_owners = lanes[crc % lanes_wanted]
+            lane_texts.append(text)
+            lane_owners.append(owner)
     return [_requests(t, o, max_lines, max_bytes) for t, o in lanes if t]
 
 
@@ -98,7 +111,7 @@ def _body(texts: list[str]) -> bytes:
 class InfluxDBDestination(HttpDestination):
     """One POST per request body; `transport` replaces httpx's network transport."""
 
-    reading_rows = True  # plain numbers render straight from the stored rows
+    fetches_readings = True  # packed in the journal row (most), else read as rows
 
     def __init__(
         self, settings: InfluxDBSettings, transport: httpx.AsyncBaseTransport | None = None
@@ -183,7 +196,7 @@ class InfluxDBDestination(HttpDestination):
     ) -> Planned:
         """The batch's lanes of requests and what each request posts (its body, gzipped when
         the settings say so: in a thread, all at once, as zlib lets go of the GIL)."""
-        rendered = self._renderer.texts(entries, teams)
+        rendered = self._renderer.texts(await self._with_readings(entries), teams)
         lanes = plan_requests(
             rendered, self.settings.lines_per_request, self.settings.max_request_bytes
         )
@@ -193,6 +206,16 @@ class InfluxDBDestination(HttpDestination):
         if sum(len(request.body) for lane in lanes for request in lane) >= GZIP_IN_THREAD:
             return lanes, await asyncio.to_thread(_gzipped, lanes)
         return lanes, _gzipped(lanes)
+
+    async def _with_readings(self, entries: Sequence[JournalEntry]) -> Sequence[JournalEntry]:
+        """The messages read without readings given them: most carry them packed; the rest
+        get their reading rows."""
+        bare = [e.id for e in entries if e.packed is None and not e.readings and not e.rows]
+        if not bare:
+            return entries
+        assert self._store is not None, "the sink engine binds the store before sending"
+        rows = await self._store.reading_rows(bare)
+        return [replace(e, rows=rows[e.id]) if e.id in rows else e for e in entries]
 
     async def send(self, entries: Sequence[JournalEntry]) -> None:
         prepared = self._prepared
@@ -261,7 +284,8 @@ class InfluxDBDestination(HttpDestination):
             # refused the whole request, which the engine then halves.
             message = _error_text(response)
             if "partial write" in message:
-                self._partial(self._lines(request, teams), message, response.status_code)
+                lines = await self._lines(request, teams)
+                self._partial(lines, message, response.status_code)
         if not 200 <= response.status_code < 300:
             self._refused(response)
 
@@ -282,11 +306,11 @@ class InfluxDBDestination(HttpDestination):
             ) from None
         raise AssertionError(f"HTTP {response.status_code} is not a refusal")
 
-    def _lines(self, request: Request, teams: Mapping[str, str | None]) -> list[Line]:
+    async def _lines(self, request: Request, teams: Mapping[str, str | None]) -> list[Line]:
         """The lines of a request with what a partial write is matched against: its messages
         rendered again (the renderer is deterministic), keeping the lines it carried."""
         texts = set(request.texts)
-        entries = {id(entry): entry for entry in request.owners}.values()
+        entries = await self._with_readings(list({id(e): e for e in request.owners}.values()))
         return [
             line
             for entry in entries

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from fieldbridge import packed
 from fieldbridge.model import JournalEntry, Reading, ReadingRow
 from fieldbridge.store import jsoncol
 
@@ -176,6 +177,14 @@ def _naming(
     return measurement, series, escape_field_key(layout.field.format_map(names))
 
 
+# A message's source, kind, device and team; a plain reading's quantity (channel 0, no unit)
+# or its quantity, channel and unit; and the start of its line up to the value, its series and
+# the series' hash.
+About = tuple[str, str | None, str, str | None]
+PlainKey = str | tuple[str, int, str | None]
+Named = tuple[str, str, int]
+PackedHeads = tuple[list[str], list[int]]
+MISSING: Any = object()  # not in a cache (None is a cached answer)
 NAMING_CACHE = 65_536  # combinations of device, quantity, channel and unit kept worked out
 VALUE_CACHE = 65_536  # texts of values kept (a sensor's readings take few distinct values)
 
@@ -187,19 +196,24 @@ def reading_of(row: ReadingRow) -> Reading:
 
 
 def readings_of(entry: JournalEntry) -> Sequence[Reading]:
-    """A message's readings, whether it was read with Reading objects or with rows."""
-    if entry.readings or not entry.rows:
+    """A message's readings, whether it was read with Reading objects, with rows or packed."""
+    if entry.readings:
         return entry.readings
-    return [reading_of(row) for row in entry.rows]
+    if entry.rows:
+        return [reading_of(row) for row in entry.rows]
+    return packed.readings(entry.packed) if entry.packed is not None else ()
 
 
 class Rendered(NamedTuple):
     """A batch's lines in order: the text, the message and the hash of the series of each
-    (same positions)."""
+    (same positions); and, when every series names its device (a `device` tag), where each
+    message's lines end with the hash of its device: a device's lines may then travel
+    together, as each series belongs to one device."""
 
     texts: list[str]
     owners: list[JournalEntry]
     hashes: list[int]
+    spans: list[tuple[int, int]] | None = None
 
 
 class Renderer:
@@ -212,13 +226,13 @@ class Renderer:
         self._naming: dict[tuple[object, ...], tuple[str, str, str]] = {}
         # (source, kind, device, team) -> (quantity, channel, unit), or the quantity alone for
         # channel 0 without a unit, -> (start, series, hash): the naming of plain readings as
-        # the row path needs it.
-        self._plain: dict[
-            tuple[str, str | None, str, str | None],
-            dict[str | tuple[str, int, str | None], tuple[str, str, int]],
-        ] = {}
+        # the row and packed paths need it.
+        self._plain: dict[About, dict[PlainKey, Named]] = {}
         self._plain_size = 0
         self._values: dict[float, str] = {}  # repr of the values seen lately (they repeat)
+        self._devices: dict[str, int] | None = {} if "device" in layout.tags else None
+        # (about, a packed text's quantities) -> the starts of its lines and their hashes
+        self._packed: dict[tuple[About, str], PackedHeads | None] = {}
 
     def entry_lines(self, entry: JournalEntry, team: str | None = None) -> list[Line]:
         """The lines of one message, in the order their first reading appears."""
@@ -268,29 +282,59 @@ class Renderer:
         return out
 
     def texts(self, entries: Sequence[JournalEntry], teams: Mapping[str, str | None]) -> Rendered:
-        """The lines of a batch as `render` makes them, as text. A message read with rows
-        whose readings are all plain numbers (the common case) is rendered from its rows
-        without building Reading or Line objects."""
+        """The lines of a batch as `render` makes them, as text. A message whose readings are
+        all plain numbers (the common case) is rendered without building Reading or Line
+        objects: from its packed text (JournalEntry.packed) or from its rows."""
         texts: list[str] = []
         owners: list[JournalEntry] = []
         hashes: list[int] = []
+        spans: list[tuple[int, int]] | None = None
+        devices = self._devices
+        if devices is not None:
+            spans = []
+            if len(devices) >= NAMING_CACHE:
+                devices.clear()
         add_text, add_hash = texts.append, hashes.append
-        scale, plain, isfinite = self._scale, self._plain, math.isfinite
+        scale, isfinite = self._scale, math.isfinite
         values = self._values
         if len(values) >= VALUE_CACHE:
             values.clear()
         value_text, keep_text = values.get, values.__setitem__
+        if len(self._packed) >= NAMING_CACHE:
+            self._packed.clear()
+        packed_heads = self._packed.get
+        packed_at, packed_tail = "", ""
         for entry in entries:
             team = teams.get(entry.device)
             rows = entry.rows
-            if rows:
+            joined = entry.packed
+            if joined is not None:
+                at_text, quantities, numbers = joined.split(packed.RS)
                 about = (entry.source, entry.kind, entry.device, team)
-                naming = plain.get(about)
-                if naming is None:
-                    if self._plain_size >= NAMING_CACHE:
-                        plain.clear()
-                        self._plain_size = 0
-                    naming = plain[about] = {}
+                heads = packed_heads((about, quantities), MISSING)
+                if heads is MISSING:
+                    heads = self._packed_heads(about, quantities)
+                if heads is not None:
+                    if at_text != packed_at:  # consecutive messages often share their time
+                        packed_at = at_text
+                        packed_tail = f" {round(float(at_text) * scale)}"
+                    heads_texts, crcs = heads
+                    if len(crcs) == 1:
+                        add_text(f"{heads_texts[0]}{numbers}{packed_tail}")
+                    else:
+                        values_of = zip(heads_texts, numbers.split(packed.US), strict=True)
+                        texts += [f"{h}{v}{packed_tail}" for h, v in values_of]
+                    hashes += crcs
+                    owners += [entry] * len(crcs)
+                    if devices is not None and spans is not None:
+                        crc = devices.get(entry.device)
+                        if crc is None:
+                            crc = _device_hash(devices, entry.device)
+                        spans.append((len(texts), crc))
+                    continue  # else the general path
+            elif rows:
+                about = (entry.source, entry.kind, entry.device, team)
+                naming = self._naming_of(about)
                 start = len(texts)
                 at: float | None = None
                 tail = ""
@@ -306,10 +350,7 @@ class Renderer:
                             keep_text(value, text)
                     # Channel 0 without a unit (most readings) is kept under the quantity.
                     key = quantity if channel == 0 and unit is None else (quantity, channel, unit)
-                    named = naming.get(key)
-                    if named is None:
-                        named = naming[key] = self._plain_naming(about, (quantity, channel, unit))
-                        self._plain_size += 1
+                    named = naming.get(key) or self._named(naming, about, key)
                     head, _, crc = named
                     if not head:
                         continue  # the field's name came out empty: no line, as entry_lines
@@ -325,25 +366,71 @@ class Renderer:
                     # series have equal hashes; two series whose hashes collide go there too.
                     if count < 2 or len(set(hashes[start:])) == count:
                         owners.extend([entry] * count)
+                        if spans is not None and devices is not None and count:
+                            spans.append((len(texts), _device_hash(devices, entry.device)))
                         continue
                 del texts[start:], hashes[start:]
+            start = len(texts)
             for line in self.entry_lines(entry, team):
                 add_text(line.text)
                 owners.append(entry)
                 add_hash(series_hash(line.series))
-        return Rendered(texts, owners, hashes)
+            if spans is not None and devices is not None and len(texts) > start:
+                spans.append((len(texts), _device_hash(devices, entry.device)))
+        return Rendered(texts, owners, hashes, spans)
 
-    def _plain_naming(
+    def _naming_of(self, about: About) -> dict[PlainKey, Named]:
+        """The plain readings' naming kept for a message's source, kind, device and team."""
+        naming = self._plain.get(about)
+        if naming is None:
+            if self._plain_size >= NAMING_CACHE:
+                self._plain.clear()
+                self._plain_size = 0
+            naming = self._plain[about] = {}
+        return naming
+
+    def _named(
         self,
-        about: tuple[str, str | None, str, str | None],
-        key: tuple[str, int, str | None],
-    ) -> tuple[str, str, int]:
+        naming: dict[PlainKey, Named],
+        about: About,
+        key: PlainKey,
+    ) -> Named:
+        """Work out and keep the naming of a plain reading (`key`: the quantity alone for
+        channel 0 without a unit)."""
+        full = (key, 0, None) if isinstance(key, str) else key
+        named = naming[key] = self._plain_naming(about, full)
+        self._plain_size += 1
+        return named
+
+    def _packed_heads(self, about: About, quantities: str) -> PackedHeads | None:
+        """The start of each line of a message packed with these quantities (joined by US)
+        and their series' hashes, kept; None when it needs the general path (a series twice,
+        or a field whose name came out empty)."""
+        naming = self._naming_of(about)
+        named = [
+            naming.get(q) or self._named(naming, about, q) for q in quantities.split(packed.US)
+        ]
+        crcs = [crc for _, _, crc in named]
+        heads: PackedHeads | None = ([head for head, _, _ in named], crcs)
+        if len(set(crcs)) != len(crcs) or not all(head for head, _, _ in named):
+            heads = None
+        self._packed[about, quantities] = heads
+        return heads
+
+    def _plain_naming(self, about: About, key: tuple[str, int, str | None]) -> Named:
         """The start of a plain reading's line up to its value ("" when the field's name
         comes out empty), its series and the series' hash."""
         quantity, channel, unit = key
         reading = Reading(quantity, 0.0, 0.0, channel, unit)
         _, series, field = _naming(self.layout, reading, about)
         return (f"{series} {field}=" if field else ""), series, series_hash(series)
+
+
+def _device_hash(known: dict[str, int], device: str) -> int:
+    crc = known.get(device)
+    if crc is None:
+        crc = known[device] = zlib.crc32(device.encode())
+    return crc
 
 
 def series_hash(series: str) -> int:

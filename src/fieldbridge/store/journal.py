@@ -19,6 +19,7 @@ from fieldbridge.model import (
     Rejected,
     Role,
 )
+from fieldbridge.packed import pack
 from fieldbridge.store import jsoncol
 from fieldbridge.store.db import Database, Execute, ExecuteMany, Fetch, Plan, Row, Timeout
 from fieldbridge.store.liveness import bring_back_up
@@ -34,6 +35,7 @@ IN_CHUNK = 500
 # busy event loop (several milliseconds each time), now once per statement.
 ROW_CHUNKS = (64, 16, 4, 1)
 _MESSAGE_ID = itemgetter(0)  # of a reading row
+ROW_COLUMNS = "message_id, quantity, value, measured_at, channel, unit, extra"  # ReadingRow
 
 
 @dataclass(slots=True)
@@ -59,12 +61,27 @@ class JournalQueries:
         return await self.db.run(_commit(self.db.dialect, batch))
 
     async def read_journal(
-        self, after: int, limit: int, *, with_payload: bool = False, rows: bool = False
+        self,
+        after: int,
+        limit: int,
+        *,
+        with_payload: bool = False,
+        rows: bool = False,
+        readings: bool = True,
     ) -> list[JournalEntry]:
         """Up to `limit` messages with id > after, oldest first, with their readings: as
         Reading objects, or with `rows` as plain tuples in `JournalEntry.rows` (a sink that
-        renders each reading straight into text saves building an object per reading)."""
+        renders each reading straight into text saves building an object per reading), or
+        without them (`readings=False`: the sink reads them itself), each with its packed
+        plain readings (JournalEntry.packed)."""
         payload_col = "payload" if with_payload else "NULL"
+        if not readings:
+            found = await self.db.fetchall(
+                "SELECT id, received_at, source, device, kind, meta, "
+                f"{payload_col}, plain_readings FROM journal WHERE id > ? ORDER BY id LIMIT ?",
+                (after, limit),
+            )
+            return [_entry(row[:7], packed=row[7]) for row in found]
         found = await self.db.fetchall(
             "SELECT id, received_at, source, device, kind, meta, "
             f"{payload_col} FROM journal WHERE id > ? ORDER BY id LIMIT ?",
@@ -73,34 +90,31 @@ class JournalQueries:
         if not found:
             return []
         if rows:
-            return await self._with_rows(found)
+            rows_of = await self._rows_between(found[0][0], found[-1][0])
+            return [_entry(row, rows=rows_of.get(row[0], ())) for row in found]
         by_message = await self._readings_between(found[0][0], found[-1][0])
         return [_entry(row, by_message.get(row[0], ())) for row in found]
 
-    async def _with_rows(self, found: Sequence[Row]) -> list[JournalEntry]:
-        """The messages of `found` (journal rows in id order) with their readings as rows."""
+    async def _rows_between(self, first: int, last: int) -> dict[int, tuple[ReadingRow, ...]]:
         readings: list[ReadingRow] = await self.db.fetchall(
-            "SELECT message_id, quantity, value, measured_at, channel, unit, extra "
-            "FROM readings WHERE message_id >= ? AND message_id <= ? ORDER BY message_id, seq",
-            (found[0][0], found[-1][0]),
+            f"SELECT {ROW_COLUMNS} FROM readings WHERE message_id >= ? AND message_id <= ? "
+            "ORDER BY message_id, seq",
+            (first, last),
         )
         # Grouped in C (groupby), not by a walk in Python: this runs once per reading.
-        rows_of = {mid: tuple(rows) for mid, rows in groupby(readings, _MESSAGE_ID)}
-        del readings
-        return [
-            JournalEntry(
-                mid,
-                received_at,
-                source,
-                device,
-                kind,
-                {} if meta == "{}" else jsoncol.load(meta),  # "{}": most messages
-                bytes(payload) if payload is not None else b"",
-                (),
-                rows_of.get(mid, ()),
+        return {mid: tuple(rows) for mid, rows in groupby(readings, _MESSAGE_ID)}
+
+    async def reading_rows(self, ids: Sequence[int]) -> dict[int, tuple[ReadingRow, ...]]:
+        """The readings of the messages `ids` as rows (JournalEntry.rows), by message."""
+        out: dict[int, tuple[ReadingRow, ...]] = {}
+        for chunk in _chunks(sorted(set(ids))):
+            found: list[ReadingRow] = await self.db.fetchall(
+                f"SELECT {ROW_COLUMNS} FROM readings "
+                f"WHERE message_id IN ({','.join('?' * len(chunk))}) ORDER BY message_id, seq",
+                chunk,
             )
-            for mid, received_at, source, device, kind, meta, payload in found
-        ]
+            out.update((mid, tuple(rows)) for mid, rows in groupby(found, _MESSAGE_ID))
+        return out
 
     async def journal_by_ids(
         self, ids: Sequence[int], *, with_payload: bool = False
@@ -213,17 +227,25 @@ class JournalQueries:
         return int(rows[0][0])
 
 
-def _entry(row: Row, readings: tuple[Reading, ...]) -> JournalEntry:
+def _entry(
+    row: Row,
+    readings: tuple[Reading, ...] = (),
+    rows: tuple[ReadingRow, ...] = (),
+    packed: str | None = None,
+) -> JournalEntry:
+    """A journal row (id, received_at, source, device, kind, meta, payload) as an entry."""
     mid, received_at, source, device, kind, meta, payload = row
     return JournalEntry(
-        id=mid,
-        received_at=received_at,
-        source=source,
-        device=device,
-        kind=kind,
-        meta=jsoncol.load(meta),
-        payload=bytes(payload) if payload is not None else b"",
-        readings=readings,
+        mid,
+        received_at,
+        source,
+        device,
+        kind,
+        {} if meta == "{}" else jsoncol.load(meta),  # "{}": most messages
+        bytes(payload) if payload is not None else b"",
+        readings,
+        rows,
+        packed,
     )
 
 
@@ -347,7 +369,7 @@ def _commit(dialect: str, batch: Sequence[Pending]) -> Plan[list[Outcome]]:
             device = d.device
             journal_rows.append(
                 (mid, received_at, source, device, d.kind, meta_json,
-                 p.payload if d.raw is None else d.raw, d.idempotency_key)
+                 p.payload if d.raw is None else d.raw, d.idempotency_key, pack(d.readings))
             )  # fmt: skip
             for seq, r in enumerate(d.readings):
                 extra = jsoncol.dump_or_none(r.extra) if r.extra else None
@@ -368,7 +390,8 @@ def _commit(dialect: str, batch: Sequence[Pending]) -> Plan[list[Outcome]]:
     if journal_rows:
         yield from _insert(
             dialect,
-            "INSERT INTO journal (id, received_at, source, device, kind, meta, payload, idem_key)",
+            "INSERT INTO journal (id, received_at, source, device, kind, meta, payload, idem_key, "
+            "plain_readings)",
             "",
             journal_rows,
         )

@@ -21,6 +21,8 @@ journal = sa.Table(
     sa.Column("meta", sa.Text, nullable=False, server_default="{}"),
     sa.Column("payload", sa.LargeBinary, nullable=False),
     sa.Column("idem_key", sa.Text),
+    # Its readings packed when all are plain numbers at one instant (fieldbridge.packed).
+    sa.Column("plain_readings", sa.Text),
     # idem_key first: a batch looks up hundreds of keys of one source at once.
     sa.UniqueConstraint("idem_key", "source", name="uq_journal_idem_key_source"),
     sa.Index("ix_journal_received_at", "received_at"),
