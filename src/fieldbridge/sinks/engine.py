@@ -96,6 +96,9 @@ class SinkRunner:
         self._stopping = False
         self._cursor = 0
         self._ahead: tuple[int, asyncio.Task[list[JournalEntry]]] | None = None
+        # The save of the cursor after a delivered batch, still running while the next batch
+        # goes out; awaited before the next save or any other write of the sink's state.
+        self._saving: asyncio.Task[None] | None = None
         self._last_send = 0.0
         self._last_lag = 0.0
         self._dead_letters = 0  # how many this sink has, as far as this runner knows
@@ -118,22 +121,26 @@ class SinkRunner:
 
     async def run(self) -> None:
         """Deliver until stopped; never raises for destination or store trouble."""
-        while not self._stopping:
-            try:
-                async with self._destination:
-                    await self._run_open()
-            except _Stop:
-                break
-            except Exception as exc:  # a bug must not end delivery for good: start over
-                log.exception("sink %s: unexpected error; restarting the sink", self.name)
-                with contextlib.suppress(StoreError):
-                    await self._set_state(SinkRunState.ERROR, f"{type(exc).__name__}: {exc}")
-                with contextlib.suppress(_Stop):
-                    await self._pause_for(5.0)
-        if self._ahead is not None:
-            await _discard(self._ahead[1])
-            self._ahead = None
-        self.state = SinkRunState.STOPPED
+        try:
+            while not self._stopping:
+                try:
+                    async with self._destination:
+                        await self._run_open()
+                except _Stop:
+                    break
+                except Exception as exc:  # a bug must not end delivery for good: start over
+                    log.exception("sink %s: unexpected error; restarting the sink", self.name)
+                    with contextlib.suppress(StoreError):
+                        await self._set_state(SinkRunState.ERROR, f"{type(exc).__name__}: {exc}")
+                    with contextlib.suppress(_Stop):
+                        await self._pause_for(5.0)
+        finally:  # also when cancelled: the last cursor is saved before the store closes
+            if self._ahead is not None:
+                await _discard(self._ahead[1])
+                self._ahead = None
+            with contextlib.suppress(StoreError):
+                await self._saved()
+            self.state = SinkRunState.STOPPED
 
     async def _run_open(self) -> None:
         """Deliver with the destination open, riding out store failures and control requests."""
@@ -153,6 +160,7 @@ class SinkRunner:
         await self._measure_lag(force=True)  # the lag gauges have a value from the start
         while not self._stopping:
             stored = await self._store.sink_state(self.name)
+            await self._saved()  # a replay or pause moves or holds what it saved
             if stored.replay_from is not None:  # read first: taking it is a write
                 replay = await self._store.take_replay(self.name)
                 if replay is not None:
@@ -200,7 +208,9 @@ class SinkRunner:
                 log.info("sink %s: the destination accepts messages again", self.name)
             self._refusals, self._probes = 0, FIRST_PROBES
             self._cursor = entries[-1].id
-            await self._set_state(SinkRunState.RUNNING, None, cursor=self._cursor)
+            # Saved while the next batch goes out: the destination is not left waiting for a
+            # commit between batches.
+            await self._set_state(SinkRunState.RUNNING, None, cursor=self._cursor, wait=False)
             await self._measure_lag(force=False)
 
     async def _read(self) -> list[JournalEntry]:
@@ -492,15 +502,30 @@ class SinkRunner:
         *,
         cursor: int | None = None,
         save: bool = True,
+        wait: bool = True,
     ) -> None:
+        """Record the state (and the confirmed cursor) in the store: before returning, or
+        with `wait=False` in the background, awaited by the next save."""
+        if save:
+            await self._saved()
         changed = state != self.state or error != self.last_error
         self.state = state
         if error is not None or state in (SinkRunState.IDLE, SinkRunState.RUNNING):
             self.last_error = error
         if save and (changed or cursor is not None):
-            await self._store.save_progress(
+            saving = self._store.save_progress(
                 self.name, cursor=cursor, state=state, last_error=self.last_error
             )
+            if wait:
+                await saving
+            else:
+                self._saving = asyncio.create_task(saving, name=f"sink-{self.name}-save")
+
+    async def _saved(self) -> None:
+        """Wait for the save still running in the background; its failure is raised here."""
+        saving, self._saving = self._saving, None
+        if saving is not None:
+            await saving
 
     async def _measure_lag(self, *, force: bool) -> None:
         now = time.monotonic()
