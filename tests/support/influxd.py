@@ -34,6 +34,7 @@ class Influxd:
         self.auth = auth
         self.log_path = workdir / "influxd.log"
         self._proc: subprocess.Popen[bytes] | None = None
+        self._client: httpx.Client | None = None
         self._admin_made = False
         if start:
             self.start()
@@ -80,6 +81,9 @@ class Influxd:
             return False
 
     def stop(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
         if self._proc is not None and self._proc.poll() is None:
             self._proc.send_signal(signal.SIGTERM)
             try:
@@ -103,7 +107,9 @@ class Influxd:
         if database:
             params["db"] = database
         auth = ADMIN if self.auth and self._admin_made else None
-        response = httpx.post(f"{self.url}/query", params=params, auth=auth, timeout=30.0)
+        if self._client is None:  # one client: a new one per query builds an SSL context each time
+            self._client = httpx.Client(timeout=30.0)
+        response = self._client.post(f"{self.url}/query", params=params, auth=auth)
         response.raise_for_status()
         body: dict[str, Any] = response.json()
         for result in body.get("results", []):
