@@ -179,6 +179,8 @@ def fieldbridge_burst(
         "points": arrived,
         "lost": published["acked"] - arrived,
         "rate": arrived / (when - published["started"]),
+        "acked_s": published["finished"] - published["started"],  # the last PUBACK
+        "tail_s": when - published["finished"],  # then the sink's last points
         "rss": peak,
     } | {f"cpu_{name}": seconds * 1e6 / count for name, seconds in cpu.items()}
 
@@ -303,6 +305,10 @@ def main() -> None:
         "burst, end to end (msg/s = points in InfluxDB / time from first publish to last point)",
         ["", "published", "points", "lost", "msg/s", "peak RSS"],
         rows,
+    )
+    print(
+        f"median burst: every PUBACK after {ours['acked_s']:.2f} s (ingest), the last point in "
+        f"influxd {ours['tail_s']:.2f} s later (the sink's tail)"
     )
     print(
         "CPU per message in the median burst: "
