@@ -179,8 +179,8 @@ def fieldbridge_burst(
         "points": arrived,
         "lost": published["acked"] - arrived,
         "rate": arrived / (when - published["started"]),
-        "acked_s": published["finished"] - published["started"],  # the last PUBACK
-        "tail_s": when - published["finished"],  # then the sink's last points
+        "acked_s": published["finished"] - published["started"],  # the broker has them all
+        "tail_s": when - published["finished"],  # then fieldbridge's last points
         "rss": peak,
     } | {f"cpu_{name}": seconds * 1e6 / count for name, seconds in cpu.items()}
 
@@ -307,8 +307,8 @@ def main() -> None:
         rows,
     )
     print(
-        f"median burst: every PUBACK after {ours['acked_s']:.2f} s (ingest), the last point in "
-        f"influxd {ours['tail_s']:.2f} s later (the sink's tail)"
+        f"median burst: the broker had every message after {ours['acked_s']:.2f} s (its PUBACKs "
+        f"to the publisher), the last point was in influxd {ours['tail_s']:.2f} s later"
     )
     print(
         "CPU per message in the median burst: "
