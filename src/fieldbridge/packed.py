@@ -24,25 +24,30 @@ RS, US = "\x1e", "\x1f"
 
 def pack(readings: Sequence[Reading]) -> str | None:
     """The packed text of `readings`, or None when one is not plain, they are not all at one
-    time, or a quantity holds a separator."""
+    time, or a quantity holds a separator. Runs in every commit, once a message."""
     if not readings:
         return None
     at = readings[0].measured_at
-    quantities: list[str] = []
     values: list[str] = []
     for r in readings:
         value = r.value
-        if value is None or r.measured_at != at or r.channel != 0 or r.unit is not None or r.extra:
+        if value is None or r.channel or r.unit is not None or r.extra or r.measured_at != at:
             return None
         number = float(value)
-        quantity = r.quantity
-        if not isfinite(number) or RS in quantity or US in quantity:
-            return None
-        if number == 0 and copysign(1.0, number) < 0:
-            return None  # SQLite keeps -0.0 as 0: the reading rows alone say what was kept
-        quantities.append(quantity)
+        if not isfinite(number) or (not number and copysign(1.0, number) < 0):
+            return None  # -0.0: SQLite keeps it as 0, so the reading rows alone say what was kept
         values.append(repr(number))
-    return f"{at!r}{RS}{US.join(quantities)}{RS}{US.join(values)}"
+    if len(values) == 1:
+        quantities = readings[0].quantity
+        if US in quantities:
+            return None
+    else:
+        quantities = US.join([r.quantity for r in readings])
+        if quantities.count(US) != len(values) - 1:
+            return None  # a quantity holds the separator
+    if RS in quantities:
+        return None
+    return f"{at!r}{RS}{quantities}{RS}{US.join(values)}"
 
 
 def unpack(text: str) -> tuple[float, list[str], list[str]]:
