@@ -293,6 +293,43 @@ async def test_a_large_batch_is_stored_row_for_row_in_order(store: Store) -> Non
         )
 
 
+async def test_rows_of_every_shape_in_one_batch(store: Store) -> None:
+    """Messages with and without kind and key, readings with and without unit, extra and key
+    (SQLite writes each shape with NULL literals): each stored as given, readings in order."""
+    readings = [
+        Reading("a", 1.0, T0),
+        Reading("b", 2.0, T0 + 1, channel=3, unit="C"),
+        Reading("c", None, T0 + 2, extra={"code": 7}),
+        Reading("d", 4.0, T0 + 3, key="d@1"),
+        Reading("e", 5.0, T0 + 4, channel=1),
+    ]
+    batch = [
+        payload(
+            record(
+                f"dev-{n}",
+                kind=None if n % 2 else f"kind-{n}",
+                key=None if n % 3 else f"k{n}",
+                readings=readings[n % 5 :] + readings[: n % 5],
+            ),
+            body=f"body-{n}".encode(),
+        )
+        for n in range(12)
+    ]
+    ids = [o.ids[0] for o in await accepted(store, batch)]
+    entries = await store.read_journal(ids[0] - 1, 20, with_payload=True)
+    assert [e.id for e in entries] == ids
+    for n, entry in enumerate(entries):
+        assert (entry.device, entry.kind, entry.payload) == (
+            f"dev-{n}",
+            None if n % 2 else f"kind-{n}",
+            f"body-{n}".encode(),
+        )
+        assert list(entry.readings) == readings[n % 5 :] + readings[: n % 5]
+    again = await accepted(store, batch)
+    assert [o.duplicates for o in again] == [0 if n % 3 else 1 for n in range(12)]
+    assert [o.ids[0] for n, o in enumerate(again) if n % 3 == 0] == ids[::3]
+
+
 async def test_device_kind_within_one_batch(store: Store) -> None:
     await accepted(store, [payload(record("n")), payload(record("n", kind="probe"))])
     device = await store.get_device("n")

@@ -34,6 +34,10 @@ IN_CHUNK = 500
 # busy event loop (several milliseconds each time), now once per statement.
 ROW_CHUNKS = (64, 16, 4, 1)
 _MESSAGE_ID = itemgetter(0)  # of a reading row
+READINGS_INSERT = (
+    "INSERT INTO readings (message_id, seq, device, measured_at, quantity, channel, value, unit, "
+    "extra, reading_key)"
+)
 
 
 @dataclass(slots=True)
@@ -320,8 +324,13 @@ def _commit(dialect: str, batch: Sequence[Pending]) -> Plan[list[Outcome]]:
     slots, new_count = _slots(batch, known) if repeats else (None, records)
     ids = (yield from _allocate_ids(dialect, new_count)) if new_count else []
 
-    journal_rows: list[tuple[object, ...]] = []
-    reading_rows: list[tuple[object, ...]] = []
+    # Rows by shape: a column that is None in every row of a statement is written as a NULL
+    # literal rather than bound. Python's sqlite3 (3.11) binds None and bytes through its
+    # adapter lookup, which looks up __adapt__ on a type and raises and clears an
+    # AttributeError: about 0.25 µs per None bound, most of a plain reading's binding.
+    journal_rows: dict[tuple[bool, bool], list[tuple[object, ...]]] = {}
+    reading_rows: list[tuple[object, ...]] = []  # unit, extra or key set
+    plain_rows: list[tuple[object, ...]] = []  # no unit, extra or key: most readings
     seen: dict[str, _Seen] = {}
     outcomes: list[Outcome | None] = []
     next_new = 0
@@ -344,12 +353,24 @@ def _commit(dialect: str, batch: Sequence[Pending]) -> Plan[list[Outcome]]:
             mid = ids[next_new]
             next_new += 1
             message_ids.append(mid)
-            device = d.device
-            journal_rows.append(
-                (mid, received_at, source, device, d.kind, meta_json,
-                 p.payload if d.raw is None else d.raw, d.idempotency_key)
-            )  # fmt: skip
+            device, kind, key = d.device, d.kind, d.idempotency_key
+            row: tuple[object, ...] = (mid, received_at, source, device)
+            if kind is not None:
+                row += (kind,)
+            row += (meta_json, p.payload if d.raw is None else d.raw)
+            if key is not None:
+                row += (key,)
+            shape = (kind is None, key is None)
+            rows = journal_rows.get(shape)
+            if rows is None:
+                rows = journal_rows[shape] = []
+            rows.append(row)
             for seq, r in enumerate(d.readings):
+                if r.unit is None and r.key is None and not r.extra:
+                    plain_rows.append(
+                        (mid, seq, device, r.measured_at, r.quantity, r.channel, r.value)
+                    )
+                    continue
                 extra = jsoncol.dump_or_none(r.extra) if r.extra else None
                 reading_rows.append(
                     (mid, seq, device, r.measured_at, r.quantity, r.channel, r.value, r.unit,
@@ -358,26 +379,33 @@ def _commit(dialect: str, batch: Sequence[Pending]) -> Plan[list[Outcome]]:
             entry = seen.get(device)
             if entry is None:
                 entry = seen[device] = _Seen(
-                    d.kind, source, received_at, received_at, 0, {}, d.report is None
+                    kind, source, received_at, received_at, 0, {}, d.report is None
                 )
             entry.note(d, received_at)
             if d.report is not None:
                 relays.note(d, received_at, source)
         outcomes.append(Accepted(tuple(message_ids), duplicates))
 
-    if journal_rows:
+    for (no_kind, no_key), rows in journal_rows.items():
         yield from _insert(
             dialect,
             "INSERT INTO journal (id, received_at, source, device, kind, meta, payload, idem_key)",
+            _marks(("?", "?", "?", "?", "NULL" if no_kind else "?", "?", "?",
+                    "NULL" if no_key else "?")),
             "",
-            journal_rows,
+            rows,
+        )  # fmt: skip
+    # A keyed reading the device already has (a resent frame) is skipped, not stored twice;
+    # a reading without a key never conflicts, so the plain ones may go first.
+    if plain_rows:
+        yield ExecuteMany(
+            f"{READINGS_INSERT} VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL) "
+            "ON CONFLICT DO NOTHING",
+            plain_rows,
         )
     if reading_rows:
         yield ExecuteMany(
-            # A keyed reading the device already has (a resent frame) is skipped, not stored twice.
-            "INSERT INTO readings (message_id, seq, device, measured_at, quantity, channel, "
-            "value, unit, extra, reading_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT DO NOTHING",
+            f"{READINGS_INSERT} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             reading_rows,
         )
     if seen:
@@ -399,24 +427,29 @@ def _commit(dialect: str, batch: Sequence[Pending]) -> Plan[list[Outcome]]:
     return [o for o in outcomes if o is not None]
 
 
-def _insert(dialect: str, head: str, tail: str, rows: Sequence[tuple[object, ...]]) -> Plan[None]:
-    """`head` VALUES (one row) `tail`, for every row in order: on SQLite in multi-row
-    statements (ROW_CHUNKS), elsewhere as one executemany."""
-    width = len(rows[0])
+def _insert(
+    dialect: str, head: str, one: str, tail: str, rows: Sequence[tuple[object, ...]]
+) -> Plan[None]:
+    """`head` VALUES `one` `tail` (`one` the row's marks, see _marks), for every row in
+    order: on SQLite in multi-row statements (ROW_CHUNKS), elsewhere as one executemany."""
     if dialect != "sqlite":
-        yield ExecuteMany(_values_sql(head, tail, width, 1), rows)
+        yield ExecuteMany(_values_sql(head, one, tail, 1), rows)
         return
     done = 0
     for size in ROW_CHUNKS:
         while len(rows) - done >= size:
             chunk = rows[done : done + size]
-            yield Execute(_values_sql(head, tail, width, size), list(chain.from_iterable(chunk)))
+            yield Execute(_values_sql(head, one, tail, size), list(chain.from_iterable(chunk)))
             done += size
 
 
+def _marks(columns: Sequence[str]) -> str:
+    """One row of VALUES: "?" for a bound column, or a literal."""
+    return "(" + ", ".join(columns) + ")"
+
+
 @cache
-def _values_sql(head: str, tail: str, width: int, count: int) -> str:
-    one = "(" + ", ".join("?" * width) + ")"
+def _values_sql(head: str, one: str, tail: str, count: int) -> str:
     return f"{head} VALUES {', '.join([one] * count)}{tail}"
 
 
@@ -521,6 +554,7 @@ def _insert_devices(dialect: str, rows: list[tuple[object, ...]]) -> Plan[None]:
     yield from _insert(
         dialect,
         "INSERT INTO devices (id, kind, source, first_seen, last_seen, message_count, role, team)",
+        _marks("?" * 8),
         " ON CONFLICT (id) DO UPDATE SET "
         f"role = {ROLE_MERGE}, team = COALESCE(excluded.team, devices.team), "
         "kind = COALESCE(excluded.kind, devices.kind), "
