@@ -34,6 +34,10 @@ IN_CHUNK = 500
 # busy event loop (several milliseconds each time), now once per statement.
 ROW_CHUNKS = (64, 16, 4, 1)
 _MESSAGE_ID = itemgetter(0)  # of a reading row
+JOURNAL_INSERT = (
+    "INSERT INTO journal (id, received_at, source, device, kind, meta, payload, idem_key)"
+)
+KIND, KEY = 4, 7  # of JOURNAL_INSERT's columns
 READINGS_INSERT = (
     "INSERT INTO readings (message_id, seq, device, measured_at, quantity, channel, value, unit, "
     "extra, reading_key)"
@@ -328,7 +332,10 @@ def _commit(dialect: str, batch: Sequence[Pending]) -> Plan[list[Outcome]]:
     # literal rather than bound. Python's sqlite3 (3.11) binds None and bytes through its
     # adapter lookup, which looks up __adapt__ on a type and raises and clears an
     # AttributeError: about 0.25 µs per None bound, most of a plain reading's binding.
-    journal_rows: dict[tuple[bool, bool], list[tuple[object, ...]]] = {}
+    full: list[tuple[object, ...]] = []
+    no_kind: list[tuple[object, ...]] = []
+    no_key: list[tuple[object, ...]] = []
+    no_kind_no_key: list[tuple[object, ...]] = []
     reading_rows: list[tuple[object, ...]] = []  # unit, extra or key set
     plain_rows: list[tuple[object, ...]] = []  # no unit, extra or key: most readings
     seen: dict[str, _Seen] = {}
@@ -354,17 +361,16 @@ def _commit(dialect: str, batch: Sequence[Pending]) -> Plan[list[Outcome]]:
             next_new += 1
             message_ids.append(mid)
             device, kind, key = d.device, d.kind, d.idempotency_key
-            row: tuple[object, ...] = (mid, received_at, source, device)
-            if kind is not None:
-                row += (kind,)
-            row += (meta_json, p.payload if d.raw is None else d.raw)
-            if key is not None:
-                row += (key,)
-            shape = (kind is None, key is None)
-            rows = journal_rows.get(shape)
-            if rows is None:
-                rows = journal_rows[shape] = []
-            rows.append(row)
+            body = p.payload if d.raw is None else d.raw
+            if kind is None:
+                if key is None:
+                    no_kind_no_key.append((mid, received_at, source, device, meta_json, body))
+                else:
+                    no_kind.append((mid, received_at, source, device, meta_json, body, key))
+            elif key is None:
+                no_key.append((mid, received_at, source, device, kind, meta_json, body))
+            else:
+                full.append((mid, received_at, source, device, kind, meta_json, body, key))
             for seq, r in enumerate(d.readings):
                 if r.unit is None and r.key is None and not r.extra:
                     plain_rows.append(
@@ -381,31 +387,34 @@ def _commit(dialect: str, batch: Sequence[Pending]) -> Plan[list[Outcome]]:
                 entry = seen[device] = _Seen(
                     kind, source, received_at, received_at, 0, {}, d.report is None
                 )
-            entry.note(d, received_at)
-            if d.report is not None:
-                relays.note(d, received_at, source)
+            elif kind is not None:
+                entry.kind = kind
+            entry.last = received_at
+            entry.count += 1
+            if d.attributes is not None or d.report is not None:
+                entry.note(d)
+                if d.report is not None:
+                    relays.note(d, received_at, source)
         outcomes.append(Accepted(tuple(message_ids), duplicates))
 
-    for (no_kind, no_key), rows in journal_rows.items():
-        yield from _insert(
-            dialect,
-            "INSERT INTO journal (id, received_at, source, device, kind, meta, payload, idem_key)",
-            _marks(("?", "?", "?", "?", "NULL" if no_kind else "?", "?", "?",
-                    "NULL" if no_key else "?")),
-            "",
-            rows,
-        )  # fmt: skip
+    for rows, nulls in (
+        (full, ()),
+        (no_kind, (KIND,)),
+        (no_key, (KEY,)),
+        (no_kind_no_key, (KIND, KEY)),
+    ):
+        if rows:
+            yield from _insert(dialect, JOURNAL_INSERT, _marks(8, nulls), "", rows)
     # A keyed reading the device already has (a resent frame) is skipped, not stored twice;
     # a reading without a key never conflicts, so the plain ones may go first.
     if plain_rows:
         yield ExecuteMany(
-            f"{READINGS_INSERT} VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL) "
-            "ON CONFLICT DO NOTHING",
+            f"{READINGS_INSERT} VALUES {_marks(10, (7, 8, 9))} ON CONFLICT DO NOTHING",
             plain_rows,
         )
     if reading_rows:
         yield ExecuteMany(
-            f"{READINGS_INSERT} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            f"{READINGS_INSERT} VALUES {_marks(10)} ON CONFLICT DO NOTHING",
             reading_rows,
         )
     if seen:
@@ -443,9 +452,10 @@ def _insert(
             done += size
 
 
-def _marks(columns: Sequence[str]) -> str:
-    """One row of VALUES: "?" for a bound column, or a literal."""
-    return "(" + ", ".join(columns) + ")"
+@cache
+def _marks(width: int, nulls: tuple[int, ...] = ()) -> str:
+    """One row of VALUES: a parameter for each of `width` columns, NULL at `nulls`."""
+    return "(" + ", ".join("NULL" if i in nulls else "?" for i in range(width)) + ")"
 
 
 @cache
@@ -481,11 +491,9 @@ class _Seen:
     role: Role | None = None
     team: str | None = None
 
-    def note(self, d: Decoded, received_at: float) -> None:
-        if d.kind is not None:
-            self.kind = d.kind
-        self.last = received_at
-        self.count += 1
+    def note(self, d: Decoded) -> None:
+        """What a message says beyond kind and time (counted by the caller): attributes and
+        a network report."""
         if d.attributes:
             self.attributes.update(d.attributes)
         report = d.report
@@ -554,7 +562,7 @@ def _insert_devices(dialect: str, rows: list[tuple[object, ...]]) -> Plan[None]:
     yield from _insert(
         dialect,
         "INSERT INTO devices (id, kind, source, first_seen, last_seen, message_count, role, team)",
-        _marks("?" * 8),
+        _marks(8),
         " ON CONFLICT (id) DO UPDATE SET "
         f"role = {ROLE_MERGE}, team = COALESCE(excluded.team, devices.team), "
         "kind = COALESCE(excluded.kind, devices.kind), "
