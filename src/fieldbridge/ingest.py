@@ -411,9 +411,10 @@ def _decode(item: Incoming) -> Pending:
             item.payload,
             reason="payload holds no message",
         )
-    # The type as a string: list[Decoded] would be built on every call.
+    # The type as a string: list[Decoded] would be built on every call. Pending positionally:
+    # keyword arguments cost about 0.1 µs more.
     messages = cast("list[Decoded]", decoded if type(decoded) is list else list(decoded))
-    return Pending(item.source, item.received_at, meta_json, item.payload, decoded=messages)
+    return Pending(item.source, item.received_at, meta_json, item.payload, messages)
 
 
 def _split(item: Incoming, meta_json: str, parts: Sequence[Decoded | Refusal]) -> Pending:
