@@ -195,24 +195,27 @@ class Ingest:
         """
         if self._closing:
             raise ShuttingDown("fieldbridge is shutting down; retry shortly")
-        self._bytes += len(payload)
+        # Once a message, so the bounds are checked inline rather than through has_room and
+        # _waiting, and an event already set is not set again.
+        size = len(payload)
+        self._bytes += size
         if reservation is not None and not reservation.settled:
             reservation.settled = True
             self._bytes -= reservation.nbytes
-            if reservation.nbytes > len(payload):  # a body without Content-Length
+            if reservation.nbytes > size:  # a body without Content-Length
                 self._freed.set()
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        lane = self._large if len(payload) > LARGE_PAYLOAD else self._queue
+        lane = self._large if size > LARGE_PAYLOAD else self._queue
         lane.append(
             Incoming(source, payload, codec, meta or {}, received_at or time.time(), future)
         )
         self._in_flight += 1
-        if not self.has_room:
+        if self._in_flight >= self._bound or self._bytes >= self._max_bytes:
             self._room.clear()
-        waiting = self._waiting
+        waiting = len(self._queue) + len(self._large)
         if waiting == 1:
             self._arrived.set()
-        if waiting >= self._batch_size or lane is self._large:
+        if (waiting >= self._batch_size or lane is self._large) and not self._full.is_set():
             self._full.set()
         return future
 
