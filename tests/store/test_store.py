@@ -105,6 +105,28 @@ async def test_idempotency_key_is_unique_per_source(store: Store) -> None:
     assert await count(store, "readings") == 2
 
 
+async def test_a_stored_key_among_new_ones(store: Store) -> None:
+    """A batch of new keys holding one stored before (a redelivery; on SQLite the batch is
+    first written without looking keys up, then written again): every new message stored once,
+    the repeat answered with its first id, the device counted once a message, later ids after."""
+    (first,) = await accepted(store, [payload(record(key="k5", value=5.0))])
+    batch = [payload(record(key=f"k{n}", value=float(n))) for n in range(10)]
+    outcomes = await accepted(store, batch)
+    assert outcomes[5] == Accepted(first.ids, duplicates=1)
+    new = [o.ids[0] for n, o in enumerate(outcomes) if n != 5]
+    assert all(o.duplicates == 0 for n, o in enumerate(outcomes) if n != 5)
+    assert len(set(new)) == 9 and min(new) > first.ids[0]
+    assert await count(store, "journal") == 10
+    assert await count(store, "readings") == 10
+    device = await store.get_device("dev-1")
+    assert device is not None and device.message_count == 10
+    entries = await store.read_journal(0, 20)
+    assert [e.id for e in entries] == sorted([first.ids[0], *new])
+    assert [e.readings[0].value for e in entries] == [5.0] + [float(n) for n in range(10) if n != 5]
+    (later,) = await accepted(store, [payload(record(key="k10"))])
+    assert later.ids[0] > max(new)
+
+
 async def test_duplicates_in_one_batch_and_across_batches(store: Store) -> None:
     first = await accepted(
         store,
