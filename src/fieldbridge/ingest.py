@@ -97,6 +97,7 @@ class Ingest:
         self._answered: list[Callable[[], None]] = []
         self._taps: list[Tap] = []
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # set on entering
         self._closing = False
         # The latest commit's outcome, for /healthz: a store that reads but cannot write is
         # seen here first. None until the first commit.
@@ -204,7 +205,8 @@ class Ingest:
             self._bytes -= reservation.nbytes
             if reservation.nbytes > size:  # a body without Content-Length
                 self._freed.set()
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        # The loop ingest runs on, not get_running_loop(): CPython's asks getpid() each call.
+        future: asyncio.Future[Outcome] = (self._loop or asyncio.get_running_loop()).create_future()
         lane = self._large if size > LARGE_PAYLOAD else self._queue
         lane.append(
             Incoming(source, payload, codec, meta or {}, received_at or time.time(), future)
@@ -243,6 +245,7 @@ class Ingest:
         return await self.offer(source, payload, codec, meta, received_at, reservation)
 
     async def __aenter__(self) -> Ingest:
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name="fieldbridge-ingest")
         return self
 
