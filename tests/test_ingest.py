@@ -109,6 +109,18 @@ async def test_group_commit_batches_concurrent_payloads(sqlite_url: str) -> None
     )
 
 
+async def test_meta_mappings_shared_by_payloads_are_stored_with_each(sqlite_url: str) -> None:
+    """A source may hand in one meta mapping for many payloads (the MQTT source, one per
+    topic): each journal row holds its own payload's meta, whatever the order in a batch."""
+    metas: list[Mapping[str, Any]] = [{"topic": "a/1", "qos": 1}, {"topic": "b/2"}, {}]
+    async with open_store(sqlite_url) as store, running(store, flush_ms=50) as ingest:
+        futures = [ingest.offer("mqtt", body(f"d{n}"), decode, metas[n % 3]) for n in range(9)]
+        outcomes = await asyncio.wait_for(asyncio.gather(*futures), WAIT)
+        ids = [o.ids[0] for o in outcomes if isinstance(o, Accepted)]
+        entries = await store.journal_by_ids(ids)
+    assert [e.meta for e in entries] == [metas[n % 3] for n in range(9)]
+
+
 async def test_answer_listeners_run_after_every_resolved_batch(sqlite_url: str) -> None:
     """on_answered: called once a batch's futures are resolved, committed or failed."""
     seen: list[list[bool]] = []

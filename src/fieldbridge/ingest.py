@@ -283,7 +283,8 @@ class Ingest:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), self._flush_s)
             batch = self._take_batch()
-            pending = [_decode(item) for item in batch]
+            metas: dict[int, str] = {}  # meta JSON by the meta's id(): alive with the batch
+            pending = [_decode(item, metas) for item in batch]
             if in_flight is not None:
                 await in_flight
             in_flight = asyncio.create_task(self._commit(batch, pending))
@@ -391,8 +392,16 @@ class Ingest:
                     self._taps.remove(tap)
 
 
-def _decode(item: Incoming) -> Pending:
-    meta_json = dump(item.meta) if item.meta else "{}"
+def _decode(item: Incoming, metas: dict[int, str]) -> Pending:
+    """`metas`: the JSON of meta mappings seen in this batch, by id(); a source that hands in
+    the same mapping for many payloads (the MQTT source, one per topic) has it written once."""
+    meta = item.meta
+    if not meta:
+        meta_json = "{}"
+    elif (written := metas.get(id(meta))) is not None:
+        meta_json = written
+    else:
+        meta_json = metas[id(meta)] = dump(meta)
     try:
         decoded = item.codec(item.payload, item.meta, item.received_at)
     except DecodeError as exc:
