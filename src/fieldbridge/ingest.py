@@ -282,12 +282,12 @@ class Ingest:
                 self._full.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), self._flush_s)
-            batch = self._take_batch()
+            batch, size = self._take_batch()
             metas: dict[int, str] = {}  # meta JSON by the meta's id(): alive with the batch
             pending = [_decode(item, metas) for item in batch]
             if in_flight is not None:
                 await in_flight
-            in_flight = asyncio.create_task(self._commit(batch, pending))
+            in_flight = asyncio.create_task(self._commit(batch, pending, size))
             del batch, pending  # the commit owns them: what they decoded to goes with it
             # Let the commit start (hand its work to the store) before decoding the next batch,
             # so decoding and committing overlap.
@@ -299,10 +299,10 @@ class Ingest:
     def _waiting(self) -> int:
         return len(self._queue) + len(self._large)
 
-    def _take_batch(self) -> list[Incoming]:
+    def _take_batch(self) -> tuple[list[Incoming], int]:
         """The oldest payloads of one lane, up to batch_size of them (more under a backlog,
-        see BURST_BATCHES) and about BATCH_BYTES (at least one); when both lanes wait, they
-        take turns."""
+        see BURST_BATCHES) and about BATCH_BYTES (at least one), and their bytes; when both
+        lanes wait, they take turns."""
         small, large = self._queue, self._large
         first, other = (large, small) if self._large_next else (small, large)
         lane = first if first else other
@@ -310,18 +310,23 @@ class Ingest:
         limit = max(self._batch_size, min(len(lane) // 2, self._batch_size * BURST_BATCHES))
         batch = [lane.popleft()]
         size = len(batch[0].payload)
-        while lane and len(batch) < limit and size < BATCH_BYTES:
+        for _ in range(min(limit - 1, len(lane))):
+            if size >= BATCH_BYTES:
+                break
             item = lane.popleft()
             batch.append(item)
             size += len(item.payload)
-        return batch
+        return batch, size
 
-    async def _commit(self, batch: Sequence[Incoming], pending: Sequence[Pending]) -> None:
+    async def _commit(
+        self, batch: Sequence[Incoming], pending: Sequence[Pending], size: int
+    ) -> None:
+        """Commit and answer `batch` (`size`: its payloads' bytes)."""
         try:
             await self._commit_and_answer(batch, pending)
         finally:
             self._in_flight -= len(batch)
-            self._free_bytes(sum(len(item.payload) for item in batch))
+            self._free_bytes(size)
             for listener in self._answered:
                 try:
                     listener()

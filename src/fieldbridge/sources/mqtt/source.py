@@ -454,14 +454,14 @@ class MqttSource:
         committed = False
         while handed and handed[0][0].done():
             future, came_on, mid, qos, topic, asks = handed.popleft()
-            if future.cancelled():
+            try:  # result() once, rather than cancelled(), exception() and result()
+                outcome = future.result()
+            except asyncio.CancelledError:
                 continue
-            failure = future.exception()
-            if failure is not None:
+            except Exception as failure:  # what ingest answers a failed commit with
                 self._store_failed(failure, came_on)
                 continue
             committed = True
-            outcome = future.result()
             if type(outcome) is not Accepted or outcome.quarantined or asks is not None:
                 self._answered(topic, asks, outcome)
             if came_on != generation:
