@@ -308,20 +308,16 @@ def _allocate_ids(dialect: str, count: int) -> Plan[list[int]]:
 def _commit(dialect: str, batch: Sequence[Pending]) -> Plan[list[Outcome]]:
     if dialect == "postgresql":
         yield Execute("SELECT pg_advisory_xact_lock(?)", (JOURNAL_LOCK,))
-    if any(d.require_registered for p in batch for d in p.decoded or ()):
+    count = _Count.of(batch)
+    if count.registered_only:
         batch = yield from _refuse_unregistered(batch)
-    networked = any(d.report is not None for p in batch for d in p.decoded or ())
+        count = _Count.of(batch)
+    networked = count.networked
     if networked:
         batch = yield from name_csv_values(batch)
+        count = _Count.of(batch)
     relays = Relays()
-    records = keyed = 0
-    keys: set[tuple[str, str]] = set()
-    for p in batch:
-        for d in p.decoded or ():
-            records += 1
-            if d.idempotency_key is not None:
-                keyed += 1
-                keys.add((p.source, d.idempotency_key))
+    records, keyed, keys = count.records, count.keyed, count.keys
     # On SQLite the keys are not looked up first when none repeats within the batch: the
     # journal rows go in with ON CONFLICT DO NOTHING, and only when fewer went in than were
     # sent (a key stored before: a redelivery) are they taken out again and the keys looked up.
@@ -382,6 +378,37 @@ def _commit(dialect: str, batch: Sequence[Pending]) -> Plan[list[Outcome]]:
 def _first(rows: list[Row] | None) -> int:
     """The first column of a one-row result."""
     return int((rows or [(0,)])[0][0])
+
+
+@dataclass(slots=True)
+class _Count:
+    """A batch's records and idempotency keys, and whether any asks for a registered device
+    or carries a network report: one pass over the batch for all."""
+
+    records: int
+    keyed: int
+    keys: set[tuple[str, str]]  # (source, key)
+    registered_only: bool
+    networked: bool
+
+    @classmethod
+    def of(cls, batch: Sequence[Pending]) -> _Count:
+        records = keyed = 0
+        keys: set[tuple[str, str]] = set()
+        registered_only = networked = False
+        for p in batch:
+            if p.decoded is None:
+                continue
+            records += len(p.decoded)
+            for d in p.decoded:
+                if d.idempotency_key is not None:
+                    keyed += 1
+                    keys.add((p.source, d.idempotency_key))
+                if d.require_registered:
+                    registered_only = True
+                if d.report is not None:
+                    networked = True
+        return cls(records, keyed, keys, registered_only, networked)
 
 
 @dataclass(slots=True)
