@@ -99,13 +99,26 @@ async def test_group_commit_batches_concurrent_payloads(sqlite_url: str) -> None
     commits = sample(metrics, "fieldbridge_commit_batch_size_count")
     assert sample(metrics, "fieldbridge_commit_batch_size_sum") == 2000
     assert 2 <= commits <= 40, f"{commits} transactions for 2000 payloads"  # 50+ per commit
-    # All 2000 waited at once (a backlog): batches of half what waits, BURST_BATCHES x 250 at most.
-    assert BURST_BATCHES * 250 == 1000
+    # All 2000 waited at once (a backlog): batches of half what waits (BURST_BATCHES x 250 at
+    # most), so 1000 at most.
+    assert BURST_BATCHES * 250 >= 1000
     assert sample(metrics, "fieldbridge_commit_batch_size_bucket", le="1000.0") == commits
     assert (
         sample(metrics, "fieldbridge_ingest_payloads_total", source="http", outcome="accepted")
         == 2000
     )
+
+
+async def test_meta_mappings_shared_by_payloads_are_stored_with_each(sqlite_url: str) -> None:
+    """A source may hand in one meta mapping for many payloads (the MQTT source, one per
+    topic): each journal row holds its own payload's meta, whatever the order in a batch."""
+    metas: list[Mapping[str, Any]] = [{"topic": "a/1", "qos": 1}, {"topic": "b/2"}, {}]
+    async with open_store(sqlite_url) as store, running(store, flush_ms=50) as ingest:
+        futures = [ingest.offer("mqtt", body(f"d{n}"), decode, metas[n % 3]) for n in range(9)]
+        outcomes = await asyncio.wait_for(asyncio.gather(*futures), WAIT)
+        ids = [o.ids[0] for o in outcomes if isinstance(o, Accepted)]
+        entries = await store.journal_by_ids(ids)
+    assert [e.meta for e in entries] == [metas[n % 3] for n in range(9)]
 
 
 async def test_answer_listeners_run_after_every_resolved_batch(sqlite_url: str) -> None:
@@ -151,7 +164,8 @@ async def test_a_backlog_takes_larger_batches_in_order(sqlite_url: str) -> None:
         futures = [ingest.offer("http", body(f"d{n % 7}", key=n), decode) for n in range(150, 2150)]
         outcomes = await asyncio.wait_for(asyncio.gather(*futures), WAIT)
     commits = sample(metrics, "fieldbridge_commit_batch_size_count")
-    largest = sample(metrics, "fieldbridge_commit_batch_size_bucket", le="500.0")
+    assert BURST_BATCHES * 100 == 1000
+    largest = sample(metrics, "fieldbridge_commit_batch_size_bucket", le="1000.0")
     assert largest == commits, "no batch over BURST_BATCHES x batch_size"
     assert sample(metrics, "fieldbridge_commit_batch_size_bucket", le="250.0") < commits
     assert commits < 3 + 20, f"{commits} transactions: the backlog was taken 100 at a time"

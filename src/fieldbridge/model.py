@@ -149,7 +149,7 @@ class Incoming:
     result: asyncio.Future[Outcome]
 
 
-@dataclass(frozen=True, slots=True)
+@hot_record
 class Accepted:
     """The payload is committed; `ids` are its journal ids (existing ones for repeats).
 

@@ -126,7 +126,16 @@ class Metrics:
         self.batch_size.observe(len(batch))
         self.commit_seconds.observe(seconds)
         tally: Tally[tuple[str, str]] = Tally()
+        accepted: dict[str, int] = {}  # the common outcome, counted without a key tuple each
         for item, outcome in zip(batch, outcomes, strict=True):
+            if (
+                type(outcome) is Accepted
+                and not outcome.duplicates
+                and outcome.ids
+                and not outcome.quarantined
+            ):
+                accepted[item.source] = accepted.get(item.source, 0) + 1
+                continue
             if isinstance(outcome, Accepted):
                 kind = "duplicate" if outcome.duplicates == len(outcome.ids) else "accepted"
                 for part in outcome.quarantined:  # items refused beside the stored ones
@@ -137,6 +146,8 @@ class Metrics:
                 self.quarantined.labels(item.source).inc()
                 self.rejected.labels(item.source, outcome.cause or "invalid").inc()
             tally[(item.source, kind)] += 1
+        for source, n in accepted.items():
+            tally[(source, "accepted")] += n
         for (source, kind), n in tally.items():
             self.ingest.labels(source, kind).inc(n)
 

@@ -105,6 +105,28 @@ async def test_idempotency_key_is_unique_per_source(store: Store) -> None:
     assert await count(store, "readings") == 2
 
 
+async def test_a_stored_key_among_new_ones(store: Store) -> None:
+    """A batch of new keys holding one stored before (a redelivery; on SQLite the batch is
+    first written without looking keys up, then written again): every new message stored once,
+    the repeat answered with its first id, the device counted once a message, later ids after."""
+    (first,) = await accepted(store, [payload(record(key="k5", value=5.0))])
+    batch = [payload(record(key=f"k{n}", value=float(n))) for n in range(10)]
+    outcomes = await accepted(store, batch)
+    assert outcomes[5] == Accepted(first.ids, duplicates=1)
+    new = [o.ids[0] for n, o in enumerate(outcomes) if n != 5]
+    assert all(o.duplicates == 0 for n, o in enumerate(outcomes) if n != 5)
+    assert len(set(new)) == 9 and min(new) > first.ids[0]
+    assert await count(store, "journal") == 10
+    assert await count(store, "readings") == 10
+    device = await store.get_device("dev-1")
+    assert device is not None and device.message_count == 10
+    entries = await store.read_journal(0, 20)
+    assert [e.id for e in entries] == sorted([first.ids[0], *new])
+    assert [e.readings[0].value for e in entries] == [5.0] + [float(n) for n in range(10) if n != 5]
+    (later,) = await accepted(store, [payload(record(key="k10"))])
+    assert later.ids[0] > max(new)
+
+
 async def test_duplicates_in_one_batch_and_across_batches(store: Store) -> None:
     first = await accepted(
         store,
@@ -291,6 +313,43 @@ async def test_a_large_batch_is_stored_row_for_row_in_order(store: Store) -> Non
             T0 + seen[0],
             T0 + seen[-1],
         )
+
+
+async def test_rows_of_every_shape_in_one_batch(store: Store) -> None:
+    """Messages with and without kind and key, readings with and without unit, extra and key
+    (SQLite writes each shape with NULL literals): each stored as given, readings in order."""
+    readings = [
+        Reading("a", 1.0, T0),
+        Reading("b", 2.0, T0 + 1, channel=3, unit="C"),
+        Reading("c", None, T0 + 2, extra={"code": 7}),
+        Reading("d", 4.0, T0 + 3, key="d@1"),
+        Reading("e", 5.0, T0 + 4, channel=1),
+    ]
+    batch = [
+        payload(
+            record(
+                f"dev-{n}",
+                kind=None if n % 2 else f"kind-{n}",
+                key=None if n % 3 else f"k{n}",
+                readings=readings[n % 5 :] + readings[: n % 5],
+            ),
+            body=f"body-{n}".encode(),
+        )
+        for n in range(12)
+    ]
+    ids = [o.ids[0] for o in await accepted(store, batch)]
+    entries = await store.read_journal(ids[0] - 1, 20, with_payload=True)
+    assert [e.id for e in entries] == ids
+    for n, entry in enumerate(entries):
+        assert (entry.device, entry.kind, entry.payload) == (
+            f"dev-{n}",
+            None if n % 2 else f"kind-{n}",
+            f"body-{n}".encode(),
+        )
+        assert list(entry.readings) == readings[n % 5 :] + readings[: n % 5]
+    again = await accepted(store, batch)
+    assert [o.duplicates for o in again] == [0 if n % 3 else 1 for n in range(12)]
+    assert [o.ids[0] for n, o in enumerate(again) if n % 3 == 0] == ids[::3]
 
 
 async def test_device_kind_within_one_batch(store: Store) -> None:

@@ -9,7 +9,7 @@ import random
 import socket
 import ssl
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as paho
@@ -43,6 +43,7 @@ STABLE_AFTER = 10.0  # a connection that lasted this long starts the back-off af
 CONNECT_TIMEOUT = 10.0  # TCP + TLS + CONNACK, and SUBACK
 STOP_TIMEOUT = 2.0  # for the offline status and DISCONNECT at shutdown
 REJECTS_EVERY = 10.0  # seconds between reports of quarantined payloads
+METAS = 4096  # meta mappings kept for reuse (one per topic, qos, retain); then started afresh
 
 # CONNACK refusals caused by settings, and which settings to check (MQTT 5 reason codes;
 # paho maps MQTT 3.1.1's return codes 1-5 onto them).
@@ -118,6 +119,9 @@ class MqttSource:
         self._refused_topics: set[str] = set()
         self._rejects = 0
         self._rejects_logged = 0.0
+        # One meta mapping per (topic, qos, retain), handed in with every message alike: not
+        # built for each, and ingest writes its JSON once a batch.
+        self._metas: dict[tuple[str, int, bool], Mapping[str, Any]] = {}
 
     @property
     def connected(self) -> bool:
@@ -417,7 +421,15 @@ class MqttSource:
             return
         # Never raise into paho: its packet state would be left half-way.
         try:
-            meta = {"topic": topic, "qos": qos, "retain": retain}
+            meta = self._metas.get((topic, qos, retain))
+            if meta is None:
+                if len(self._metas) >= METAS:
+                    self._metas.clear()
+                meta = self._metas[(topic, qos, retain)] = {
+                    "topic": topic,
+                    "qos": qos,
+                    "retain": retain,
+                }
             future = self._ingest.offer(self.name, payload, self._codec, meta)
         except StoreError:
             return  # ingest is closing: unacknowledged, so the broker keeps it
@@ -442,14 +454,14 @@ class MqttSource:
         committed = False
         while handed and handed[0][0].done():
             future, came_on, mid, qos, topic, asks = handed.popleft()
-            if future.cancelled():
+            try:  # result() once, rather than cancelled(), exception() and result()
+                outcome = future.result()
+            except asyncio.CancelledError:
                 continue
-            failure = future.exception()
-            if failure is not None:
+            except Exception as failure:  # what ingest answers a failed commit with
                 self._store_failed(failure, came_on)
                 continue
             committed = True
-            outcome = future.result()
             if type(outcome) is not Accepted or outcome.quarantined or asks is not None:
                 self._answered(topic, asks, outcome)
             if came_on != generation:
