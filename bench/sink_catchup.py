@@ -91,7 +91,10 @@ async def prebuilt(url: str, settings: InfluxDBSettings) -> list[bytes]:
         while entries := await store.read_journal(cursor, settings.batch_size, rows=True):
             rendered = renderer.texts(entries, {})
             for lane in plan_requests(
-                rendered, settings.lines_per_request, settings.max_request_bytes
+                rendered,
+                settings.lines_per_request,
+                settings.max_request_bytes,
+                settings.max_in_flight,
             ):
                 bodies.extend(request.body for request in lane)
             cursor = entries[-1].id

@@ -219,3 +219,40 @@ async def test_a_batch_prepared_ahead_is_sent_only_for_the_same_messages(
             want = Renderer(settings.layout()).texts(sent, {}).texts
             assert b"".join(bodies).decode().splitlines() == want
         assert bodies == fresh  # the prepared batch: the same requests
+
+
+def test_a_large_batch_goes_in_full_rounds_with_each_device_in_one_lane_in_order() -> None:
+    """With 4 in flight, 25,000 lines of 100 devices go in 8 lanes (two full rounds of
+    requests), the devices spread so the lanes carry about as many lines, each device's lines
+    in one lane in the order rendered."""
+    renderer = Renderer(Layout("{quantity}", "value", ("device",), (), "ms"))
+    entries = [
+        JournalEntry(
+            n,
+            T0,
+            "http",
+            f"node-{n % 100:03d}",
+            None,
+            {},
+            b"",
+            (),
+            tuple((n, q, float(n), T0 + n, 0, None, None) for q in ("a", "b", "c", "d", "e")),
+        )
+        for n in range(1, 5001)
+    ]
+    rendered = renderer.texts(entries, {})
+    assert rendered.spans is not None
+    lanes = plan_requests(rendered, 5000, 10_000_000, in_flight=4)
+    assert len(lanes) == 8
+    sizes = [sum(len(r.texts) for r in lane) for lane in lanes]
+    assert sum(sizes) == 25_000 and max(sizes) - min(sizes) <= 250  # one device's lines
+    lane_of: dict[str, int] = {}
+    for number, lane in enumerate(lanes):
+        for request in lane:
+            for owner in request.owners:
+                assert lane_of.setdefault(owner.device, number) == number
+            ids = [owner.id for owner in request.owners]
+            assert ids == sorted(ids)
+    # A live batch of 2,000 lines: two lanes of about 1,000, not one request of 2,000.
+    small = renderer.texts(entries[:400], {})
+    assert len(plan_requests(small, 5000, 10_000_000, in_flight=4)) == 2

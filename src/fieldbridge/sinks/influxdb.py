@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import NoReturn
@@ -39,6 +40,7 @@ V1_PRECISION = {"s": "s", "ms": "ms", "us": "u", "ns": "n"}
 # Lanes by device only when the batch has at least this many devices per lane: fewer would
 # leave lanes empty or lopsided (a one-device backlog would go one request at a time).
 DEVICES_PER_LANE = 2
+MIN_LINES = 1_000  # a request is not cut smaller than this to fill a round of in-flight requests
 GZIP_IN_THREAD = 64 * 1024  # a batch's bodies at least this long are gzipped off the event loop
 
 
@@ -53,20 +55,27 @@ class Request:
 Planned = tuple[list[list[Request]], list[list[bytes]]]
 
 
-def plan_requests(rendered: Rendered, max_lines: int, max_bytes: int) -> list[list[Request]]:
+def plan_requests(
+    rendered: Rendered, max_lines: int, max_bytes: int, in_flight: int = 1
+) -> list[list[Request]]:
     """Lanes of requests: a lane's requests go one after the other, lanes go side by side. A
-    series is hashed to one lane, so its points keep their order: by its device when the
-    batch has enough devices to fill the lanes (a message's lines move as one slice), else
-    line by line."""
+    series keeps to one lane, so its points keep their order: by its device when the batch
+    has enough devices to fill the lanes (devices spread by their lines, a message's lines
+    moving as one slice), else by the series' hash, line by line. A large batch gets a
+    multiple of `in_flight` lanes, so its requests go in full rounds: a last request alone
+    would keep the batch waiting while influxd has cores to spare."""
     texts, owners, hashes, spans = rendered
-    lanes_wanted = max(1, -(-len(texts) // max_lines))
+    needed = max(1, -(-len(texts) // max_lines))
+    rounds = -(-needed // in_flight) * in_flight
+    lanes_wanted = max(needed, min(rounds, len(texts) // MIN_LINES))
     if lanes_wanted == 1:
         return [_requests(texts, owners, max_lines, max_bytes)] if texts else []
     lanes: list[tuple[list[str], list[JournalEntry]]] = [([], []) for _ in range(lanes_wanted)]
     if spans is not None and len({crc for _, crc in spans}) >= DEVICES_PER_LANE * lanes_wanted:
+        lane_of = _spread(spans, lanes_wanted)
         start = 0
         for end, crc in spans:
-            lane_texts, lane_owners = lanes[crc % lanes_wanted]
+            lane_texts, lane_owners = lanes[lane_of[crc]]
             lane_texts += texts[start:end]
             lane_owners += owners[start:end]
             start = end
@@ -76,6 +85,23 @@ def plan_requests(rendered: Rendered, max_lines: int, max_bytes: int) -> list[li
             lane_texts.append(text)
             lane_owners.append(owner)
     return [_requests(t, o, max_lines, max_bytes) for t, o in lanes if t]
+
+
+def _spread(spans: list[tuple[int, int]], lanes: int) -> dict[int, int]:
+    """A lane for each device (its hash) of a batch: the devices with most lines first, each
+    to the lane with fewest so far, so the lanes end at about the same time."""
+    lines: dict[int, int] = {}
+    start = 0
+    for end, crc in spans:
+        lines[crc] = lines.get(crc, 0) + end - start
+        start = end
+    loads = [(0, lane) for lane in range(lanes)]  # a heap of (lines so far, lane)
+    lane_of: dict[int, int] = {}
+    for crc, count in sorted(lines.items(), key=lambda item: (-item[1], item[0])):
+        load, lane = heapq.heappop(loads)
+        lane_of[crc] = lane
+        heapq.heappush(loads, (load + count, lane))
+    return lane_of
 
 
 def _requests(
@@ -198,7 +224,10 @@ class InfluxDBDestination(HttpDestination):
         the settings say so: in a thread, all at once, as zlib lets go of the GIL)."""
         rendered = self._renderer.texts(await self._with_readings(entries), teams)
         lanes = plan_requests(
-            rendered, self.settings.lines_per_request, self.settings.max_request_bytes
+            rendered,
+            self.settings.lines_per_request,
+            self.settings.max_request_bytes,
+            self.settings.max_in_flight,
         )
         del rendered
         if not self.settings.gzip:
