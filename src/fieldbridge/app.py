@@ -241,12 +241,15 @@ class Service:
                     for r in self.sinks
                     if r.settings.enabled
                 ]
+                # Before the sources connect: its full collection (about 50 ms with everything
+                # imported) would otherwise hold up the first messages, as it did the first
+                # burst of bench/mqtt_to_influx.py.
+                tune_gc()
                 for source in self.sources:
                     await stack.enter_async_context(source)
                 if self.control is not None:
                     await stack.enter_async_context(self.control)
                 await self._start_web(stack)
-                tune_gc()
                 if ready is not None:
                     ready.set()
                 await stop.wait()

@@ -362,7 +362,9 @@ def _commit(dialect: str, batch: Sequence[Pending]) -> Plan[list[Outcome]]:
         after = yield Fetch("SELECT total_changes()")
         if _first(after) - _first(before) == len(ids):
             break
+        # Out again, and their ids given back (AUTOINCREMENT counted them): no gap in the ids.
         yield Execute("DELETE FROM journal WHERE id >= ?", (ids[0],))
+        yield Execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'journal'", (ids[0] - 1,))
         optimistic = False
         relays = Relays()
         known = yield from _existing_keys(dialect, keys)

@@ -484,6 +484,30 @@ def test_whole_publishes_are_taken_by_our_parser() -> None:
     assert seen.detail[1:].count(None) == 49
 
 
+def test_taking_publishes_stops_when_the_driver_holds() -> None:
+    """take_publishes hands whole packets in order and stops at once when `holding` is set
+    (the source paused reading: ingest is full); the rest wait in the buffer, then follow."""
+    client = FastClient(CallbackAPIVersion.VERSION2, client_id="hold-test", manual_ack=True)
+    seen = Seen()
+
+    def take(topic: str, payload: bytes, qos: int, mid: int, retain: bool) -> None:
+        seen.on_publish_packet(topic, payload, qos, mid, retain)
+        if mid == 2:
+            client.holding = True
+
+    client.on_publish_packet = take
+    packets = [
+        Publish(f"h/{n}".encode(), pattern(n), 1, n, False, False, b"", 0) for n in (1, 2, 3)
+    ]
+    whole = b"".join(p.encode() for p in packets)
+    client._rbuf, client._rpos = whole + whole[:5], 0  # and the start of a fourth
+    assert client.take_publishes() == 2
+    client.holding = False
+    assert client.take_publishes() == 1  # the fourth is not whole: it waits
+    assert client.take_publish() is False
+    assert seen.delivered == [(p.topic, p.payload, 1, p.mid, False) for p in packets]
+
+
 async def wait_for_bytes(sock: socket.socket, wanted: bytes, what: str) -> None:
     """Poll the broker's side until the client wrote `wanted` (and nothing else)."""
     deadline, got = time.monotonic() + DEADLINE, b""
