@@ -16,6 +16,7 @@ import httpx
 from tests.support.processes import free_port
 
 START_TIMEOUT = 30.0
+START_ATTEMPTS = 4  # a start that finds a port in use tries again with a fresh RPC port
 ADMIN = ("admin", "admin-secret")
 
 
@@ -58,21 +59,44 @@ class Influxd:
         )
 
     def start(self) -> None:
+        """Start influxd on its HTTP port. Between a stop and a start another process's
+        connection may hold one of its ports (a free port is an ephemeral port too): the RPC
+        port is taken afresh each start, and a start that finds the HTTP port in use waits
+        and tries again."""
+        for attempt in range(START_ATTEMPTS):
+            if attempt:
+                self.rpc_port = free_port()
+                time.sleep(0.5 * attempt)
+            if self._start_once():
+                break
+        else:
+            raise RuntimeError(f"influxd did not start:\n{self.log_path.read_text()[-3000:]}")
+        if self.auth and not self._admin_made:
+            # With auth on and no user yet, InfluxDB lets exactly one CREATE USER through.
+            self._query(f"CREATE USER {ADMIN[0]} WITH PASSWORD '{ADMIN[1]}' WITH ALL PRIVILEGES")
+            self._admin_made = True
+
+    def _start_once(self) -> bool:
+        """True once influxd answers; False when it exited for a port in use."""
         conf = self.workdir / "influxd.conf"
         conf.write_text(self.config())
+        logged = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 [self.binary, "-config", str(conf)], stdout=log, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + START_TIMEOUT
         while not self._pings():
-            if self._proc.poll() is not None or time.monotonic() > deadline:
+            if self._proc.poll() is not None:
+                with self.log_path.open("rb") as log:
+                    log.seek(logged)
+                    if b"address already in use" in log.read():
+                        return False
+                raise RuntimeError(f"influxd exited:\n{self.log_path.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
                 raise RuntimeError(f"influxd did not start:\n{self.log_path.read_text()[-3000:]}")
             time.sleep(0.05)
-        if self.auth and not self._admin_made:
-            # With auth on and no user yet, InfluxDB lets exactly one CREATE USER through.
-            self._query(f"CREATE USER {ADMIN[0]} WITH PASSWORD '{ADMIN[1]}' WITH ALL PRIVILEGES")
-            self._admin_made = True
+        return True
 
     def _pings(self) -> bool:
         try:
