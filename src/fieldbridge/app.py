@@ -321,13 +321,13 @@ class Service:
             max_connections=http.max_connections,
         )
         guard = ConnectionGuard(limits, self.metrics)
-        server = await stack.enter_async_context(
-            WebServer(app, http.listen, guard=guard, tls_cert=http.tls_cert, tls_key=http.tls_key)
-        )
-        stack.callback(spy.close)  # runs first at shutdown: open spy streams end, uvicorn drains
+        server = WebServer(
+            app, http.listen, guard=guard, tls_cert=http.tls_cert, tls_key=http.tls_key
+        )  # bound to its port, not answering yet
         self.http_port = server.port
         host = http.listen.rpartition(":")[0] or "127.0.0.1"
         scheme = "https" if http.tls_cert else "http"
+        # Said before the server answers: whoever waits for /healthz then finds these written.
         log.info(
             "fieldbridge serving on %s://%s:%d (store %s)",
             scheme,
@@ -342,6 +342,8 @@ class Service:
                 f"{scheme}://{shown}:{server.port}",
                 json_lines=self.settings.log.format == "json",
             )
+        await stack.enter_async_context(server)
+        stack.callback(spy.close)  # runs first at shutdown: open spy streams end, uvicorn drains
 
     async def _stop_tasks(self, tasks: list[asyncio.Task[None]]) -> None:
         for runner in self.sinks:
