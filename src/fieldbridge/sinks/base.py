@@ -35,7 +35,7 @@ class Destination(ABC):
 
     wants_payload: bool = False  # whether entries must carry the raw payload
     # Whether the destination reads the readings of the messages it is given from the store
-    # itself (bound with `bind`; e.g. joined per message, store.packed_readings): the engine
+    # itself (bound with `bind`; e.g. packed in the journal row, JournalEntry.packed): the engine
     # then reads messages without them. Entries of a dead-letter retry, and batch messages,
     # still come with `readings`; such a destination takes both.
     fetches_readings: bool = False

@@ -326,11 +326,8 @@ class Renderer:
                         texts += [f"{h}{v}{packed_tail}" for h, v in values_of]
                     hashes += crcs
                     owners += [entry] * len(crcs)
-                    if devices is not None and spans is not None:
-                        crc = devices.get(entry.device)
-                        if crc is None:
-                            crc = _device_hash(devices, entry.device)
-                        spans.append((len(texts), crc))
+                    if spans is not None and devices is not None:
+                        spans.append((len(texts), _device_hash(devices, entry.device)))
                     continue  # else the general path
             elif rows:
                 about = (entry.source, entry.kind, entry.device, team)

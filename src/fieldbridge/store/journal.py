@@ -83,21 +83,13 @@ class JournalQueries:
         renders each reading straight into text saves building an object per reading), or
         without them (`readings=False`: the sink reads them itself), each with its packed
         plain readings (JournalEntry.packed)."""
-        payload_col = "payload" if with_payload else "NULL"
-        if not readings:
-            found = await self.db.fetchall(
-                "SELECT id, received_at, source, device, kind, meta, "
-                f"{payload_col}, plain_readings FROM journal WHERE id > ? ORDER BY id LIMIT ?",
-                (after, limit),
-            )
-            return [_entry(row[:7], packed=row[7]) for row in found]
         found = await self.db.fetchall(
-            "SELECT id, received_at, source, device, kind, meta, "
-            f"{payload_col} FROM journal WHERE id > ? ORDER BY id LIMIT ?",
+            f"SELECT {_entry_columns(with_payload, packed=not readings)} FROM journal "
+            "WHERE id > ? ORDER BY id LIMIT ?",
             (after, limit),
         )
-        if not found:
-            return []
+        if not found or not readings:
+            return [_entry(row) for row in found]
         if rows:
             rows_of = await self._rows_between(found[0][0], found[-1][0])
             return [_entry(row, rows=rows_of.get(row[0], ())) for row in found]
@@ -128,12 +120,11 @@ class JournalQueries:
     async def journal_by_ids(
         self, ids: Sequence[int], *, with_payload: bool = False
     ) -> list[JournalEntry]:
-        payload_col = "payload" if with_payload else "NULL"
         out: list[JournalEntry] = []
         for chunk in _chunks(sorted(ids)):
             marks = ",".join("?" * len(chunk))
             rows = await self.db.fetchall(
-                f"SELECT id, received_at, source, device, kind, meta, {payload_col} "
+                f"SELECT {_entry_columns(with_payload)} "
                 f"FROM journal WHERE id IN ({marks}) ORDER BY id",
                 chunk,
             )
@@ -236,14 +227,20 @@ class JournalQueries:
         return int(rows[0][0])
 
 
+def _entry_columns(with_payload: bool, *, packed: bool = False) -> str:
+    """The journal columns _entry reads, the payload and the packed readings NULL unless
+    asked for."""
+    return (
+        "id, received_at, source, device, kind, meta, "
+        f"{'payload' if with_payload else 'NULL'}, {'plain_readings' if packed else 'NULL'}"
+    )
+
+
 def _entry(
-    row: Row,
-    readings: tuple[Reading, ...] = (),
-    rows: tuple[ReadingRow, ...] = (),
-    packed: str | None = None,
+    row: Row, readings: tuple[Reading, ...] = (), rows: tuple[ReadingRow, ...] = ()
 ) -> JournalEntry:
-    """A journal row (id, received_at, source, device, kind, meta, payload) as an entry."""
-    mid, received_at, source, device, kind, meta, payload = row
+    """A journal row (the columns of _entry_columns) as an entry."""
+    mid, received_at, source, device, kind, meta, payload, packed = row
     return JournalEntry(
         mid,
         received_at,
