@@ -157,22 +157,30 @@ def test_values_kept_as_text_render_as_their_repr() -> None:
     assert not any("inf" in text or "nan" in text for text in plain)
 
 
-def test_requests_keep_a_series_in_one_lane_in_order_within_both_limits() -> None:
-    renderer = Renderer(Layout("{quantity}", "value", ("device",), (), "s"))
-    entries = [
+def plain_messages(
+    count: int, devices: list[str], quantities: tuple[str, ...]
+) -> list[JournalEntry]:
+    """Messages 1..count read with rows, of devices in turn, a plain reading of each quantity
+    valued and timed by the message's number."""
+    return [
         JournalEntry(
             n,
             T0,
             "http",
-            f"d{n % 7}",
+            devices[n % len(devices)],
             None,
             {},
             b"",
             (),
-            tuple((n, q, float(n), T0 + n, 0, None, None) for q in ("a", "b", "c")),
+            tuple((n, q, float(n), T0 + n, 0, None, None) for q in quantities),
         )
-        for n in range(1, 3001)
+        for n in range(1, count + 1)
     ]
+
+
+def test_requests_keep_a_series_in_one_lane_in_order_within_both_limits() -> None:
+    renderer = Renderer(Layout("{quantity}", "value", ("device",), (), "s"))
+    entries = plain_messages(3000, [f"d{n}" for n in range(7)], ("a", "b", "c"))
     rendered = renderer.texts(entries, {})
     lanes = plan_requests(rendered, 1000, 20_000)
     assert len(lanes) == 9  # 9,000 lines of at most 1,000 a request
@@ -226,20 +234,8 @@ def test_a_large_batch_goes_in_full_rounds_with_each_device_in_one_lane_in_order
     requests), the devices spread so the lanes carry about as many lines, each device's lines
     in one lane in the order rendered."""
     renderer = Renderer(Layout("{quantity}", "value", ("device",), (), "ms"))
-    entries = [
-        JournalEntry(
-            n,
-            T0,
-            "http",
-            f"node-{n % 100:03d}",
-            None,
-            {},
-            b"",
-            (),
-            tuple((n, q, float(n), T0 + n, 0, None, None) for q in ("a", "b", "c", "d", "e")),
-        )
-        for n in range(1, 5001)
-    ]
+    devices = [f"node-{n:03d}" for n in range(100)]
+    entries = plain_messages(5000, devices, ("a", "b", "c", "d", "e"))
     rendered = renderer.texts(entries, {})
     assert rendered.spans is not None
     lanes = plan_requests(rendered, 5000, 10_000_000, in_flight=4)
