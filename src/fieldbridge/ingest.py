@@ -199,8 +199,6 @@ class Ingest:
         """
         if self._closing:
             raise ShuttingDown("fieldbridge is shutting down; retry shortly")
-        # Once a message, so the bounds are checked inline rather than through has_room and
-        # _waiting, and an event already set is not set again.
         size = len(payload)
         self._bytes += size
         if reservation is not None and not reservation.settled:
@@ -215,11 +213,12 @@ class Ingest:
             Incoming(source, payload, codec, meta or {}, received_at or time.time(), future)
         )
         self._in_flight += 1
-        if self._in_flight >= self._bound or self._bytes >= self._max_bytes:
+        if not self.has_room:
             self._room.clear()
-        waiting = len(self._queue) + len(self._large)
+        waiting = self._waiting
         if waiting == 1:
             self._arrived.set()
+        # An event already set is not set again (once a message).
         if (waiting >= self._batch_size or lane is self._large) and not self._full.is_set():
             self._full.set()
         return future
