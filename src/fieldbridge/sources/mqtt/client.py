@@ -231,7 +231,6 @@ class LoopDriver:
         self._loop = loop
         self._sock: Any = None
         self._reading = False
-        self._paused = False
         self._misc: asyncio.TimerHandle | None = None
         client.on_socket_open = self._opened
         client.on_socket_close = self._closed
@@ -240,22 +239,22 @@ class LoopDriver:
 
     @property
     def paused(self) -> bool:
-        return self._paused
+        return self.client.holding  # the client stops taking PUBLISHes while it holds
 
     def pause(self) -> None:
         """Stop reading the socket: the broker keeps what it has not sent (back-pressure)."""
-        self._paused = self.client.holding = True
+        self.client.holding = True
         self._stop_reading()
 
     def resume(self) -> None:
-        self._paused = self.client.holding = False
+        self.client.holding = False
         if self._sock is not None:
             self._start_reading()
             self._loop.call_soon(self._readable)  # bytes read before the pause
 
     def _opened(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         self._sock = sock
-        if not self._paused:
+        if not self.client.holding:
             self._start_reading()
         self._misc = self._loop.call_later(MISC_EVERY, self._tick)
 
@@ -287,7 +286,7 @@ class LoopDriver:
         client = self.client
         # Whole PUBLISH packets in the buffer go straight to their handler; one loop_read
         # parses any other packet (or reads the socket); go on while whole packets wait.
-        while self._sock is not None and not self._paused:
+        while self._sock is not None and not client.holding:
             if client.take_publishes():
                 continue
             if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS or not client.buffered:
